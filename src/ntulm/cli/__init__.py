@@ -1,0 +1,76 @@
+"""The ``ntulm`` command. Each stage registers its subcommands from a module in this package
+(``register(subparsers)``); this module configures logging and turns every
+:class:`~ntulm.errors.NTULMError` into a one-line message and a non-zero exit, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+
+from ntulm import __version__
+from ntulm.errors import NTULMError
+
+# Subcommand modules, in the order of the data flow.
+COMMAND_MODULES = ("ntulm.cli.graph", "ntulm.cli.quickstart")
+
+log = logging.getLogger("ntulm")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="ntulm",
+        description="NTULM: post embeddings enriched with non-textual units (author, hashtags, ...).",
+    )
+    parser.add_argument("--version", action="version", version=f"ntulm {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument(
+        "-q", "--quiet", action="store_true", help="warnings only, no progress bars"
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name in COMMAND_MODULES:
+        importlib.import_module(name).register(sub)
+    for subparser in sub.choices.values():  # -v / -q also after the subcommand
+        subparser.add_argument(
+            "-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help="debug logging"
+        )
+        subparser.add_argument(
+            "-q",
+            "--quiet",
+            action="store_true",
+            default=argparse.SUPPRESS,
+            help="warnings only, no progress bars",
+        )
+    return parser
+
+
+def add_config_args(p: argparse.ArgumentParser) -> None:
+    """``--config FILE`` and trailing ``key=value`` overrides, shared by every stage command."""
+    p.add_argument("--config", help="YAML config file for this stage")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    level = logging.DEBUG if args.verbose else logging.WARNING if args.quiet else logging.INFO
+    logging.basicConfig(
+        level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S"
+    )
+    try:
+        return int(args.func(args) or 0)
+    except NTULMError as exc:
+        print(f"ntulm {args.command}: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print(f"ntulm {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except MemoryError:
+        print(f"ntulm {args.command}: error: out of memory", file=sys.stderr)
+        return 3
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,97 @@
+"""``ntulm build-graph`` and ``ntulm ntu-stats``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from ntulm.cli import add_config_args
+from ntulm.graph import GraphConfig, build_graph, format_table5, ntu_coverage
+from ntulm.posts.formats import FORMATS
+
+
+def _config(args: argparse.Namespace) -> GraphConfig:
+    overrides = list(args.overrides)
+    if args.format:
+        overrides.append(f"format={args.format}")
+    if args.strict:
+        overrides.append("strict=true")
+    base = GraphConfig.paper().model_dump() if getattr(args, "paper_filters", False) else None
+    return GraphConfig.from_sources(args.config, overrides, base=base)
+
+
+def _posts_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--posts",
+        nargs="+",
+        required=True,
+        metavar="PATH",
+        help="post files or directories (gzip ok)",
+    )
+    p.add_argument(
+        "--format", choices=("auto", *FORMATS), help="input format (default: detect per file)"
+    )
+    p.add_argument("--strict", action="store_true", help="fail on the first bad record (exit 2)")
+
+
+def cmd_build_graph(args: argparse.Namespace) -> int:
+    config = _config(args)
+    stats = build_graph(args.posts, args.out, config, progress=not args.quiet)
+    posts = stats["posts"]
+    print(
+        f"posts: read {posts['read']:,}, accepted {posts['accepted']:,}, rejected {posts['rejected']:,}"
+        + (f" (see {args.out}/rejected.jsonl)" if posts["rejected"] else "")
+    )
+    for path, why in posts["files_skipped"].items():
+        print(f"skipped file {path}: {why}")
+    print(f"nodes: {stats['nodes']['user']:,} users, {stats['nodes']['hashtag']:,} hashtags")
+    print(
+        "edges: "
+        + ", ".join(f"{r} {n:,}" for r, n in stats["edges_per_relation"].items())
+        + f" (total {stats['edges']:,})"
+    )
+    print(
+        f"time {stats['seconds']['total']:.1f} s, peak RSS {stats['peak_rss_mb']:.0f} MB -> {args.out}"
+    )
+    return 0
+
+
+def cmd_ntu_stats(args: argparse.Namespace) -> int:
+    cov = ntu_coverage(args.posts, args.graph, _config(args), progress=not args.quiet)
+    if args.json:
+        json.dump(cov, sys.stdout, indent=2)
+        print()
+    else:
+        print(format_table5(" ".join(args.posts), cov))
+    return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "build-graph",
+        help="posts -> user-hashtag NTU graph (Parquet edges, vocabularies, stats.json)",
+        description="Build the heterogeneous user-hashtag graph of the paper (§3.1) from posts. "
+        "Config keys:\n" + GraphConfig.help_text(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    _posts_args(p)
+    p.add_argument("--out", required=True, help="output graph directory")
+    p.add_argument(
+        "--paper-filters",
+        action="store_true",
+        help="the paper's settings: 3 relations, users with 10-100 hashtags",
+    )
+    add_config_args(p)
+    p.set_defaults(func=cmd_build_graph)
+
+    s = sub.add_parser(
+        "ntu-stats",
+        help="the paper's Table 5: NTU coverage of a post set against a graph",
+        description="Unique NTUs, %% posts with NTUs, %% posts whose NTUs are in the graph (paper Table 5).",
+    )
+    _posts_args(s)
+    s.add_argument("--graph", required=True, help="graph directory from build-graph")
+    s.add_argument("--json", action="store_true", help="print JSON instead of a Markdown table")
+    add_config_args(s)
+    s.set_defaults(func=cmd_ntu_stats)

@@ -1,0 +1,83 @@
+"""Configuration of the graph stage (paper §3.1, Figure 2)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from ntulm.config import StageConfig
+
+Relation = Literal["authored", "favorited", "co_mentioned", "retweeted", "replied"]
+ALL_RELATIONS: tuple[Relation, ...] = (
+    "authored",
+    "favorited",
+    "co_mentioned",
+    "retweeted",
+    "replied",
+)
+PAPER_RELATIONS: tuple[Relation, ...] = ("authored", "favorited", "co_mentioned")
+
+
+class GraphConfig(StageConfig):
+    """How posts become a user-hashtag graph. Every relation goes user -> hashtag."""
+
+    relations: list[Relation] = Field(
+        default=list(ALL_RELATIONS),
+        description="edge types to build; the paper uses authored, favorited, co_mentioned",
+    )
+    weighting: Literal["count", "dedup"] = Field(
+        default="count",
+        description="edge weight: number of posts behind the edge (count) or always 1 (dedup)",
+    )
+    min_user_hashtags: int = Field(
+        default=0,
+        ge=0,
+        description="keep users with at least this many unique hashtags (paper: 10)",
+    )
+    max_user_hashtags: int | None = Field(
+        default=None,
+        ge=1,
+        description="keep users with at most this many unique hashtags (paper: 100)",
+    )
+    min_hashtag_posts: int = Field(
+        default=1, ge=1, description="keep hashtags used in at least this many posts"
+    )
+    format: Literal["auto", "jsonl", "twitter_v1", "twitter_v2", "ira_csv"] = Field(
+        default="auto", description="input format; auto detects it from each file's content"
+    )
+    strict: bool = Field(
+        default=False, description="fail on the first bad record instead of skipping it"
+    )
+    max_text_chars: int = Field(
+        default=10_000, ge=1, description="longer texts are rejected as bad input"
+    )
+    memory_limit: str = Field(
+        default="4GB", description="DuckDB memory limit; it spills to disk beyond"
+    )
+    threads: int | None = Field(
+        default=None, ge=1, description="DuckDB threads (default: all cores)"
+    )
+    batch_size: int = Field(
+        default=50_000, ge=1, description="posts per Parquet row group while reading"
+    )
+
+    @field_validator("relations")
+    @classmethod
+    def _relations(cls, v: list[str]) -> list[str]:
+        if not v:
+            raise ValueError("at least one relation is needed")
+        return list(dict.fromkeys(v))
+
+    @model_validator(mode="after")
+    def _range(self) -> GraphConfig:
+        if self.max_user_hashtags is not None and self.max_user_hashtags < self.min_user_hashtags:
+            raise ValueError(
+                f"max_user_hashtags ({self.max_user_hashtags}) < min_user_hashtags ({self.min_user_hashtags})"
+            )
+        return self
+
+    @classmethod
+    def paper(cls) -> GraphConfig:
+        """The paper's filters: users with 10-100 unique hashtags, its three relations."""
+        return cls(relations=list(PAPER_RELATIONS), min_user_hashtags=10, max_user_hashtags=100)

@@ -1,0 +1,383 @@
+"""Record parsers: one raw record of a known format -> :class:`Post`.
+
+Each parser raises :class:`RecordError` with a short problem description for a record it cannot
+use; the reader adds the file and line and applies the bad-input policy.
+
+Formats:
+- ``jsonl``: the project's own schema (``docs/posts.md``);
+- ``twitter_v1``: Twitter API v1.1 tweet objects (``entities``, ``extended_tweet``,
+  ``retweeted_status``, ``in_reply_to_*``; ``user`` may be trimmed to its id);
+- ``twitter_v2``: Twitter API v2 responses (``data``, ``includes.users/tweets/media``) or bare v2
+  tweet objects;
+- ``ira_csv``: FiveThirtyEight's IRA tweets CSV layout.
+"""
+
+from __future__ import annotations
+
+import html
+import re
+from collections.abc import Iterator
+from datetime import datetime
+from typing import Any
+
+from ntulm.posts.extract import extract_ntus, normalize_handle, normalize_hashtag
+from ntulm.posts.schema import Post, UserRef
+
+FORMATS = ("jsonl", "twitter_v1", "twitter_v2", "ira_csv")
+IRA_COLUMNS = ("external_author_id", "author", "content", "publish_date")
+IRA_LABELS = ("account_category", "account_type", "region", "post_type")
+_RT_PREFIX = re.compile(r"^RT @([A-Za-z0-9_]{1,15}):")
+# FiveThirtyEight's author ids went through a float: 906000000000000000 stands for many accounts.
+_ROUNDED_ID = re.compile(r"^\d{6,}0{6}$|[eE.]")
+
+
+class RecordError(ValueError):
+    """A record this parser cannot turn into a post; ``str(exc)`` is the problem."""
+
+
+def _str_id(value: Any, field: str) -> str:
+    if isinstance(value, bool) or value is None:
+        raise RecordError(f"field '{field}' must be a string or integer id, got {value!r}")
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, str) and value.strip():
+        return value.strip()
+    raise RecordError(f"field '{field}' must be a non-empty string or integer id")
+
+
+def _user(value: Any, field: str) -> UserRef:
+    """Project schema user: ``"alice"`` / ``"@alice"`` (handle), ``123`` or ``"id:123"`` (id), or
+    ``{"id": ..., "handle": ...}`` (``screen_name`` / ``username`` accepted for ``handle``)."""
+    if isinstance(value, bool):
+        raise RecordError(f"field '{field}': a user must be a handle, id or object")
+    if isinstance(value, int):
+        return UserRef(id=str(value))
+    if isinstance(value, str):
+        value = value.strip()
+        if value.startswith("id:") and value[3:]:
+            return UserRef(id=value[3:])
+        if normalize_handle(value):
+            return UserRef(handle=normalize_handle(value))
+        raise RecordError(f"field '{field}': empty user")
+    if isinstance(value, dict):
+        uid = value.get("id", value.get("id_str"))
+        handle = value.get("handle", value.get("screen_name", value.get("username")))
+        ref = UserRef(
+            id=_str_id(uid, f"{field}.id") if uid is not None else None,
+            handle=normalize_handle(handle) if isinstance(handle, str) and handle.strip() else None,
+        )
+        if ref.id is None and ref.handle is None:
+            raise RecordError(f"field '{field}': a user object needs 'id' or 'handle'")
+        return ref
+    raise RecordError(f"field '{field}': a user must be a handle, id or object")
+
+
+def _str_list(value: Any, field: str) -> list[str]:
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise RecordError(f"field '{field}' must be a list of strings")
+    return [v.strip() for v in value if v.strip()]
+
+
+def _user_list(value: Any, field: str) -> list[UserRef]:
+    if not isinstance(value, list):
+        raise RecordError(f"field '{field}' must be a list of users")
+    return list(dict.fromkeys(_user(v, f"{field}[{i}]") for i, v in enumerate(value)))
+
+
+def _text(value: Any, field: str = "text") -> str:
+    if not isinstance(value, str):
+        raise RecordError(f"field '{field}' must be a string")
+    return value
+
+
+_JSONL_FIELDS = {
+    "id", "text", "author", "created_at", "hashtags", "mentions", "urls", "media", "favorited_by",
+    "retweeted_by", "replied_by", "is_retweet", "retweet_of_id", "retweet_of_author",
+    "reply_to_id", "reply_to_user", "lang", "labels",
+}  # fmt: skip
+
+
+def parse_jsonl(obj: Any) -> Post:
+    """The project's schema. Required: ``id``, ``text``, ``author`` (null = unknown author).
+    Hashtags / mentions / urls / media given in the record are used as they are; those not given
+    are extracted from the text."""
+    if not isinstance(obj, dict):
+        raise RecordError(f"expected a JSON object, got {type(obj).__name__}")
+    for req in ("id", "text", "author"):
+        if req not in obj:
+            raise RecordError(f"missing required field '{req}'")
+    unknown = sorted(set(obj) - _JSONL_FIELDS)
+    if unknown:
+        raise RecordError(f"unknown field(s) {', '.join(unknown)}")
+    text = _text(obj["text"])
+    tags, handles, urls, media = extract_ntus(text)
+    post = Post(
+        id=_str_id(obj["id"], "id"),
+        text=text,
+        author=None if obj["author"] is None else _user(obj["author"], "author"),
+        created_at=_opt_str(obj, "created_at"),
+        hashtags=[normalize_hashtag(t) for t in _str_list(obj["hashtags"], "hashtags")]
+        if "hashtags" in obj
+        else tags,
+        mentions=_user_list(obj["mentions"], "mentions")
+        if "mentions" in obj
+        else [UserRef(handle=h) for h in handles],
+        urls=_str_list(obj["urls"], "urls") if "urls" in obj else urls,
+        media=_str_list(obj["media"], "media") if "media" in obj else media,
+        favorited_by=_user_list(obj.get("favorited_by", []), "favorited_by"),
+        retweeted_by=_user_list(obj.get("retweeted_by", []), "retweeted_by"),
+        replied_by=_user_list(obj.get("replied_by", []), "replied_by"),
+        is_retweet=bool(obj.get("is_retweet", False)),
+        retweet_of_id=_opt_id(obj, "retweet_of_id"),
+        retweet_of_author=_opt_user(obj, "retweet_of_author"),
+        reply_to_id=_opt_id(obj, "reply_to_id"),
+        reply_to_user=_opt_user(obj, "reply_to_user"),
+        lang=_opt_str(obj, "lang"),
+        labels=_labels(obj.get("labels", {})),
+    )
+    post.hashtags = list(dict.fromkeys(h for h in post.hashtags if h))
+    return post
+
+
+def _opt_str(obj: dict[str, Any], field: str) -> str | None:
+    v = obj.get(field)
+    if v is None:
+        return None
+    if not isinstance(v, str):
+        raise RecordError(f"field '{field}' must be a string")
+    return v
+
+
+def _opt_id(obj: dict[str, Any], field: str) -> str | None:
+    return None if obj.get(field) is None else _str_id(obj[field], field)
+
+
+def _opt_user(obj: dict[str, Any], field: str) -> UserRef | None:
+    return None if obj.get(field) is None else _user(obj[field], field)
+
+
+def _labels(value: Any) -> dict[str, str]:
+    if not isinstance(value, dict):
+        raise RecordError("field 'labels' must be an object of name -> value")
+    out = {}
+    for k, v in value.items():
+        if v is None:
+            continue
+        if isinstance(v, (dict, list)):
+            raise RecordError(f"label '{k}' must be a string, number or boolean")
+        out[str(k)] = str(v).lower() if isinstance(v, bool) else str(v)
+    return out
+
+
+# --- Twitter API v1.1 -------------------------------------------------------------------------
+
+
+def _v1_time(value: Any) -> str | None:
+    if not isinstance(value, str):
+        return None
+    try:
+        return datetime.strptime(value, "%a %b %d %H:%M:%S %z %Y").isoformat()
+    except ValueError:
+        return value
+
+
+def _v1_user(obj: Any, field: str) -> UserRef:
+    if not isinstance(obj, dict):
+        raise RecordError(f"field '{field}' must be a user object")
+    uid = obj.get("id_str", obj.get("id"))
+    handle = obj.get("screen_name")
+    if uid is None and not handle:
+        raise RecordError(f"field '{field}' has neither id nor screen_name")
+    return UserRef(
+        id=_str_id(uid, f"{field}.id") if uid is not None else None,
+        handle=normalize_handle(handle) if isinstance(handle, str) and handle else None,
+    )
+
+
+def parse_twitter_v1(obj: Any) -> Post:
+    if not isinstance(obj, dict):
+        raise RecordError(f"expected a tweet object, got {type(obj).__name__}")
+    if "id_str" not in obj and "id" not in obj:
+        raise RecordError("tweet has no 'id' / 'id_str'")
+    if "user" not in obj:
+        raise RecordError("tweet has no 'user'")
+    author = _v1_user(obj["user"], "user")
+    rt = obj.get("retweeted_status")
+    src = rt if isinstance(rt, dict) else obj
+    ext = src.get("extended_tweet") if isinstance(src.get("extended_tweet"), dict) else {}
+    text = ext.get("full_text") or src.get("full_text") or src.get("text")
+    if not isinstance(text, str):
+        raise RecordError("tweet has no text ('text', 'full_text' or 'extended_tweet.full_text')")
+    text = html.unescape(text)
+    entities = ext.get("entities") or src.get("entities")
+    ext_entities = ext.get("extended_entities") or src.get("extended_entities") or {}
+    if isinstance(entities, dict):
+        hashtags = [
+            normalize_hashtag(h["text"]) for h in entities.get("hashtags", []) if h.get("text")
+        ]
+        mentions = [
+            _v1_user(m, "entities.user_mentions") for m in entities.get("user_mentions", [])
+        ]
+        urls = [u.get("expanded_url") or u.get("url") for u in entities.get("urls", [])]
+        media_objs = ext_entities.get("media") or entities.get("media") or []
+        media = [f"{m.get('type', 'media')}:{m.get('id_str', m.get('id'))}" for m in media_objs]
+    else:
+        hashtags, handles, urls, media = extract_ntus(text)
+        mentions = [UserRef(handle=h) for h in handles]
+    post = Post(
+        id=_str_id(obj.get("id_str", obj.get("id")), "id"),
+        text=text,
+        author=author,
+        created_at=_v1_time(obj.get("created_at")),
+        hashtags=list(dict.fromkeys(h for h in hashtags if h)),
+        mentions=list(dict.fromkeys(mentions)),
+        urls=[u for u in urls if u],
+        media=media,
+        lang=obj.get("lang") if isinstance(obj.get("lang"), str) else None,
+    )
+    if src is rt:
+        post.is_retweet = True
+        post.retweet_of_id = _str_id(rt.get("id_str", rt.get("id")), "retweeted_status.id")
+        if "user" in rt:
+            post.retweet_of_author = _v1_user(rt["user"], "retweeted_status.user")
+    reply_id = obj.get("in_reply_to_status_id_str", obj.get("in_reply_to_status_id"))
+    if reply_id is not None:
+        post.reply_to_id = _str_id(reply_id, "in_reply_to_status_id")
+    reply_uid = obj.get("in_reply_to_user_id_str", obj.get("in_reply_to_user_id"))
+    reply_handle = obj.get("in_reply_to_screen_name")
+    if reply_uid is not None or reply_handle:
+        post.reply_to_user = UserRef(
+            id=_str_id(reply_uid, "in_reply_to_user_id") if reply_uid is not None else None,
+            handle=normalize_handle(reply_handle) if reply_handle else None,
+        )
+    return post
+
+
+# --- Twitter API v2 ---------------------------------------------------------------------------
+
+
+def iter_twitter_v2(obj: Any) -> Iterator[Post]:
+    """Posts of one v2 response (``data`` list or object + ``includes``) or one bare tweet."""
+    if not isinstance(obj, dict):
+        raise RecordError(f"expected a v2 response or tweet object, got {type(obj).__name__}")
+    if "data" not in obj:
+        if "errors" in obj:
+            raise RecordError(f"v2 response holds only errors: {str(obj['errors'])[:200]}")
+        yield _v2_tweet(obj, {}, {}, {})
+        return
+    includes = obj.get("includes") or {}
+    users = {u["id"]: u for u in includes.get("users", []) if isinstance(u, dict) and "id" in u}
+    tweets = {t["id"]: t for t in includes.get("tweets", []) if isinstance(t, dict) and "id" in t}
+    media = {
+        m["media_key"]: m
+        for m in includes.get("media", [])
+        if isinstance(m, dict) and "media_key" in m
+    }
+    data = obj["data"]
+    for tweet in data if isinstance(data, list) else [data]:
+        yield _v2_tweet(tweet, users, tweets, media)
+
+
+def _v2_user(uid: Any, users: dict[str, Any], field: str) -> UserRef:
+    uid = _str_id(uid, field)
+    u = users.get(uid) or {}
+    handle = u.get("username")
+    return UserRef(id=uid, handle=normalize_handle(handle) if isinstance(handle, str) else None)
+
+
+def _v2_tweet(t: Any, users: dict, tweets: dict, media: dict) -> Post:
+    if not isinstance(t, dict):
+        raise RecordError("v2 'data' item is not a tweet object")
+    if "id" not in t or "text" not in t:
+        raise RecordError("v2 tweet needs 'id' and 'text'")
+    if "author_id" not in t:
+        raise RecordError("v2 tweet has no 'author_id' (request tweet.fields=author_id)")
+    refs = {
+        r.get("type"): r.get("id") for r in t.get("referenced_tweets", []) if isinstance(r, dict)
+    }
+    src = t
+    if refs.get("retweeted") in tweets:  # full text of the original, not the truncated "RT @x: ..."
+        src = tweets[refs["retweeted"]]
+    note = src.get("note_tweet") if isinstance(src.get("note_tweet"), dict) else {}
+    text = html.unescape(_text(note.get("text") or src.get("text")))
+    entities = note.get("entities") or src.get("entities")
+    if isinstance(entities, dict):
+        hashtags = [
+            normalize_hashtag(h["tag"]) for h in entities.get("hashtags", []) if h.get("tag")
+        ]
+        mentions = [
+            UserRef(
+                id=m.get("id"),
+                handle=normalize_handle(m["username"]) if m.get("username") else None,
+            )
+            for m in entities.get("mentions", [])
+            if m.get("id") or m.get("username")
+        ]
+        urls = [
+            u.get("unwound_url") or u.get("expanded_url") or u.get("url")
+            for u in entities.get("urls", [])
+        ]
+        urls = [u for u in urls if u and "/photo/" not in u and "/video/" not in u]
+    else:
+        hashtags, handles, urls, _ = extract_ntus(text)
+        mentions = [UserRef(handle=h) for h in handles]
+    keys = (src.get("attachments") or {}).get("media_keys", [])
+    post = Post(
+        id=_str_id(t["id"], "id"),
+        text=text,
+        author=_v2_user(t["author_id"], users, "author_id"),
+        created_at=t.get("created_at") if isinstance(t.get("created_at"), str) else None,
+        hashtags=list(dict.fromkeys(h for h in hashtags if h)),
+        mentions=list(dict.fromkeys(mentions)),
+        urls=urls,
+        media=[f"{(media.get(k) or {}).get('type', 'media')}:{k}" for k in keys],
+        lang=t.get("lang") if isinstance(t.get("lang"), str) else None,
+    )
+    if "retweeted" in refs:
+        post.is_retweet = True
+        post.retweet_of_id = _str_id(refs["retweeted"], "referenced_tweets.id")
+        if src is not t and "author_id" in src:
+            post.retweet_of_author = _v2_user(src["author_id"], users, "includes.tweets.author_id")
+    if "replied_to" in refs:
+        post.reply_to_id = _str_id(refs["replied_to"], "referenced_tweets.id")
+    if t.get("in_reply_to_user_id") is not None:
+        post.reply_to_user = _v2_user(t["in_reply_to_user_id"], users, "in_reply_to_user_id")
+    return post
+
+
+# --- FiveThirtyEight IRA CSV ------------------------------------------------------------------
+
+
+def parse_ira_row(row: dict[str, str | None], row_id: str) -> Post:
+    """One CSV row. There are no tweet ids in this data: ``row_id`` (file stem and line) is used.
+    Rounded author ids (``906000000000000000``) are dropped: the handle is the identity."""
+    for col in IRA_COLUMNS:
+        if row.get(col) is None:
+            raise RecordError(f"missing column '{col}' (row has {len(row)} fields)")
+    handle = normalize_handle(row["author"] or "")
+    if not handle:
+        raise RecordError("empty 'author'")
+    uid = (row["external_author_id"] or "").strip()
+    if not uid.isdigit() or _ROUNDED_ID.search(uid):
+        uid = ""
+    text = html.unescape(row["content"] or "")
+    tags, handles, urls, media = extract_ntus(text)
+    is_rt = (row.get("retweet") or "").strip() == "1"
+    post = Post(
+        id=row_id,
+        text=text,
+        author=UserRef(id=uid or None, handle=handle),
+        created_at=(row["publish_date"] or "").replace(" ", "T") or None,
+        hashtags=tags,
+        mentions=[UserRef(handle=h) for h in handles],
+        urls=urls,
+        media=media,
+        is_retweet=is_rt,
+        lang="en" if (row.get("language") or "").lower() == "english" else row.get("language"),
+        labels={k: v for k in IRA_LABELS if (v := (row.get(k) or "").strip())},
+    )
+    if is_rt and (m := _RT_PREFIX.match(text)):
+        # The "RT @x:" prefix names the original author, who is not mentioned in the post.
+        post.retweet_of_author = UserRef(handle=m.group(1).lower())
+        post.mentions = [u for u in post.mentions if u != post.retweet_of_author]
+    return post

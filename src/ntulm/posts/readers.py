@@ -1,0 +1,419 @@
+"""Streaming post readers: files or directories -> ``(Post, source)`` pairs, memory independent of
+the number of posts.
+
+- gzip is detected by its magic bytes, not the file name;
+- the format is detected from each file's content (``--format`` forces one);
+- bad input follows one policy: by default a bad record is skipped, counted by reason and written
+  to a quarantine file (``read == accepted + rejected`` always); with ``strict=True`` the first bad
+  record raises :class:`InputError` naming the file, line and problem.
+"""
+
+from __future__ import annotations
+
+import codecs
+import csv
+import gzip
+import io
+import json
+import logging
+import os
+import zlib
+from collections import Counter
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+import ijson
+
+from ntulm.errors import InputError
+from ntulm.posts.formats import (
+    FORMATS,
+    IRA_COLUMNS,
+    RecordError,
+    iter_twitter_v2,
+    parse_ira_row,
+    parse_jsonl,
+    parse_twitter_v1,
+)
+from ntulm.posts.schema import Post
+
+log = logging.getLogger(__name__)
+
+GZIP_MAGIC = b"\x1f\x8b"
+_SNIFF_BYTES = 1 << 16
+_MAX_RAW_IN_QUARANTINE = 4000
+csv.field_size_limit(1 << 26)
+
+
+@dataclass
+class ReadReport:
+    """Counts of one read. ``read`` counts records (lines, array items, CSV rows)."""
+
+    read: int = 0
+    accepted: int = 0
+    rejected: int = 0
+    reasons: Counter = field(default_factory=Counter)
+    files: dict[str, str] = field(default_factory=dict)  # path -> detected format
+    files_skipped: dict[str, str] = field(default_factory=dict)  # path -> why
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "read": self.read,
+            "accepted": self.accepted,
+            "rejected": self.rejected,
+            "rejected_by_reason": dict(self.reasons.most_common()),
+            "files": self.files,
+            "files_skipped": self.files_skipped,
+        }
+
+
+class Quarantine:
+    """Rejected records as JSON Lines: ``{"file", "line", "problem", "raw"}``; written atomically
+    (to a temporary file renamed on close)."""
+
+    def __init__(self, path: str | Path | None):
+        self.path = Path(path) if path else None
+        self._fh: IO[str] | None = None
+        self._tmp: Path | None = None
+
+    def write(self, file: str, line: int | None, problem: str, raw: Any) -> None:
+        if self.path is None:
+            return
+        if self._fh is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._tmp = self.path.with_name(f".{self.path.name}.tmp")
+            self._fh = open(self._tmp, "w", encoding="utf-8")
+        if isinstance(raw, bytes):
+            raw = raw.decode("utf-8", errors="backslashreplace")
+        elif not isinstance(raw, str):
+            raw = json.dumps(raw, ensure_ascii=False, default=str)
+        rec = {"file": file, "line": line, "problem": problem, "raw": raw[:_MAX_RAW_IN_QUARANTINE]}
+        self._fh.write(json.dumps(rec, ensure_ascii=False) + "\n")
+
+    def close(self) -> None:
+        if self._fh is not None and self._tmp is not None and self.path is not None:
+            self._fh.close()
+            os.replace(self._tmp, self.path)
+            self._fh = None
+
+
+@dataclass
+class PostReader:
+    """Reads posts from files and directories under one bad-input policy.
+
+    Iterate over :meth:`iter_posts`; afterwards ``report`` holds the counts.
+    """
+
+    format: str = "auto"
+    strict: bool = False
+    max_text_chars: int = 10_000
+    quarantine_path: str | Path | None = None
+    report: ReadReport = field(default_factory=ReadReport)
+
+    def __post_init__(self) -> None:
+        if self.format != "auto" and self.format not in FORMATS:
+            raise InputError(
+                "--format",
+                None,
+                f"unknown format {self.format!r}; use auto or one of {', '.join(FORMATS)}",
+            )
+
+    # -- the policy -------------------------------------------------------------------------
+    def _reject(self, q: Quarantine, path: str, line: int | None, problem: str, raw: Any) -> None:
+        self.report.read += 1
+        self.report.rejected += 1
+        self.report.reasons[problem.split(":")[0]] += 1
+        if self.strict:
+            raise InputError(path, line, problem)
+        q.write(path, line, problem, raw)
+
+    def _skip_file(self, path: str, why: str) -> None:
+        if self.strict:
+            raise InputError(path, None, why)
+        log.warning("%s: skipped: %s", path, why)
+        self.report.files_skipped[path] = why
+
+    def _check(self, post: Post) -> str | None:
+        if not post.text.strip():
+            return "empty text"
+        if len(post.text) > self.max_text_chars:
+            return (
+                f"text too long: {len(post.text)} characters > max_text_chars={self.max_text_chars}"
+            )
+        return None
+
+    # -- entry point ------------------------------------------------------------------------
+    def iter_posts(self, paths: Iterable[str | Path]) -> Iterator[tuple[Post, str]]:
+        """Yield ``(post, "file:line")`` for every accepted post of every file under ``paths``."""
+        files = list(expand_paths(paths))  # fail on a missing path before reading anything
+        q = Quarantine(self.quarantine_path)
+        try:
+            for path in files:
+                yield from self._iter_file(path, q)
+        finally:
+            q.close()
+
+    def _iter_file(self, path: Path, q: Quarantine) -> Iterator[tuple[Post, str]]:
+        name = str(path)
+        try:
+            fmt, layout = (self.format, None) if self.format != "auto" else sniff_format(path)
+        except InputError as exc:
+            self._skip_file(name, exc.problem)
+            return
+        except OSError as exc:
+            self._skip_file(name, f"cannot read: {exc}")
+            return
+        if fmt is None:
+            self._skip_file(name, layout or "unknown format")
+            return
+        self.report.files[name] = fmt
+        log.info("%s: reading as %s", name, fmt)
+        try:
+            for post, line, raw in self._records(path, fmt, layout, q):
+                problem = self._check(post)
+                if problem:
+                    self._reject(q, name, line, problem, raw)
+                    continue
+                self.report.read += 1
+                self.report.accepted += 1
+                yield post, f"{name}:{line}"
+        except InputError as exc:
+            if self.strict:
+                raise
+            self._skip_file(name, exc.problem)
+        except (EOFError, gzip.BadGzipFile, zlib.error) as exc:
+            self._reject(q, name, None, f"truncated or corrupt gzip: {exc}", "")
+        except OSError as exc:
+            self._reject(q, name, None, f"read error: {exc}", "")
+
+    def _records(
+        self, path: Path, fmt: str, layout: str | None, q: Quarantine
+    ) -> Iterator[tuple[Post, int, Any]]:
+        name = str(path)
+        if fmt == "ira_csv":
+            yield from self._csv_records(path, q)
+            return
+        parse = {
+            "jsonl": _one(parse_jsonl),
+            "twitter_v1": _one(parse_twitter_v1),
+            "twitter_v2": iter_twitter_v2,
+        }[fmt]
+        layout = layout or _sniff_layout(path)
+        if layout == "array":
+            items: Iterator[tuple[int, Any, Any]] = _array_items(path)
+        elif layout == "document":
+            items = _document(path)
+        else:
+            items = _json_lines(path)
+        for line, obj, raw in items:
+            if isinstance(obj, _Bad):
+                self._reject(q, name, line, obj.problem, raw)
+                continue
+            try:
+                posts = list(parse(obj))
+            except RecordError as exc:
+                self._reject(q, name, line, str(exc), raw)
+                continue
+            for post in posts:
+                yield post, line, raw
+
+    def _csv_records(self, path: Path, q: Quarantine) -> Iterator[tuple[Post, int, Any]]:
+        name, stem = str(path), path.name.split(".")[0]
+        with open_text(path) as fh:
+            reader = csv.reader(fh)
+            try:
+                header = next(reader)
+            except StopIteration:
+                return
+            missing = [c for c in IRA_COLUMNS if c not in header]
+            if missing:
+                raise InputError(name, 1, f"CSV header lacks column(s) {', '.join(missing)}")
+            start = reader.line_num + 1
+            for row in reader:
+                line, start = start, reader.line_num + 1
+                raw = ",".join(row)
+                if any("\udc80" <= ch <= "\udcff" for field in row for ch in field):
+                    self._reject(
+                        q, name, line, "invalid UTF-8", raw.encode("utf-8", "surrogateescape")
+                    )
+                    continue
+                if len(row) != len(header):
+                    self._reject(
+                        q, name, line, f"expected {len(header)} fields, got {len(row)}", raw
+                    )
+                    continue
+                try:
+                    yield (
+                        parse_ira_row(dict(zip(header, row, strict=True)), f"{stem}:{line}"),
+                        line,
+                        raw,
+                    )
+                except RecordError as exc:
+                    self._reject(q, name, line, str(exc), raw)
+
+
+class _Bad:
+    __slots__ = ("problem",)
+
+    def __init__(self, problem: str):
+        self.problem = problem
+
+
+def _one(fn):  # adapt a one-post parser to the many-posts shape of the v2 parser
+    def many(obj: Any) -> Iterator[Post]:
+        yield fn(obj)
+
+    return many
+
+
+def expand_paths(paths: Iterable[str | Path]) -> Iterator[Path]:
+    """Files in the order given; directories walked recursively in sorted order (hidden files
+    and folders skipped)."""
+    for p in paths:
+        p = Path(p)
+        if p.is_dir():
+            for root, dirs, files in os.walk(p):
+                dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+                for f in sorted(files):
+                    if not f.startswith("."):
+                        yield Path(root) / f
+        elif p.exists():
+            yield p
+        else:
+            raise InputError(str(p), None, "no such file or directory")
+
+
+def open_binary(path: Path) -> IO[bytes]:
+    fh = open(path, "rb")
+    magic = fh.read(2)
+    fh.seek(0)
+    if magic == GZIP_MAGIC:
+        return gzip.GzipFile(fileobj=fh, mode="rb")  # type: ignore[return-value]
+    return fh
+
+
+def open_text(path: Path) -> IO[str]:
+    """Text with undecodable bytes kept as surrogates (so a bad line is reported, not fatal)."""
+    return io.TextIOWrapper(
+        open_binary(path), encoding="utf-8-sig", errors="surrogateescape", newline=""
+    )
+
+
+def _head(path: Path) -> bytes:
+    chunks: list[bytes] = []
+    size = 0
+    with open_binary(path) as fh:
+        try:
+            while size < _SNIFF_BYTES and (chunk := fh.read(4096)):
+                chunks.append(chunk)
+                size += len(chunk)
+        except (EOFError, gzip.BadGzipFile, zlib.error) as exc:
+            if not chunks:  # a truncated file still has a readable head; its tail is reported later
+                raise InputError(str(path), None, f"truncated or corrupt gzip: {exc}") from None
+    return b"".join(chunks)
+
+
+def _classify(obj: Any) -> str | None:
+    if not isinstance(obj, dict):
+        return None
+    if "data" in obj or "author_id" in obj:
+        return "twitter_v2"
+    if "user" in obj or "id_str" in obj or "entities" in obj or "full_text" in obj:
+        return "twitter_v1"
+    if "text" in obj and ("author" in obj or "id" in obj):
+        return "jsonl"
+    return None
+
+
+def sniff_format(path: Path) -> tuple[str | None, str | None]:
+    """``(format, layout)`` from content. layout: ``lines``, ``array`` or ``document``; on failure
+    ``(None, why)``."""
+    head = _head(path)
+    text = head.decode("utf-8", errors="replace").lstrip("\ufeff \t\r\n")
+    if not text:
+        return None, "empty file"
+    if text[0] == "[":
+        for _, obj, _ in _array_items(path):
+            if isinstance(obj, _Bad):
+                return None, f"JSON array whose first item is unreadable: {obj.problem}"
+            fmt = _classify(obj)
+            return (fmt, "array") if fmt else (None, "JSON array of unrecognised objects")
+        return None, "empty JSON array"
+    if text[0] == "{":
+        first = text.split("\n", 1)[0]
+        try:
+            fmt = _classify(json.loads(first))
+            return (fmt, "lines") if fmt else (None, "JSON objects of unrecognised shape")
+        except json.JSONDecodeError:
+            for _, obj, _ in _document(path):
+                if isinstance(obj, _Bad):
+                    return None, f"not JSON Lines and not one JSON document: {obj.problem}"
+                fmt = _classify(obj)
+                return (fmt, "document") if fmt else (None, "JSON document of unrecognised shape")
+    header = next(csv.reader([text.split("\n", 1)[0]]), [])
+    if all(c in header for c in IRA_COLUMNS):
+        return "ira_csv", None
+    return None, "unknown format (not JSON Lines, a JSON array or document, or the IRA CSV layout)"
+
+
+def _sniff_layout(path: Path) -> str:
+    text = _head(path).decode("utf-8", errors="replace").lstrip("\ufeff \t\r\n")
+    if text.startswith("["):
+        return "array"
+    first = text.split("\n", 1)[0]
+    if first.startswith("{"):
+        try:
+            json.loads(first)
+        except json.JSONDecodeError:
+            return "document"
+    return "lines"
+
+
+def _json_lines(path: Path) -> Iterator[tuple[int, Any, Any]]:
+    decoder = codecs.getincrementaldecoder("utf-8")
+    with open_binary(path) as fh:
+        for lineno, raw in enumerate(fh, 1):
+            if lineno == 1 and raw.startswith(codecs.BOM_UTF8):
+                raw = raw[3:]
+            if not raw.strip():
+                continue
+            raw = raw.rstrip(b"\r\n")
+            try:
+                s = decoder().decode(raw, final=True)
+            except UnicodeDecodeError as exc:
+                yield lineno, _Bad(f"invalid UTF-8 at byte {exc.start}"), raw
+                continue
+            try:
+                yield lineno, json.loads(s), s
+            except json.JSONDecodeError as exc:
+                yield lineno, _Bad(f"malformed JSON: {exc.msg} at column {exc.colno}"), s
+
+
+def _array_items(path: Path) -> Iterator[tuple[int, Any, Any]]:
+    """Items of a top-level JSON array, streamed; ``line`` is the item's 1-based index."""
+    with open_binary(path) as fh:
+        i = 0
+        try:
+            for i, obj in enumerate(ijson.items(fh, "item", use_float=True), 1):
+                yield i, obj, obj
+        except ijson.JSONError as exc:
+            yield i + 1, _Bad(f"malformed JSON array after item {i}: {exc}"), ""
+        except UnicodeDecodeError as exc:
+            yield i + 1, _Bad(f"invalid UTF-8 after item {i}: {exc.reason}"), ""
+
+
+def _document(path: Path) -> Iterator[tuple[int, Any, Any]]:
+    """One pretty-printed JSON document (e.g. a v2 response page)."""
+    with open_binary(path) as fh:
+        data = fh.read()
+    try:
+        yield 1, json.loads(data.decode("utf-8-sig")), ""
+    except UnicodeDecodeError as exc:
+        yield 1, _Bad(f"invalid UTF-8 at byte {exc.start}"), ""
+    except json.JSONDecodeError as exc:
+        yield (
+            exc.lineno,
+            _Bad(f"malformed JSON: {exc.msg} at line {exc.lineno} column {exc.colno}"),
+            "",
+        )

@@ -1,0 +1,145 @@
+"""The normalised post record that every reader produces and every later stage consumes.
+
+A :class:`Post` holds the text and its non-textual units (NTUs): author, hashtags, mentioned users,
+URLs (expanded where the source gives them), media, and engagement lists (favorited_by,
+retweeted_by, replied_by). Users are :class:`UserRef` (id where known, handle where known); the
+graph stage resolves handle-only references to ids seen elsewhere in the corpus, so a user has one
+identity across formats.
+
+The project's own JSON Lines format is this record, one object per line (see ``docs/posts.md``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import pyarrow as pa
+
+NTU_TYPES = ("author", "hashtag", "mention", "url", "media")
+
+
+@dataclass(frozen=True, slots=True)
+class UserRef:
+    """A user: Twitter-style numeric id (as a string) and/or handle (lower-case, no ``@``)."""
+
+    id: str | None = None
+    handle: str | None = None
+
+    @property
+    def key(self) -> str:
+        """Identity before corpus-level alias resolution: ``id:<id>`` else ``@<handle>``."""
+        return f"id:{self.id}" if self.id else f"@{self.handle}"
+
+    def to_json(self) -> dict[str, str] | str:
+        if self.id and self.handle:
+            return {"id": self.id, "handle": self.handle}
+        return {"id": self.id} if self.id else str(self.handle)
+
+
+@dataclass(slots=True)
+class Post:
+    id: str
+    text: str
+    author: UserRef | None = None
+    created_at: str | None = None
+    hashtags: list[str] = field(default_factory=list)
+    mentions: list[UserRef] = field(default_factory=list)
+    urls: list[str] = field(default_factory=list)
+    media: list[str] = field(default_factory=list)
+    favorited_by: list[UserRef] = field(default_factory=list)
+    retweeted_by: list[UserRef] = field(default_factory=list)
+    replied_by: list[UserRef] = field(default_factory=list)
+    # A retweet record: ``author`` retweeted post ``retweet_of_id`` written by ``retweet_of_author``
+    # (text and NTUs are the original's).
+    is_retweet: bool = False
+    retweet_of_id: str | None = None
+    retweet_of_author: UserRef | None = None
+    reply_to_id: str | None = None
+    reply_to_user: UserRef | None = None
+    lang: str | None = None
+    labels: dict[str, str] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        """The project's JSON Lines record (empty fields left out)."""
+        out: dict[str, Any] = {"id": self.id, "text": self.text}
+        for name in ("author", "retweet_of_author", "reply_to_user"):
+            ref = getattr(self, name)
+            if ref is not None:
+                out[name] = ref.to_json()
+        for name in ("created_at", "retweet_of_id", "reply_to_id", "lang"):
+            if getattr(self, name) is not None:
+                out[name] = getattr(self, name)
+        for name in ("hashtags", "urls", "media"):
+            if getattr(self, name):
+                out[name] = list(getattr(self, name))
+        for name in ("mentions", "favorited_by", "retweeted_by", "replied_by"):
+            if getattr(self, name):
+                out[name] = [u.to_json() for u in getattr(self, name)]
+        if self.is_retweet:
+            out["is_retweet"] = True
+        if self.labels:
+            out["labels"] = dict(self.labels)
+        return out
+
+
+_USER = pa.struct([("id", pa.string()), ("handle", pa.string())])
+
+# Arrow layout of the normalised posts table the graph stage queries with DuckDB.
+POSTS_SCHEMA = pa.schema(
+    [
+        ("id", pa.string()),
+        ("text", pa.string()),
+        ("author", _USER),
+        ("created_at", pa.string()),
+        ("hashtags", pa.list_(pa.string())),
+        ("mentions", pa.list_(_USER)),
+        ("urls", pa.list_(pa.string())),
+        ("url_domains", pa.list_(pa.string())),
+        ("media", pa.list_(pa.string())),
+        ("favorited_by", pa.list_(_USER)),
+        ("retweeted_by", pa.list_(_USER)),
+        ("replied_by", pa.list_(_USER)),
+        ("is_retweet", pa.bool_()),
+        ("retweet_of_id", pa.string()),
+        ("retweet_of_author", _USER),
+        ("reply_to_id", pa.string()),
+        ("reply_to_user", _USER),
+        ("lang", pa.string()),
+        ("labels", pa.map_(pa.string(), pa.string())),
+        ("source", pa.string()),
+    ]
+)
+
+
+def _user(ref: UserRef | None) -> dict[str, str | None] | None:
+    return None if ref is None else {"id": ref.id, "handle": ref.handle}
+
+
+def posts_to_columns(posts: list[Post], sources: list[str]) -> dict[str, list[Any]]:
+    """Column-wise Python lists for :data:`POSTS_SCHEMA` (``source`` is ``file:line``)."""
+    from ntulm.posts.extract import url_domain
+
+    cols: dict[str, list[Any]] = {name: [] for name in POSTS_SCHEMA.names}
+    for p, src in zip(posts, sources, strict=True):
+        cols["id"].append(p.id)
+        cols["text"].append(p.text)
+        cols["author"].append(_user(p.author))
+        cols["created_at"].append(p.created_at)
+        cols["hashtags"].append(p.hashtags)
+        cols["mentions"].append([_user(u) for u in p.mentions])
+        cols["urls"].append(p.urls)
+        cols["url_domains"].append([d for d in (url_domain(u) for u in p.urls) if d])
+        cols["media"].append(p.media)
+        cols["favorited_by"].append([_user(u) for u in p.favorited_by])
+        cols["retweeted_by"].append([_user(u) for u in p.retweeted_by])
+        cols["replied_by"].append([_user(u) for u in p.replied_by])
+        cols["is_retweet"].append(p.is_retweet)
+        cols["retweet_of_id"].append(p.retweet_of_id)
+        cols["retweet_of_author"].append(_user(p.retweet_of_author))
+        cols["reply_to_id"].append(p.reply_to_id)
+        cols["reply_to_user"].append(_user(p.reply_to_user))
+        cols["lang"].append(p.lang)
+        cols["labels"].append(list(p.labels.items()))
+        cols["source"].append(src)
+    return cols

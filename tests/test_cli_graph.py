@@ -1,0 +1,119 @@
+"""The CLI end to end on tiny data: outputs, exit codes, one-line errors and no tracebacks."""
+
+import json
+
+from ntulm.cli import main
+
+
+def run(capsys, *argv):
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    assert "Traceback" not in out + err
+    return code, out, err
+
+
+def test_build_graph_and_ntu_stats(capsys, lines, tmp_path):
+    posts = lines(
+        "p.jsonl",
+        [
+            {"id": 1, "text": "hello #a #b @x", "author": "u"},
+            "{broken",
+            {"id": 2, "text": "again #a", "author": "v", "favorited_by": ["u"]},
+        ],
+    )
+    code, out, _ = run(
+        capsys,
+        "build-graph",
+        "--posts",
+        str(posts),
+        "--out",
+        str(tmp_path / "g"),
+        "-q",
+        "weighting=dedup",
+    )
+    assert code == 0
+    assert "posts: read 3, accepted 2, rejected 1" in out and "rejected.jsonl" in out
+    assert "nodes: 3 users, 2 hashtags" in out
+    assert json.loads((tmp_path / "g" / "config.json").read_text())["weighting"] == "dedup"
+    rejected = json.loads((tmp_path / "g" / "rejected.jsonl").read_text())
+    assert rejected["line"] == 2 and rejected["raw"] == "{broken"
+    code, out, _ = run(
+        capsys, "ntu-stats", "--posts", str(posts), "--graph", str(tmp_path / "g"), "--json", "-q"
+    )
+    assert code == 0 and json.loads(out)["hashtag"]["pct_ntu_posts_in_graph"] == 100.0
+
+
+def test_strict_and_errors_exit_2_with_one_line(capsys, lines, tmp_path):
+    posts = lines("p.jsonl", [{"id": 1, "text": "ok", "author": "u"}, "{broken"])
+    code, _, err = run(
+        capsys, "build-graph", "--posts", str(posts), "--out", str(tmp_path / "g"), "--strict", "-q"
+    )
+    assert code == 2 and err.strip().endswith(
+        f"{posts}:2: malformed JSON: Expecting property name enclosed in double quotes at column 2"
+    )
+    assert len(err.strip().splitlines()) == 1
+    code, _, err = run(
+        capsys, "build-graph", "--posts", str(tmp_path / "missing"), "--out", str(tmp_path / "g")
+    )
+    assert code == 2 and "missing: no such file or directory" in err
+    code, _, err = run(
+        capsys,
+        "build-graph",
+        "--posts",
+        str(posts),
+        "--out",
+        str(tmp_path / "g"),
+        "min_user_hashtags=-1",
+    )
+    assert code == 2 and "min_user_hashtags: Input should be greater than or equal to 0" in err
+    code, _, err = run(
+        capsys,
+        "build-graph",
+        "--posts",
+        str(posts),
+        "--out",
+        str(tmp_path / "g"),
+        "--config",
+        str(tmp_path / "nope.yaml"),
+    )
+    assert code == 2 and "nope.yaml: cannot read config" in err
+    code, _, err = run(
+        capsys, "ntu-stats", "--posts", str(posts), "--graph", str(tmp_path / "nothing")
+    )
+    assert code == 2 and "not a directory (expected a graph artifact)" in err
+
+
+def test_config_file(capsys, lines, tmp_path):
+    posts = lines("p.jsonl", [{"id": 1, "text": "#a #b", "author": "u"}])
+    cfg = tmp_path / "graph.yaml"
+    cfg.write_text("relations: [co_mentioned]\n")
+    code, out, _ = run(
+        capsys,
+        "build-graph",
+        "--posts",
+        str(posts),
+        "--out",
+        str(tmp_path / "g"),
+        "--config",
+        str(cfg),
+        "-q",
+    )
+    assert code == 0 and "nodes: 0 users, 0 hashtags" in out
+    cfg.write_text("relations: [\n")
+    code, _, err = run(
+        capsys,
+        "build-graph",
+        "--posts",
+        str(posts),
+        "--out",
+        str(tmp_path / "g"),
+        "--config",
+        str(cfg),
+    )
+    assert code == 2 and "graph.yaml: line" in err and "invalid YAML" in err
+
+
+def test_quickstart(capsys, tmp_path):
+    code, out, _ = run(capsys, "quickstart", "--out", str(tmp_path / "qs"), "--posts", "500", "-q")
+    assert code == 0 and "synthetic corpus" in out and "graph:" in out
+    assert (tmp_path / "qs" / "graph" / "DONE.json").exists()

@@ -1,0 +1,173 @@
+"""The graph stage on hand-made posts whose edges can be listed by hand."""
+
+import json
+
+import pyarrow.parquet as pq
+import pytest
+
+from ntulm.errors import ConfigError
+from ntulm.graph import GraphConfig, build_graph, ntu_coverage
+
+POSTS = [
+    # Table 1 of the paper: user1 authors, user2/user3 are mentioned, user4/user5 favorite.
+    {
+        "id": "t1",
+        "text": "Our paper was accepted at @WNUT with @user2 @user3 #nlproc #socialmedia",
+        "author": {"id": "1", "handle": "user1"},
+        "favorited_by": ["user4", "user5"],
+    },
+    # user2 is given by handle only here; the id 2 comes from t3, so both are one user.
+    {"id": "t2", "text": "#nlproc rocks", "author": "user2", "retweeted_by": [{"id": "4"}]},
+    {"id": "t3", "text": "no tags here @user1", "author": {"id": "2", "handle": "user2"}},
+    # A reply to t1 by user6: replied edges to t1's hashtags.
+    {"id": "t4", "text": "congrats", "author": "user6", "reply_to_id": "t1"},
+    # A retweet record: user7 retweeted t9 written by user8.
+    {
+        "id": "t5",
+        "text": "RT #nlproc again",
+        "author": "user7",
+        "is_retweet": True,
+        "retweet_of_id": "t9",
+        "retweet_of_author": "user8",
+        "hashtags": ["nlproc"],
+    },
+    # The same post twice (e.g. two crawls): counted once.
+    {"id": "t2", "text": "#nlproc rocks", "author": "user2", "retweeted_by": [{"id": "4"}]},
+]
+
+
+@pytest.fixture
+def corpus(lines):
+    return lines("posts.jsonl", POSTS)
+
+
+def edges_by_name(graph_dir):
+    users = {
+        r["node_id"]: r["key"] for r in pq.read_table(graph_dir / "nodes_user.parquet").to_pylist()
+    }
+    tags = {
+        r["node_id"]: r["key"]
+        for r in pq.read_table(graph_dir / "nodes_hashtag.parquet").to_pylist()
+    }
+    return {
+        (users[e["lhs"]], e["rel"], tags[e["rhs"]]): e["weight"]
+        for e in pq.read_table(graph_dir / "edges.parquet").to_pylist()
+    }
+
+
+def test_edges_relations_and_identity(corpus, tmp_path):
+    stats = build_graph([corpus], tmp_path / "g", progress=False)
+    edges = edges_by_name(tmp_path / "g")
+    assert edges == {
+        ("id:1", "authored", "nlproc"): 1,
+        ("id:1", "authored", "socialmedia"): 1,
+        ("@wnut", "co_mentioned", "nlproc"): 1,
+        ("@wnut", "co_mentioned", "socialmedia"): 1,
+        ("id:2", "co_mentioned", "nlproc"): 1,
+        ("id:2", "co_mentioned", "socialmedia"): 1,
+        ("@user3", "co_mentioned", "nlproc"): 1,
+        ("@user3", "co_mentioned", "socialmedia"): 1,
+        ("@user4", "favorited", "nlproc"): 1,
+        ("@user4", "favorited", "socialmedia"): 1,
+        ("@user5", "favorited", "nlproc"): 1,
+        ("@user5", "favorited", "socialmedia"): 1,
+        ("id:2", "authored", "nlproc"): 1,  # t2 by handle user2 -> id 2 (t2 appears twice: once)
+        ("id:4", "retweeted", "nlproc"): 1,
+        ("@user6", "replied", "nlproc"): 1,
+        ("@user6", "replied", "socialmedia"): 1,
+        ("@user7", "retweeted", "nlproc"): 1,
+        ("@user8", "authored", "nlproc"): 1,
+    }
+    users = pq.read_table(tmp_path / "g" / "nodes_user.parquet").to_pylist()
+    by_key = {u.pop("key"): u for u in users}
+    assert by_key["id:2"] == {"node_id": 8, "user_id": "2", "handle": "user2", "posts": 2}
+    assert by_key["@wnut"] == {"node_id": 6, "user_id": None, "handle": "wnut", "posts": 1}
+    assert [u["node_id"] for u in by_key.values()] == list(range(len(users)))
+    assert stats["nodes"] == {"user": 10, "hashtag": 2}
+    assert stats["edges"] == 18 and sum(stats["edges_per_relation"].values()) == 18
+    assert stats["posts"]["read"] == 6 == stats["posts"]["accepted"]
+    saved = json.loads((tmp_path / "g" / "stats.json").read_text())
+    assert saved["edges_per_relation"] == stats["edges_per_relation"]
+    assert json.loads((tmp_path / "g" / "relations.json").read_text())[0] == {
+        "name": "authored",
+        "lhs": "user",
+        "rhs": "hashtag",
+    }
+    assert (tmp_path / "g" / "DONE.json").exists() and not list((tmp_path / "g").glob(".work-*"))
+
+
+def test_relation_choice_and_weights(lines, tmp_path):
+    posts = [
+        {"id": str(i), "text": f"post {i} #a", "author": "u", "favorited_by": ["v"]}
+        for i in range(3)
+    ]
+    path = lines("p.jsonl", posts)
+    build_graph([path], tmp_path / "count", GraphConfig(relations=["authored"]), progress=False)
+    assert edges_by_name(tmp_path / "count") == {("@u", "authored", "a"): 3}
+    build_graph([path], tmp_path / "dedup", GraphConfig(weighting="dedup"), progress=False)
+    assert edges_by_name(tmp_path / "dedup") == {
+        ("@u", "authored", "a"): 1,
+        ("@v", "favorited", "a"): 1,
+    }
+
+
+def test_filters(lines, tmp_path):
+    posts = []
+    # u1 uses 5 hashtags, u2 uses 2, u3 uses 1; hashtag t0 is used by everyone, t4 once.
+    for u, n in (("u1", 5), ("u2", 2), ("u3", 1)):
+        for k in range(n):
+            posts.append({"id": f"{u}-{k}", "text": f"#t{k}", "author": u})
+    path = lines("p.jsonl", posts)
+    cfg = GraphConfig(min_user_hashtags=2, max_user_hashtags=4, min_hashtag_posts=2)
+    stats = build_graph([path], tmp_path / "g", cfg, progress=False)
+    # hashtags used in >=2 posts: t0, t1; then users with 2..4 unique of those: u1 (2), u2 (2).
+    assert set(edges_by_name(tmp_path / "g")) == {
+        ("@u1", "authored", "t0"),
+        ("@u1", "authored", "t1"),
+        ("@u2", "authored", "t0"),
+        ("@u2", "authored", "t1"),
+    }
+    assert stats["before_filters"] == {"users": 3, "hashtags": 5, "engagements": 8}
+    assert stats["degree"]["user_unique_hashtags"]["max"] == 2
+
+
+def test_config_errors_name_the_field():
+    with pytest.raises(ConfigError, match="relations.0: Input should be 'authored'"):
+        GraphConfig.build({"relations": ["liked"]})
+    with pytest.raises(ConfigError, match="max_user_hashtags .5. < min_user_hashtags .10."):
+        GraphConfig.build({"min_user_hashtags": 10, "max_user_hashtags": 5})
+    with pytest.raises(ConfigError, match="colour: Extra inputs are not permitted"):
+        GraphConfig.from_sources(overrides=["colour=red"])
+    cfg = GraphConfig.from_sources(
+        overrides=["relations=[authored, favorited]", "min_hashtag_posts=3"]
+    )
+    assert cfg.relations == ["authored", "favorited"] and cfg.min_hashtag_posts == 3
+    assert (
+        GraphConfig.paper().min_user_hashtags == 10 and GraphConfig.paper().max_user_hashtags == 100
+    )
+
+
+def test_coverage_table5(corpus, lines, tmp_path):
+    build_graph([corpus], tmp_path / "g", progress=False)
+    other = lines(
+        "other.jsonl",
+        [
+            {"id": "a", "text": "#nlproc and #unseen", "author": "user2"},  # author known by handle
+            {"id": "b", "text": "#unseen only", "author": "stranger"},
+            {"id": "c", "text": "nothing", "author": {"id": "1"}},
+            {"id": "d", "text": "nothing", "author": None},
+        ],
+    )
+    cov = ntu_coverage([other], tmp_path / "g", progress=False)
+    assert cov["posts"] == 4
+    assert cov["hashtag"] == {
+        "ntus": 2,
+        "pct_posts_with_ntu": 50.0,
+        "pct_posts_with_multiple": 25.0,
+        "pct_posts_with_ntu_in_graph": 25.0,
+        "pct_ntu_posts_in_graph": 50.0,
+    }
+    assert (
+        cov["user"]["pct_posts_with_ntu"] == 75.0
+        and cov["user"]["pct_posts_with_ntu_in_graph"] == 50.0
+    )
