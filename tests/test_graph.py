@@ -5,7 +5,7 @@ import json
 import pyarrow.parquet as pq
 import pytest
 
-from ntulm.errors import ConfigError
+from ntulm.errors import ConfigError, InputError
 from ntulm.graph import GraphConfig, build_graph, ntu_coverage
 
 POSTS = [
@@ -171,3 +171,38 @@ def test_coverage_table5(corpus, lines, tmp_path):
         cov["user"]["pct_posts_with_ntu"] == 75.0
         and cov["user"]["pct_posts_with_ntu_in_graph"] == 50.0
     )
+
+
+def test_parallel_reading_equals_sequential(lines, tmp_path):
+    (tmp_path / "d").mkdir()
+    for i in range(3):
+        recs = [
+            {"id": f"{i}-{k}", "text": f"#t{k % 3} by u{k % 4}", "author": f"u{k % 4}"}
+            for k in range(20)
+        ]
+        recs.insert(5, "{bad json")
+        lines(f"d/f{i}.jsonl", recs)
+    s1 = build_graph(
+        [tmp_path / "d"], tmp_path / "seq", GraphConfig(read_workers=1), progress=False
+    )
+    s2 = build_graph(
+        [tmp_path / "d"], tmp_path / "par", GraphConfig(read_workers=2), progress=False
+    )
+    assert edges_by_name(tmp_path / "seq") == edges_by_name(tmp_path / "par")
+    assert s1["posts"] == s2["posts"] and s2["posts"]["rejected"] == 3 and s2["posts"]["read"] == 63
+    for d in ("seq", "par"):
+        rejected = [
+            json.loads(x) for x in (tmp_path / d / "rejected.jsonl").read_text().splitlines()
+        ]
+        assert [(r["file"].split("/")[-1], r["line"]) for r in rejected] == [
+            ("f0.jsonl", 6),
+            ("f1.jsonl", 6),
+            ("f2.jsonl", 6),
+        ]
+    with pytest.raises(InputError, match=r"f0.jsonl:6: malformed JSON"):
+        build_graph(
+            [tmp_path / "d"],
+            tmp_path / "strict",
+            GraphConfig(read_workers=2, strict=True),
+            progress=False,
+        )

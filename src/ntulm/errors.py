@@ -22,6 +22,9 @@ class InputError(NTULMError):
         where = f"{path}:{line}" if line is not None else str(path)
         super().__init__(f"{where}: {problem}")
 
+    def __reduce__(self):  # picklable, so a reader process can report it
+        return (InputError, (self.path, self.line, self.problem))
+
 
 class ArtifactError(NTULMError):
     """An artifact directory is missing, incomplete or from an incompatible version."""

@@ -70,6 +70,17 @@ def main(argv: list[str] | None = None) -> int:
     except MemoryError:
         print(f"ntulm {args.command}: error: out of memory", file=sys.stderr)
         return 3
+    except OSError as exc:  # e.g. an output directory that cannot be written, a full disk
+        print(f"ntulm {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except Exception as exc:  # a bug: say so in one line; -v shows the traceback
+        if args.verbose:
+            raise
+        print(
+            f"ntulm {args.command}: internal error: {type(exc).__name__}: {exc} (run with -v for the traceback; please report it)",
+            file=sys.stderr,
+        )
+        return 1
 
 
 if __name__ == "__main__":

@@ -102,13 +102,18 @@ def build_graph(
             max_text_chars=config.max_text_chars,
             quarantine_path=out / "rejected.jsonl",
         )
-        table = work / "posts.parquet"
+        table = work / "posts"
         report = write_posts_table(
-            reader, posts, table, batch_size=config.batch_size, progress=progress
+            reader,
+            posts,
+            table,
+            batch_size=config.batch_size,
+            progress=progress,
+            workers=config.read_workers,
         )
         t_read = time.perf_counter() - t0
         con = connect(config, work)
-        con.execute(f"CREATE VIEW p AS SELECT * FROM read_parquet('{table}')")
+        con.execute(f"CREATE VIEW p AS SELECT * FROM read_parquet('{table}/*.parquet')")
         stats = _build_tables(con, config, out)
         con.close()
     finally:

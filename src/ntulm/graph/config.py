@@ -61,6 +61,11 @@ class GraphConfig(StageConfig):
     batch_size: int = Field(
         default=50_000, ge=1, description="posts per Parquet row group while reading"
     )
+    read_workers: int | None = Field(
+        default=None,
+        ge=1,
+        description="processes reading input files in parallel (default: one per core)",
+    )
 
     @field_validator("relations")
     @classmethod

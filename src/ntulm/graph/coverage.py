@@ -45,12 +45,17 @@ def ntu_coverage(
         reader = PostReader(
             format=config.format, strict=config.strict, max_text_chars=config.max_text_chars
         )
-        table = work / "posts.parquet"
+        table = work / "posts"
         report = write_posts_table(
-            reader, posts, table, batch_size=config.batch_size, progress=progress
+            reader,
+            posts,
+            table,
+            batch_size=config.batch_size,
+            progress=progress,
+            workers=config.read_workers,
         )
         con = connect(config, work)
-        con.execute(f"CREATE VIEW p AS SELECT * FROM read_parquet('{table}')")
+        con.execute(f"CREATE VIEW p AS SELECT * FROM read_parquet('{table}/*.parquet')")
         con.execute(
             f"CREATE VIEW hn AS SELECT key FROM read_parquet('{graph / 'nodes_hashtag.parquet'}')"
         )

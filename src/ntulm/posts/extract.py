@@ -84,7 +84,7 @@ def extract_ntus(text: str) -> tuple[list[str], list[str], list[str], list[str]]
     """Return ``(hashtags, mention_handles, urls, media)`` found in ``text``, each de-duplicated
     in order of appearance."""
     urls = find_urls(text)
-    media = [u for u in urls if (url_domain(u) or "") in MEDIA_HOSTS]
+    media = [u for u in urls if ("twi" in u and (url_domain(u) or "") in MEDIA_HOSTS)]
     links = [u for u in urls if u not in media]
     scrubbed = URL_RE.sub(" ", text)
     scrubbed = EMAIL_RE.sub(" ", scrubbed)

@@ -17,6 +17,7 @@ import io
 import json
 import logging
 import os
+import re
 import zlib
 from collections import Counter
 from collections.abc import Iterable, Iterator
@@ -43,6 +44,7 @@ log = logging.getLogger(__name__)
 GZIP_MAGIC = b"\x1f\x8b"
 _SNIFF_BYTES = 1 << 16
 _MAX_RAW_IN_QUARANTINE = 4000
+_SURROGATE = re.compile("[\udc80-\udcff]")
 csv.field_size_limit(1 << 26)
 
 
@@ -56,6 +58,14 @@ class ReadReport:
     reasons: Counter = field(default_factory=Counter)
     files: dict[str, str] = field(default_factory=dict)  # path -> detected format
     files_skipped: dict[str, str] = field(default_factory=dict)  # path -> why
+
+    def merge(self, other: ReadReport) -> None:
+        self.read += other.read
+        self.accepted += other.accepted
+        self.rejected += other.rejected
+        self.reasons.update(other.reasons)
+        self.files.update(other.files)
+        self.files_skipped.update(other.files_skipped)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -233,7 +243,7 @@ class PostReader:
             for row in reader:
                 line, start = start, reader.line_num + 1
                 raw = ",".join(row)
-                if any("\udc80" <= ch <= "\udcff" for field in row for ch in field):
+                if _SURROGATE.search(raw):  # bytes that were not UTF-8 (kept by surrogateescape)
                     self._reject(
                         q, name, line, "invalid UTF-8", raw.encode("utf-8", "surrogateescape")
                     )

@@ -1,11 +1,20 @@
 """Stream posts into a Parquet table (:data:`~ntulm.posts.schema.POSTS_SCHEMA`) in fixed-size row
 groups, so memory stays bounded whatever the number of posts. Later relational steps (the graph,
-NTU statistics) run in DuckDB over this table, out of core."""
+NTU statistics) run in DuckDB over this table, out of core.
+
+Parsing is Python and CPU-bound, so several input files are read in parallel processes, one
+Parquet part per file; a single file is read in this process.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+import multiprocessing
+import os
+import shutil
 from collections.abc import Iterable
+from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, wait
 from pathlib import Path
 
 import pyarrow as pa
@@ -13,7 +22,7 @@ import pyarrow.parquet as pq
 from tqdm.auto import tqdm
 
 from ntulm.artifacts import atomic_path
-from ntulm.posts.readers import PostReader, ReadReport
+from ntulm.posts.readers import PostReader, ReadReport, expand_paths
 from ntulm.posts.schema import POSTS_SCHEMA, Post, posts_to_columns
 
 log = logging.getLogger(__name__)
@@ -22,37 +31,96 @@ log = logging.getLogger(__name__)
 def write_posts_table(
     reader: PostReader,
     paths: Iterable[str | Path],
-    out_path: str | Path,
+    out_dir: str | Path,
     *,
     batch_size: int = 50_000,
     progress: bool = True,
+    workers: int | None = None,
 ) -> ReadReport:
-    """Read every post under ``paths`` with ``reader`` and write them to ``out_path`` (Parquet).
+    """Read every post under ``paths`` with ``reader`` into ``out_dir/part-*.parquet``.
 
-    Returns the reader's report (read / accepted / rejected counts)."""
+    ``workers`` processes read files in parallel (default: one per core, at most one per file).
+    Returns the merged report (read / accepted / rejected counts); ``reader.report`` is updated
+    and rejected records are quarantined at ``reader.quarantine_path`` in input order."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    files = list(expand_paths(paths))
+    workers = min(workers or os.cpu_count() or 1, max(len(files), 1))
+    if workers <= 1:
+        _write_part(reader, files, out_dir / "part-00000.parquet", batch_size, progress)
+    else:
+        _write_parallel(reader, files, out_dir, batch_size, progress, workers)
+    rep = reader.report
+    log.info("posts: read %d, accepted %d, rejected %d", rep.read, rep.accepted, rep.rejected)
+    return rep
+
+
+def _write_part(
+    reader: PostReader, files: list[Path], out_path: Path, batch_size: int, progress: bool
+) -> ReadReport:
     posts: list[Post] = []
     sources: list[str] = []
+    bar = tqdm(desc="reading posts", unit=" posts", disable=not progress, mininterval=1.0)
     with (
         atomic_path(out_path) as tmp,
         pq.ParquetWriter(tmp, POSTS_SCHEMA, compression="zstd") as writer,
     ):
-        bar = tqdm(desc="reading posts", unit=" posts", disable=not progress, mininterval=1.0)
-        for post, src in reader.iter_posts(paths):
+        for post, src in reader.iter_posts(files):
             posts.append(post)
             sources.append(src)
             if len(posts) >= batch_size:
+                bar.update(len(posts))
                 _flush(writer, posts, sources)
-                bar.update(batch_size)
         bar.update(len(posts))
         _flush(writer, posts, sources)
-        bar.close()
-    log.info(
-        "posts: read %d, accepted %d, rejected %d",
-        reader.report.read,
-        reader.report.accepted,
-        reader.report.rejected,
-    )
+    bar.close()
     return reader.report
+
+
+def _read_one(reader: PostReader, file: Path, out_path: Path, batch_size: int) -> ReadReport:
+    return _write_part(reader, [file], out_path, batch_size, progress=False)
+
+
+def _write_parallel(
+    reader: PostReader,
+    files: list[Path],
+    out_dir: Path,
+    batch_size: int,
+    progress: bool,
+    workers: int,
+) -> None:
+    quarantine = Path(reader.quarantine_path) if reader.quarantine_path else None
+    jobs = []
+    for i, file in enumerate(files):
+        part_q = out_dir / f"rejected-{i:05d}.jsonl" if quarantine else None
+        part_reader = dataclasses.replace(reader, quarantine_path=part_q, report=ReadReport())
+        jobs.append((part_reader, file, out_dir / f"part-{i:05d}.parquet", batch_size))
+    ctx = multiprocessing.get_context("spawn")  # no fork of a process that may hold threads
+    with ProcessPoolExecutor(workers, mp_context=ctx) as pool:
+        futures = [pool.submit(_read_one, *job) for job in jobs]
+        bar = tqdm(total=len(files), desc="reading files", unit=" files", disable=not progress)
+        pending = set(futures)
+        while pending:
+            done, pending = wait(pending, return_when=FIRST_EXCEPTION)
+            if any(f.exception() is not None for f in done):
+                # Stop what has not started; report the failure of the earliest file, as a
+                # sequential read would have.
+                pool.shutdown(wait=True, cancel_futures=True)
+                for f in futures:
+                    if not f.cancelled() and f.exception() is not None:
+                        raise f.exception()  # type: ignore[misc]
+            bar.update(len(done))
+        bar.close()
+    for fut in futures:  # merge in input order
+        reader.report.merge(fut.result())
+    if quarantine:
+        parts = sorted(out_dir.glob("rejected-*.jsonl"))
+        if parts:
+            with atomic_path(quarantine) as tmp, open(tmp, "wb") as dst:
+                for part in parts:
+                    with open(part, "rb") as src:
+                        shutil.copyfileobj(src, dst)
+                    part.unlink()
 
 
 def _flush(writer: pq.ParquetWriter, posts: list[Post], sources: list[str]) -> None:
