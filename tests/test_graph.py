@@ -5,7 +5,7 @@ import json
 import pyarrow.parquet as pq
 import pytest
 
-from ntulm.errors import ConfigError, InputError
+from ntulm.errors import ArtifactError, ConfigError, InputError
 from ntulm.graph import GraphConfig, build_graph, ntu_coverage
 
 POSTS = [
@@ -204,5 +204,29 @@ def test_parallel_reading_equals_sequential(lines, tmp_path):
             [tmp_path / "d"],
             tmp_path / "strict",
             GraphConfig(read_workers=2, strict=True),
+            progress=False,
+        )
+
+
+def test_excluded_posts_add_no_edges(corpus, tmp_path):
+    ids = tmp_path / "exclude.txt"
+    ids.write_text("t1\nnot-a-post\n")
+    stats = build_graph(
+        [corpus], tmp_path / "g", GraphConfig(exclude_posts=str(ids)), progress=False
+    )
+    edges = edges_by_name(tmp_path / "g")
+    # t1 gave all socialmedia edges and user1's, WNUT's, user3/4/5's and the reply's (its parent is gone).
+    assert edges == {
+        ("id:2", "authored", "nlproc"): 1,
+        ("id:4", "retweeted", "nlproc"): 1,
+        ("@user7", "retweeted", "nlproc"): 1,
+        ("@user8", "authored", "nlproc"): 1,
+    }
+    assert stats["posts_excluded"] == 1 and stats["exclude_list_ids"] == 2
+    with pytest.raises(ArtifactError, match="exclude_posts file not found"):
+        build_graph(
+            [corpus],
+            tmp_path / "g2",
+            GraphConfig(exclude_posts=str(tmp_path / "nope")),
             progress=False,
         )

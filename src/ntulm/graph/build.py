@@ -29,6 +29,7 @@ from typing import Any
 import duckdb
 
 from ntulm.artifacts import atomic_path, mark_done, write_json, write_text
+from ntulm.errors import ArtifactError
 from ntulm.graph.config import GraphConfig
 from ntulm.posts.readers import PostReader
 from ntulm.posts.table import write_posts_table
@@ -113,8 +114,15 @@ def build_graph(
         )
         t_read = time.perf_counter() - t0
         con = connect(config, work)
-        con.execute(f"CREATE VIEW p AS SELECT * FROM read_parquet('{table}/*.parquet')")
+        excluded = _exclude(con, config)
+        con.execute(
+            f"CREATE VIEW p AS SELECT * FROM read_parquet('{table}/*.parquet') ANTI JOIN excluded USING (id)"
+        )
         stats = _build_tables(con, config, out)
+        stats["posts_excluded"] = con.execute(
+            f"SELECT count(*) FROM read_parquet('{table}/*.parquet') SEMI JOIN excluded USING (id)"
+        ).fetchone()[0]
+        stats["exclude_list_ids"] = excluded
         con.close()
     finally:
         shutil.rmtree(work, ignore_errors=True)
@@ -128,6 +136,21 @@ def build_graph(
     )
     mark_done(out, "graph", config.model_dump(mode="json"))
     return stats
+
+
+def _exclude(con: duckdb.DuckDBPyConnection, config: GraphConfig) -> int:
+    """Table ``excluded(id)`` from ``config.exclude_posts``; returns how many ids it lists."""
+    con.execute("CREATE TABLE excluded (id VARCHAR PRIMARY KEY)")
+    if config.exclude_posts is None:
+        return 0
+    path = Path(config.exclude_posts)
+    if not path.is_file():
+        raise ArtifactError(f"{path}: exclude_posts file not found")
+    ids = sorted(
+        {line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()}
+    )
+    con.execute("INSERT INTO excluded SELECT unnest($1)", [ids])
+    return len(ids)
 
 
 def _build_tables(con: duckdb.DuckDBPyConnection, config: GraphConfig, out: Path) -> dict[str, Any]:

@@ -61,6 +61,10 @@ class GraphConfig(StageConfig):
     batch_size: int = Field(
         default=50_000, ge=1, description="posts per Parquet row group while reading"
     )
+    exclude_posts: str | None = Field(
+        default=None,
+        description="file with one post id per line: these posts give no edges (e.g. a task's test posts)",
+    )
     read_workers: int | None = Field(
         default=None,
         ge=1,

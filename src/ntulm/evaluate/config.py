@@ -1,0 +1,78 @@
+"""The evaluation stage config (paper §4.3): the downstream MLP's hyperparameters, the same for
+every model compared, and the tasks to build.
+
+``ntulm evaluate`` (the lead's pipeline) builds :class:`EvalConfig` from ``--config`` plus
+``key=value`` overrides (``mlp.lr=3e-4``) and saves the resolved config beside the report.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from ntulm.config import StageConfig
+
+
+class MLPConfig(StageConfig):
+    """The paper's 2-layer MLP on frozen post embeddings: Linear(d, h) -> tanh -> Linear(h, C)."""
+
+    hidden: int = Field(0, ge=0, description="hidden width (0: the input width, as in the paper)")
+    dropout: float = Field(0.0, ge=0.0, lt=1.0, description="dropout after tanh")
+    lr: float = Field(1e-3, gt=0.0, description="Adam learning rate")
+    weight_decay: float = Field(0.0, ge=0.0, description="Adam L2 weight decay")
+    batch_size: int = Field(128, ge=1, description="posts per mini-batch")
+    max_epochs: int = Field(100, ge=1, description="maximum training epochs")
+    patience: int = Field(5, ge=1, description="early stopping: epochs without validation gain")
+    early_stopping: Literal["metric", "loss"] = Field(
+        "metric",
+        description="monitor the task's first metric on validation (ties: lower loss) or the "
+        "validation loss alone",
+    )
+    standardize: bool = Field(
+        True, description="z-score inputs with train-split mean/std (same for every model)"
+    )
+    num_threads: int = Field(0, ge=0, description="torch CPU threads (0: torch default)")
+
+
+class TaskSpec(StageConfig):
+    """One task (or, for ``tweeteval``, a family of tasks) to build from data."""
+
+    type: Literal["classification", "hashtag", "retrieval", "tweeteval"] = Field(
+        ..., description="task builder"
+    )
+    name: str | None = Field(None, description="task name (default: derived from label/type)")
+    label: str | None = Field(None, description="post label column (classification, retrieval)")
+    split_by: Literal["post", "author"] = Field(
+        "post", description="split unit; 'author' for author-level labels"
+    )
+    val_frac: float = Field(0.1, ge=0.0, lt=1.0, description="validation share")
+    test_frac: float = Field(0.2, gt=0.0, lt=1.0, description="test share")
+    min_class_count: int = Field(10, ge=1, description="drop classes with fewer posts")
+    max_per_class: int = Field(0, ge=0, description="cap posts per class, sampled (0: no cap)")
+    top_k: int = Field(1000, ge=2, description="hashtag task: number of hashtag classes")
+    per_class: int = Field(100, ge=3, description="hashtag task: posts per hashtag class")
+    max_test: int = Field(5000, ge=2, description="retrieval: cap on test posts (queries)")
+    root: str | None = Field(None, description="tweeteval: folder holding the task folders")
+    names: list[str] = Field(
+        default_factory=list, description="tweeteval: tasks, e.g. irony, stance, stance_abortion"
+    )
+
+    @model_validator(mode="after")
+    def _needs(self) -> TaskSpec:
+        if self.type in ("classification", "retrieval") and not self.label:
+            raise ValueError(f"label: required for a {self.type} task")
+        if self.type == "tweeteval" and (not self.root or not self.names):
+            raise ValueError("root and names: required for tweeteval tasks")
+        if self.val_frac + self.test_frac >= 1.0:
+            raise ValueError("val_frac + test_frac must leave posts for training")
+        return self
+
+
+class EvalConfig(StageConfig):
+    """Downstream evaluation: MLP hyperparameters, seed and task list."""
+
+    mlp: MLPConfig = Field(default_factory=MLPConfig, description="downstream MLP")
+    seed: int = Field(13, description="seed of the splits and of the MLP")
+    tasks: list[TaskSpec] = Field(default_factory=list, description="tasks to evaluate")
+    embed_batch_size: int = Field(64, ge=1, description="posts per encoder batch")

@@ -1,0 +1,131 @@
+"""Hashtag prediction (paper §4.1): the top-K hashtags are the classes; from each chosen post ONE
+of them is removed, from the text (its ``#Tag`` occurrences, matched case-insensitively as the
+NTU key ``tag``) and from ``post.hashtags``, and the model predicts it from what remains (text,
+other hashtags, author). Every class gets the same number of posts; the metric is Recall@10.
+
+The test posts must add no edges to the NTU graph, or the removed hashtag leaks back through the
+author-hashtag relation: their ids are :attr:`Task.exclude_from_graph`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections import Counter
+from collections.abc import Iterable
+
+import numpy as np
+
+from ntulm.evaluate.splits import split_indices
+from ntulm.evaluate.tasks import Task
+from ntulm.posts import Post, normalize_hashtag
+from ntulm.posts.extract import HASHTAG_RE, URL_RE
+
+log = logging.getLogger(__name__)
+
+
+def remove_hashtag(text: str, tag: str) -> str:
+    """``text`` without its ``#Tag`` occurrences whose NTU key is ``tag`` (NFKC + casefold), each
+    with one adjacent space; hashtag-like fragments inside URLs are left alone."""
+    urls = [m.span() for m in URL_RE.finditer(text)]
+    spans = [
+        m.span()
+        for m in HASHTAG_RE.finditer(text)
+        if normalize_hashtag(m.group(1)) == tag and not any(a <= m.start() < b for a, b in urls)
+    ]
+    for start, end in reversed(spans):
+        if start > 0 and text[start - 1] == " ":
+            start -= 1
+        elif end < len(text) and text[end] == " ":
+            end += 1
+        text = text[:start] + text[end:]
+    return text.strip()
+
+
+def _without(post: Post, tag: str) -> Post:
+    """A copy of ``post`` with ``tag`` removed from its text and hashtags (lists copied)."""
+    copy = dataclasses.replace(post, text=remove_hashtag(post.text, tag))
+    copy.hashtags = [h for h in post.hashtags if h != tag]
+    for name in ("mentions", "urls", "media", "favorited_by", "retweeted_by", "replied_by"):
+        setattr(copy, name, list(getattr(post, name)))
+    copy.labels = {**post.labels, "hashtag": tag}
+    return copy
+
+
+def hashtag_task(
+    posts: Iterable[Post],
+    top_k: int = 1000,
+    per_class: int = 100,
+    seed: int = 13,
+    val_frac: float = 0.1,
+    test_frac: float = 0.1,
+    name: str = "hashtag",
+) -> Task:
+    """Build the hashtag-prediction task.
+
+    Classes are the ``top_k`` hashtags by number of posts (ties by name). Each class draws
+    ``per_class`` posts that carry it, rarest class first, a post serving one class only; a
+    post whose text would be empty once the hashtag is gone is not used. A class with fewer
+    than ``per_class`` usable posts is dropped (logged), so the task stays balanced. Each class
+    is split train/val/test on its own (``val_frac``, ``test_frac``), so every split is balanced.
+    """
+    posts = list(posts)
+    counts = Counter(h for p in posts for h in p.hashtags)
+    top = [h for h, _ in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))[:top_k]]
+    top_set = set(top)
+    candidates: dict[str, list[int]] = {h: [] for h in top}
+    for i, p in enumerate(posts):
+        for h in p.hashtags:
+            if h in top_set and remove_hashtag(p.text, h):
+                candidates[h].append(i)
+    rng = np.random.default_rng(seed)
+    used: set[int] = set()
+    chosen: dict[str, list[int]] = {}
+    short = []
+    for h in sorted(top, key=lambda t: (len(candidates[t]), t)):  # rarest first: fewest options
+        free = [i for i in candidates[h] if i not in used]
+        if len(free) < per_class:
+            short.append(h)
+            continue
+        pick = sorted(int(i) for i in rng.choice(free, per_class, replace=False))
+        chosen[h] = pick
+        used.update(pick)
+    if short:
+        log.warning(
+            "hashtag task: dropped %d of %d top hashtags with < %d usable posts",
+            len(short),
+            len(top),
+            per_class,
+        )
+    classes = sorted(chosen)
+    if len(classes) < 2:
+        raise ValueError(
+            f"hashtag task: {len(classes)} hashtag(s) have {per_class} usable posts; "
+            "lower per_class or add posts"
+        )
+    examples = [_without(posts[i], h) for h in classes for i in chosen[h]]
+    strata = [p.labels["hashtag"] for p in examples]
+    train, val, test, _ = split_indices(examples, strata, "post", val_frac, test_frac, seed)
+    index = {c: k for k, c in enumerate(classes)}
+    y = np.array([index[s] for s in strata], dtype=np.int64)
+    test_posts = [examples[i] for i in test]
+    return Task(
+        name=name,
+        kind="classification",
+        train=[examples[i] for i in train],
+        val=[examples[i] for i in val],
+        test=test_posts,
+        y_train=y[train],
+        y_val=y[val],
+        y_test=y[test],
+        classes=classes,
+        metrics=["recall@10", "accuracy", "macro_f1"],
+        exclude_from_graph=[p.id for p in test_posts],
+        info={
+            "top_k": top_k,
+            "per_class": per_class,
+            "hashtags_dropped": len(short),
+            "label": "hashtag",
+            "split_by": "post",
+        },
+    )

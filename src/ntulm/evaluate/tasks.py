@@ -1,0 +1,262 @@
+"""Downstream tasks built from labelled posts (paper §4.1): the :class:`Task` record, label
+classification split by post or by author, and retrieval MAP in the shape of the Topic task.
+
+The hashtag-prediction task is in :mod:`ntulm.evaluate.hashtag`, TweetEval in
+:mod:`ntulm.evaluate.tweeteval`; :func:`build_tasks` turns a config's task specs into tasks.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+
+from ntulm.evaluate.metrics import is_known_metric
+from ntulm.evaluate.splits import SplitBy, author_key, split_indices
+from ntulm.posts import Post
+
+log = logging.getLogger(__name__)
+
+TaskKind = Literal["classification", "multilabel", "retrieval"]
+CLASSIFICATION = ["macro_f1", "accuracy", "precision", "auc"]
+
+
+@dataclass
+class Task:
+    """A downstream task over posts. ``y_*`` are (N,) int class ids, or (N, C) 0/1 for
+    ``multilabel`` (and optionally for ``retrieval``). ``metrics[0]`` is the headline metric (and
+    what early stopping monitors)."""
+
+    name: str
+    kind: TaskKind
+    train: list[Post]
+    val: list[Post]
+    test: list[Post]
+    y_train: np.ndarray
+    y_val: np.ndarray
+    y_test: np.ndarray
+    classes: list[str]
+    metrics: list[str]
+    # Post ids whose engagements must not enter the NTU graph (the hashtag task's test posts).
+    exclude_from_graph: list[str] = field(default_factory=list)
+    # Retrieval: leave out candidates by the query's own author (author-level labels).
+    exclude_same_author: bool = False
+    info: dict[str, Any] = field(default_factory=dict)  # how it was built, counts dropped
+
+    def __post_init__(self) -> None:
+        for split in ("train", "val", "test"):
+            n, y = len(getattr(self, split)), getattr(self, f"y_{split}")
+            if len(y) != n:
+                raise ValueError(f"task {self.name}: {n} {split} posts but {len(y)} labels")
+        bad = [m for m in self.metrics if not is_known_metric(m, self.kind)]
+        if bad:
+            raise ValueError(f"task {self.name}: metric(s) {bad} not defined for {self.kind}")
+
+    def summary(self) -> dict[str, Any]:
+        """Counts for a report: posts per split, classes, class sizes in test."""
+        test_counts = (
+            np.bincount(self.y_test, minlength=len(self.classes)).tolist()
+            if self.y_test.ndim == 1 and len(self.y_test)
+            else []
+        )
+        return {
+            "name": self.name,
+            "kind": self.kind,
+            "n_train": len(self.train),
+            "n_val": len(self.val),
+            "n_test": len(self.test),
+            "n_classes": len(self.classes),
+            "test_class_counts": dict(zip(self.classes, test_counts, strict=False)),
+            "metrics": list(self.metrics),
+            **self.info,
+        }
+
+
+def _labelled(
+    posts: Iterable[Post], label: str, min_class_count: int, max_per_class: int, seed: int
+) -> tuple[list[Post], list[str], dict[str, Any]]:
+    """Posts that carry ``label``, classes too small dropped, each class capped (sampled)."""
+    kept = [p for p in posts if p.labels.get(label)]
+    if not kept:
+        raise ValueError(f"no post has the label {label!r}")
+    counts = Counter(p.labels[label] for p in kept)
+    small = sorted(c for c, n in counts.items() if n < min_class_count)
+    if small:
+        log.warning("label %r: dropped classes with < %d posts: %s", label, min_class_count, small)
+        kept = [p for p in kept if p.labels[label] not in small]
+    if max_per_class:
+        rng = np.random.default_rng(seed)
+        by_class: dict[str, list[int]] = {}
+        for i, p in enumerate(kept):
+            by_class.setdefault(p.labels[label], []).append(i)
+        keep = sorted(
+            int(i)
+            for idx in by_class.values()
+            for i in (
+                rng.choice(idx, max_per_class, replace=False) if len(idx) > max_per_class else idx
+            )
+        )
+        kept = [kept[i] for i in keep]
+    classes = sorted({p.labels[label] for p in kept})
+    if len(classes) < 2:
+        raise ValueError(f"label {label!r}: fewer than 2 classes with >= {min_class_count} posts")
+    return kept, classes, {"classes_dropped": small}
+
+
+def _split_task(
+    name: str,
+    kind: TaskKind,
+    posts: list[Post],
+    label: str,
+    classes: list[str],
+    split_by: SplitBy,
+    val_frac: float,
+    test_frac: float,
+    seed: int,
+    metrics: list[str],
+    info: dict[str, Any],
+) -> Task:
+    strata = [p.labels[label] for p in posts]
+    train, val, test, dropped = split_indices(posts, strata, split_by, val_frac, test_frac, seed)
+    index = {c: i for i, c in enumerate(classes)}
+    y = np.array([index[s] for s in strata], dtype=np.int64)
+    pick = lambda idx: [posts[i] for i in idx]  # noqa: E731
+    return Task(
+        name=name,
+        kind=kind,
+        train=pick(train),
+        val=pick(val),
+        test=pick(test),
+        y_train=y[train],
+        y_val=y[val],
+        y_test=y[test],
+        classes=classes,
+        metrics=metrics,
+        exclude_same_author=kind == "retrieval" and split_by == "author",
+        info={**info, "label": label, "split_by": split_by, "posts_dropped_in_split": dropped},
+    )
+
+
+def classification_task(
+    posts: Iterable[Post],
+    label: str,
+    split_by: SplitBy = "post",
+    val_frac: float = 0.1,
+    test_frac: float = 0.2,
+    seed: int = 13,
+    min_class_count: int = 10,
+    max_per_class: int = 0,
+    name: str | None = None,
+) -> Task:
+    """Predict ``post.labels[label]`` from the post embedding (macro-F1 first).
+
+    Classes with fewer than ``min_class_count`` posts are dropped; ``max_per_class`` caps each
+    class by sampling (0: no cap). Split stratified by label, by post or by author."""
+    kept, classes, info = _labelled(posts, label, min_class_count, max_per_class, seed)
+    return _split_task(
+        name or label,
+        "classification",
+        kept,
+        label,
+        classes,
+        split_by,
+        val_frac,
+        test_frac,
+        seed,
+        list(CLASSIFICATION),
+        info,
+    )
+
+
+def retrieval_task(
+    posts: Iterable[Post],
+    label: str,
+    split_by: SplitBy = "post",
+    seed: int = 13,
+    test_frac: float = 0.2,
+    max_test: int = 5000,
+    min_class_count: int = 10,
+    name: str | None = None,
+) -> Task:
+    """The Topic task's shape: each test post ranks the other test posts by cosine similarity of
+    their embeddings; relevant = same label; MAP. No model is trained.
+
+    The train split is kept (a supervised projection could use it) but :func:`evaluate_task` only
+    reads the test posts, at most ``max_test`` of them (sampled). Split by author, candidates by
+    the query's own author are left out of its ranking, so author identity cannot score."""
+    kept, classes, info = _labelled(posts, label, min_class_count, 0, seed)
+    task = _split_task(
+        name or f"{label}_retrieval",
+        "retrieval",
+        kept,
+        label,
+        classes,
+        split_by,
+        0.0,
+        test_frac,
+        seed,
+        ["map"],
+        info,
+    )
+    if len(task.test) > max_test:
+        rng = np.random.default_rng(seed)
+        keep = np.sort(rng.choice(len(task.test), max_test, replace=False))
+        task.test = [task.test[i] for i in keep]
+        task.y_test = task.y_test[keep]
+    if task.exclude_same_author:
+        missing = sum(author_key(p) is None for p in task.test)
+        if missing:
+            log.warning("retrieval %s: %d test posts without an author", task.name, missing)
+    return task
+
+
+def build_tasks(spec: Any, posts: list[Post] | None, seed: int) -> list[Task]:
+    """Tasks for one :class:`~ntulm.evaluate.config.TaskSpec` (``posts`` unused for tweeteval)."""
+    from ntulm.evaluate.hashtag import hashtag_task
+    from ntulm.evaluate.tweeteval import tweeteval_tasks
+
+    if spec.type == "tweeteval":
+        return tweeteval_tasks(spec.root, spec.names)
+    if posts is None:
+        raise ValueError(f"task type {spec.type}: needs posts")
+    common = {"seed": seed, "test_frac": spec.test_frac, "min_class_count": spec.min_class_count}
+    if spec.type == "classification":
+        return [
+            classification_task(
+                posts,
+                spec.label,
+                split_by=spec.split_by,
+                val_frac=spec.val_frac,
+                max_per_class=spec.max_per_class,
+                name=spec.name,
+                **common,
+            )
+        ]
+    if spec.type == "retrieval":
+        return [
+            retrieval_task(
+                posts,
+                spec.label,
+                split_by=spec.split_by,
+                max_test=spec.max_test,
+                name=spec.name,
+                **common,
+            )
+        ]
+    if spec.type == "hashtag":
+        return [
+            hashtag_task(
+                posts,
+                top_k=spec.top_k,
+                per_class=spec.per_class,
+                seed=seed,
+                val_frac=spec.val_frac,
+                test_frac=spec.test_frac,
+                name=spec.name or "hashtag",
+            )
+        ]
+    raise ValueError(f"unknown task type {spec.type!r}")
