@@ -1,0 +1,93 @@
+"""Config of the NTU embedding stage, in PyTorch-BigGraph's vocabulary.
+
+Defaults are the paper's (appendix B): dimension 200, lr 0.05, 10 epochs, batch size 100,000,
+500 batch negatives and 500 uniform negatives. Override on the command line, e.g.
+``ntulm train-kge ... dimension=64 num_epochs=3 relations='[{name: authored}]'``.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from ntulm.config import StageConfig
+
+
+class RelationConfig(StageConfig):
+    """One relation: ``f(u, r, v) = u·(v + r)`` with the ``translation`` operator (paper Eq. 1).
+
+    As in PyTorch-BigGraph the operator is applied to the right-hand side; ``none`` scores u·v."""
+
+    name: str = Field(description="relation name as in the graph's relations.json")
+    lhs: str = Field("user", description="node type of the left-hand side")
+    rhs: str = Field("hashtag", description="node type of the right-hand side")
+    operator: Literal["translation", "none"] = Field(
+        "translation", description="operator applied to the rhs embedding"
+    )
+
+
+class KGEConfig(StageConfig):
+    """Training config of the TwHIN-style NTU embeddings (paper §3.1)."""
+
+    dimension: int = Field(200, ge=1, description="embedding dimension")
+    lr: float = Field(0.05, gt=0, description="Adagrad learning rate of the node embeddings")
+    relation_lr: float | None = Field(
+        None, gt=0, description="Adagrad learning rate of the relation vectors (default: lr)"
+    )
+    num_epochs: int = Field(10, ge=0, description="passes over the training edges")
+    batch_size: int = Field(100_000, ge=1, description="edges per optimizer step")
+    num_batch_negs: int = Field(
+        500, ge=1, description="chunk size: edges of a chunk serve as each other's negatives"
+    )
+    num_uniform_negs: int = Field(
+        500, ge=0, description="nodes drawn uniformly per chunk and side as extra negatives"
+    )
+    loss_fn: Literal["logistic", "softmax"] = Field(
+        "logistic", description="logistic = paper Eq. 2; softmax = PyTorch-BigGraph's softmax loss"
+    )
+    neg_reduction: Literal["sum", "mean"] = Field(
+        "mean",
+        description="logistic loss: average the negatives' terms (PBG, TwHIN; default) or sum "
+        "them (Eq. 2 literally; with 1000 negatives per edge the negatives swamp the positive)",
+    )
+    init_scale: float = Field(1e-3, gt=0, description="std of the normal initialisation")
+    relations: list[RelationConfig] = Field(
+        [],  # pydantic copies mutable defaults; a literal default shows in --help
+        description="relations to train on (default: all relations of the graph, translation)",
+    )
+    weights: Literal["none", "loss", "log"] = Field(
+        "none",
+        description="edge weight use: none (each distinct edge once), loss (loss x weight, as "
+        "PBG), log (loss x (1 + ln weight))",
+    )
+    eval_fraction: float = Field(
+        0.02, ge=0, lt=1, description="fraction of edges held out for link prediction"
+    )
+    eval_max_edges: int = Field(
+        5000, ge=0, description="held-out edges ranked per relation (a seeded sample; 0 = all)"
+    )
+    eval_num_candidates: int = Field(
+        0,
+        ge=0,
+        description="rank against all nodes of the type (0) or this many uniformly sampled ones",
+    )
+    compute_dtype: Literal["auto", "float32", "bfloat16"] = Field(
+        "auto",
+        description="dtype of the score matmuls (tables and optimizer stay float32); "
+        "auto = bfloat16 where the CPU supports it natively",
+    )
+    num_threads: int = Field(0, ge=0, description="torch threads (0 = leave torch's default)")
+    seed: int = Field(0, description="seed of init, split, shuffling and negatives")
+    checkpoint_every: int = Field(1, ge=1, description="checkpoint every N epochs")
+
+    @model_validator(mode="after")
+    def _check(self) -> KGEConfig:
+        names = [r.name for r in self.relations]
+        if len(names) != len(set(names)):
+            raise ValueError(f"relations: duplicate names in {names}")
+        return self
+
+    @property
+    def effective_relation_lr(self) -> float:
+        return self.relation_lr if self.relation_lr is not None else self.lr

@@ -1,0 +1,291 @@
+"""Training loop of the NTU embeddings: epochs, batches, checkpoints, resume, the artifact.
+
+One epoch: the training edges are shuffled (seeded per epoch, so a resumed run draws exactly
+what an uninterrupted one would), cut into batches of ``batch_size`` edges (edges whose relations
+share node types only), each batch into chunks of ``num_batch_negs`` edges. A batch is one
+optimizer step: row-wise Adagrad on the rows it touched, dense Adagrad on the relation vectors.
+A checkpoint is written atomically after every ``checkpoint_every`` epochs.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from ntulm.artifacts import DONE, atomic_path, fingerprint, mark_done, write_json
+from ntulm.errors import ArtifactError
+from ntulm.kge.config import KGEConfig
+from ntulm.kge.data import GraphData, load_graph, loss_weights, split_edges
+from ntulm.kge.embeddings import NTUEmbeddings
+from ntulm.kge.evaluate import EdgeSet, link_prediction
+from ntulm.kge.model import EmbeddingTable, RelationVectors, chunk_grads, scatter_rows
+
+log = logging.getLogger(__name__)
+
+CHECKPOINTS = "checkpoints"
+GROUP_EDGES = 16_384  # edges scored per matmul group: bounds the (C, B, B + U) score buffers
+
+
+def resolve_dtype(name: str) -> torch.dtype:
+    if name == "auto":
+        name = "bfloat16" if torch.ops.mkldnn._is_mkldnn_bf16_supported() else "float32"
+    return torch.bfloat16 if name == "bfloat16" else torch.float32
+
+
+@dataclass
+class TrainState:
+    epoch: int = 0  # epochs completed
+    loss_per_epoch: list[float] = field(default_factory=list)  # mean loss per edge
+    seconds: float = 0.0  # training time (excluding evaluation and checkpoints)
+    edges_seen: int = 0
+
+
+class KGETrainer:
+    """Owns the tables, relation vectors and the per-epoch loop over one edge set."""
+
+    def __init__(self, config: KGEConfig, num_nodes: dict[str, int], relations: list) -> None:
+        self.config = config
+        self.relations = relations
+        gen = torch.Generator().manual_seed(config.seed)
+        self.tables = {
+            t: EmbeddingTable(n, config.dimension, config.init_scale, gen)
+            for t, n in sorted(num_nodes.items())
+        }
+        translating = torch.tensor([r.operator == "translation" for r in relations])
+        self.rel = RelationVectors(len(relations), config.dimension, translating)
+        self.dtype = resolve_dtype(config.compute_dtype)
+        self.state = TrainState()
+
+    # ------------------------------------------------------------------ one epoch
+    def _batches(self, edges: EdgeSet, gen: torch.Generator) -> list[torch.Tensor]:
+        """Shuffled edge indices cut into batches, each within one (lhs type, rhs type) bucket."""
+        pair_of_rel = [(r.lhs, r.rhs) for r in self.relations]
+        buckets: dict[tuple[str, str], list[int]] = {}
+        for i, p in enumerate(pair_of_rel):
+            buckets.setdefault(p, []).append(i)
+        batches = []
+        for rels in buckets.values():
+            idx = torch.isin(edges.rel, torch.tensor(rels)).nonzero().squeeze(1)
+            idx = idx[torch.randperm(len(idx), generator=gen)]
+            batches.extend(idx.split(self.config.batch_size))
+        if len(buckets) > 1:
+            batches = [batches[i] for i in torch.randperm(len(batches), generator=gen)]
+        return batches
+
+    def train_epoch(self, edges: EdgeSet, weight: torch.Tensor, bar: tqdm | None = None) -> float:
+        cfg = self.config
+        gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + self.state.epoch + 1)
+        total_loss, t0 = 0.0, time.perf_counter()
+        for batch in self._batches(edges, gen):
+            loss = self.train_batch(edges, weight, batch, gen)
+            total_loss += loss
+            if bar is not None:
+                bar.update(len(batch))
+                bar.set_postfix(loss=f"{loss / len(batch):.4f}", refresh=False)
+        self.state.seconds += time.perf_counter() - t0
+        self.state.edges_seen += len(edges)
+        self.state.epoch += 1
+        mean = total_loss / max(len(edges), 1)
+        self.state.loss_per_epoch.append(mean)
+        return mean
+
+    def train_batch(
+        self, edges: EdgeSet, weight: torch.Tensor, batch: torch.Tensor, gen: torch.Generator
+    ) -> float:
+        """Loss of one batch and one optimizer step on the rows it touched."""
+        cfg = self.config
+        d, B, U = cfg.dimension, cfg.num_batch_negs, cfg.num_uniform_negs
+        rel0 = self.relations[int(edges.rel[batch[0]])]
+        lt, rt = self.tables[rel0.lhs], self.tables[rel0.rhs]
+        # Chunks: full chunks of B edges, then one shorter chunk; U uniform negatives per chunk.
+        chunks = list(batch.split(B))
+        n_full = len(chunks) if len(chunks[-1]) == B else len(chunks) - 1
+        uni_l = torch.randint(lt.num_rows, (len(chunks), U), generator=gen)
+        uni_r = torch.randint(rt.num_rows, (len(chunks), U), generator=gen)
+        lhs, rhs, rel = edges.lhs[batch], edges.rhs[batch], edges.rel[batch]
+        # Rows touched by the step, and a gradient buffer for them only (sparse update).
+        same = lt is rt
+        all_l = torch.cat([lhs, uni_l.reshape(-1)] + ([rhs, uni_r.reshape(-1)] if same else []))
+        uniq_l = lt.unique(all_l)
+        uniq_r = uniq_l if same else rt.unique(torch.cat([rhs, uni_r.reshape(-1)]))
+        pos_l = lt.positions(uniq_l)
+        pos_r = pos_l if same else rt.positions(uniq_r)
+        grad_l = torch.zeros(len(uniq_l), d)
+        grad_r = grad_l if same else torch.zeros(len(uniq_r), d)
+        d_rel = torch.zeros_like(self.rel.weight)
+        per_group = max(1, GROUP_EDGES // B)
+        groups = [(s, min(s + per_group, n_full)) for s in range(0, n_full, per_group)]
+        if n_full < len(chunks):
+            groups.append((n_full, n_full + 1))
+        loss = 0.0
+        for c0, c1 in groups:
+            e0, e1 = c0 * B, min(c1 * B, len(batch))
+            c, bb = c1 - c0, (e1 - e0) // (c1 - c0)
+            ids_l = torch.cat([lhs[e0:e1].view(c, bb), uni_l[c0:c1]], dim=1)  # (c, K)
+            ids_r = torch.cat([rhs[e0:e1].view(c, bb), uni_r[c0:c1]], dim=1)  # (c, K)
+            relid = rel[e0:e1].view(c, bb)
+            g = chunk_grads(
+                lt.rows(ids_l),
+                rt.rows(ids_r),
+                self.rel.weight[relid],
+                ids_l,
+                ids_r,
+                weight[batch[e0:e1]].view(c, bb),
+                cfg.loss_fn,
+                cfg.neg_reduction,
+                self.dtype,
+            )
+            loss += g.loss
+            scatter_rows(grad_l, pos_l(ids_l.reshape(-1)), g.d_lhs)
+            scatter_rows(grad_r, pos_r(ids_r.reshape(-1)), g.d_rhs)
+            scatter_rows(d_rel, relid.reshape(-1), g.d_rel)
+        lt.step(uniq_l, grad_l, cfg.lr)
+        if not same:
+            rt.step(uniq_r, grad_r, cfg.lr)
+        self.rel.update(d_rel, cfg.effective_relation_lr)
+        return loss
+
+    # ------------------------------------------------------------------ checkpoints
+    def state_dict(self) -> dict:
+        return {
+            "tables": {t: tab.state_dict() for t, tab in self.tables.items()},
+            "relations": self.rel.state_dict(),
+            "state": vars(self.state),
+            "config_fingerprint": fingerprint(self.config.model_dump(mode="json")),
+        }
+
+    def load_state_dict(self, sd: dict) -> None:
+        if sd["config_fingerprint"] != fingerprint(self.config.model_dump(mode="json")):
+            raise ArtifactError("checkpoint was written with a different config; cannot resume")
+        for t, tab in self.tables.items():
+            tab.load_state_dict(sd["tables"][t])
+        self.rel.load_state_dict(sd["relations"])
+        self.state = TrainState(**sd["state"])
+
+    def save_checkpoint(self, out_dir: Path) -> Path:
+        ckdir = out_dir / CHECKPOINTS
+        ckdir.mkdir(parents=True, exist_ok=True)
+        path = ckdir / f"epoch_{self.state.epoch:04d}.pt"
+        with atomic_path(path) as tmp:
+            torch.save(self.state_dict(), tmp)
+        for old in ckdir.glob("epoch_*.pt"):  # keep the latest only
+            if old != path:
+                old.unlink()
+        return path
+
+    def resume(self, out_dir: Path) -> bool:
+        found = sorted((out_dir / CHECKPOINTS).glob("epoch_*.pt"))
+        if not found:
+            return False
+        self.load_state_dict(torch.load(found[-1], weights_only=False))
+        log.info("resumed from %s (epoch %d done)", found[-1], self.state.epoch)
+        return True
+
+    def embeddings(self, graph: GraphData) -> NTUEmbeddings:
+        return NTUEmbeddings(
+            tables={t: tab.weight.numpy().copy() for t, tab in self.tables.items()},
+            keys=graph.keys,
+            relations={
+                r.name: self.rel.weight[i].numpy().copy() for i, r in enumerate(self.relations)
+            },
+            user_handles=graph.user_handles,
+            config=self.config.model_dump(mode="json"),
+        )
+
+
+def train_kge(
+    graph_dir: str | Path,
+    out_dir: str | Path,
+    config: KGEConfig | None = None,
+    *,
+    resume: bool = False,
+    progress: bool = True,
+    evaluate: bool = True,
+    on_epoch_end: Callable[[int], None] | None = None,
+) -> tuple[NTUEmbeddings, dict]:
+    """Train on a graph artifact and write the KGE artifact; returns (embeddings, metrics)."""
+    config = config or KGEConfig()
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / DONE).unlink(missing_ok=True)  # the directory is incomplete until this run finishes
+    if config.num_threads:
+        torch.set_num_threads(config.num_threads)
+    graph = load_graph(graph_dir, config)
+    train, weight, test = split_edges(graph.edges, graph.weight, config.eval_fraction, config.seed)
+    weight = loss_weights(weight, config.weights)
+    trainer = KGETrainer(config, {t: len(k) for t, k in graph.keys.items()}, graph.relations)
+    if resume:
+        trainer.resume(out)
+    write_json(out / "config.json", config.model_dump(mode="json"))
+    log.info("training on %d edges, %d held out, dtype %s", len(train), len(test), trainer.dtype)
+    bar = tqdm(
+        total=len(train) * config.num_epochs,
+        initial=len(train) * trainer.state.epoch,
+        unit="edge",
+        unit_scale=True,
+        disable=not progress,
+        desc="train-kge",
+    )
+    with bar:
+        while trainer.state.epoch < config.num_epochs:
+            mean = trainer.train_epoch(train, weight, bar)
+            log.info("epoch %d: loss/edge %.4f", trainer.state.epoch, mean)
+            if (
+                trainer.state.epoch % config.checkpoint_every == 0
+                or trainer.state.epoch == config.num_epochs
+            ):
+                trainer.save_checkpoint(out)
+            if on_epoch_end is not None:
+                on_epoch_end(trainer.state.epoch)
+    emb = trainer.embeddings(graph)
+    st = trainer.state
+    metrics: dict = {
+        "train": {
+            "edges": len(train),
+            "held_out_edges": len(test),
+            "epochs": st.epoch,
+            "loss_per_epoch": st.loss_per_epoch,
+            "seconds": st.seconds,
+            "edges_per_s": st.edges_seen / st.seconds if st.seconds else None,
+            "compute_dtype": str(trainer.dtype).removeprefix("torch."),
+            "threads": torch.get_num_threads(),
+        }
+    }
+    if evaluate and len(test):
+        metrics.update(evaluate_embeddings(emb, graph, test, config))
+    emb.save(out)
+    write_json(out / "metrics.json", metrics)
+    mark_done(out, "kge", config.model_dump(mode="json"), graph=str(graph_dir))
+    return emb, metrics
+
+
+def evaluate_embeddings(
+    emb: NTUEmbeddings, graph: GraphData, test: EdgeSet, config: KGEConfig
+) -> dict:
+    """Link prediction of ``emb`` and of a random-embedding baseline, same protocol."""
+    rels = [(r.name, r.lhs, r.rhs) for r in graph.relations]
+    tables = {t: torch.from_numpy(a) for t, a in emb.tables.items()}
+    rvec = torch.stack([torch.from_numpy(emb.relations[r.name]) for r in graph.relations])
+    kw = dict(
+        num_candidates=config.eval_num_candidates, max_edges=config.eval_max_edges, seed=config.seed
+    )
+    t0 = time.perf_counter()
+    model = link_prediction(tables, rvec, rels, test, graph.edges, **kw)
+    gen = torch.Generator().manual_seed(config.seed + 31337)
+    rand_tables = {t: torch.randn(a.shape, generator=gen) for t, a in tables.items()}
+    baseline = link_prediction(
+        rand_tables, torch.randn(rvec.shape, generator=gen), rels, test, graph.edges, **kw
+    )
+    log.info(
+        "link prediction (%.1fs): MRR %.4f (random baseline %.4f)",
+        time.perf_counter() - t0,
+        model["overall"]["mrr"],
+        baseline["overall"]["mrr"],
+    )
+    return {"link_prediction": model, "random_baseline": baseline}
