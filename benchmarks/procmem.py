@@ -1,0 +1,63 @@
+"""Run a command and sample the resident memory of its whole process tree (Linux ``/proc``)."""
+
+from __future__ import annotations
+
+import contextlib
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+
+def _children(pid: int) -> list[int]:
+    out = []
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        with contextlib.suppress(OSError):
+            out += [int(c) for c in (task / "children").read_text().split()]
+    return out
+
+
+def _rss_kb(pid: int) -> int:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+def tree_rss_mb(pid: int) -> float:
+    total, stack = 0, [pid]
+    while stack:
+        p = stack.pop()
+        total += _rss_kb(p)
+        stack += _children(p)
+    return total / 1024
+
+
+def run_measured(
+    cmd: list[str], interval: float = 0.2, **kwargs
+) -> tuple[subprocess.CompletedProcess, float, float]:
+    """Run ``cmd``; return (completed process, wall seconds, peak RSS in MB of the process tree,
+    summed over processes alive at the same sample)."""
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kwargs
+    )
+    peak = 0.0
+    stop = threading.Event()
+
+    def sample() -> None:
+        nonlocal peak
+        while not stop.is_set():
+            peak = max(peak, tree_rss_mb(proc.pid))
+            time.sleep(interval)
+
+    thread = threading.Thread(target=sample, daemon=True)
+    thread.start()
+    out, err = proc.communicate()
+    wall = time.perf_counter() - t0
+    stop.set()
+    thread.join()
+    return subprocess.CompletedProcess(cmd, proc.returncode, out, err), wall, peak

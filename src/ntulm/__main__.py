@@ -1,0 +1,5 @@
+import sys
+
+from ntulm.cli import main
+
+sys.exit(main())
