@@ -14,7 +14,12 @@ from ntulm import __version__
 from ntulm.errors import NTULMError
 
 # Subcommand modules, in the order of the data flow.
-COMMAND_MODULES = ("ntulm.cli.graph", "ntulm.cli.kge", "ntulm.cli.quickstart")
+COMMAND_MODULES = (
+    "ntulm.cli.graph",
+    "ntulm.cli.kge",
+    "ntulm.cli.lm",
+    "ntulm.cli.quickstart",
+)
 
 log = logging.getLogger("ntulm")
 

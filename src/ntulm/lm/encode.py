@@ -1,0 +1,148 @@
+"""Post embeddings from a fine-tuned model (paper §3.3): embed_ntulm = mean of the final hidden
+states ``[z_0 .. z_n, z_ntu]`` over the valid tokens and the NTU token, with the model frozen.
+
+- :func:`encode` is the Python verb (sentence-transformers style), over post records, or texts
+  with their e_ntu rows (a text without NTUs gets the mean NTU vector);
+- ``concat_ntu=True`` gives the BERT-post-concat baseline: ``[mean-pooled embedding ; e_ntu]``;
+- :func:`embed_to_parquet` streams posts from files into a Parquet file of
+  ``(id, embedding, overlap)`` chunk by chunk, so memory does not grow with the number of posts.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Iterator, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+from tqdm.auto import tqdm
+
+from ntulm.artifacts import atomic_path
+from ntulm.errors import ConfigError
+from ntulm.lm.data import length_grouped_batches, ntu_vectors, pad, tokenize
+from ntulm.posts import Post
+
+if TYPE_CHECKING:
+    from ntulm.lm.model import NTULM
+
+log = logging.getLogger(__name__)
+
+
+def post_ntus(
+    model: NTULM, posts: Sequence[Post | str], ntus: np.ndarray | None = None, need: bool = False
+) -> tuple[np.ndarray | None, np.ndarray]:
+    """e_ntu rows and overlap flags for ``posts``: from ``ntus`` if given, else looked up in the
+    model's NTU embeddings (strings have no NTUs: mean vector, overlap False)."""
+    n = len(posts)
+    if ntus is not None:
+        ntus = np.asarray(ntus, dtype=np.float32)
+        if ntus.shape[0] != n:
+            raise ValueError(f"ntus: {ntus.shape[0]} rows for {n} posts")
+        return ntus, np.ones(n, dtype=bool)
+    if model.ntu is None:
+        if need:
+            raise ConfigError(
+                "this model needs NTU embeddings: load it with ntu=... (or --ntu DIR)"
+            )
+        return None, np.zeros(n, dtype=bool)
+    recs = [p if isinstance(p, Post) else Post(id="", text=p) for p in posts]
+    assert model.cfg is not None
+    return ntu_vectors(recs, model.ntu, model.cfg.ntu_types)
+
+
+@torch.inference_mode()
+def encode(
+    model: NTULM,
+    posts: Sequence[Post | str],
+    *,
+    ntus: np.ndarray | None = None,
+    batch_size: int = 64,
+    show_progress_bar: bool = False,
+    concat_ntu: bool = False,
+    return_overlap: bool = False,
+) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
+    """Embeddings of ``posts``, (N, H) float32 (H + ntu_dim with ``concat_ntu``), in input order.
+
+    ``posts`` are :class:`Post` records or plain texts; ``ntus`` optionally gives each one's e_ntu
+    row directly, (N, ntu_dim). With ``return_overlap`` also returns the overlap flags, (N,) bool.
+    """
+    assert model.cfg is not None and model.tokenizer is not None
+    model.eval()
+    e_ntu, overlap = post_ntus(model, posts, ntus, need=model.use_ntu or concat_ntu)
+    texts = [p.text if isinstance(p, Post) else p for p in posts]
+    tokens = tokenize(texts, model.tokenizer, model.cfg.max_length, model.cfg.text)
+    device = next(model.parameters()).device
+    out = np.zeros((len(posts), model.hidden_size), dtype=np.float32)
+    lengths = np.array([len(t) for t in tokens])
+    batches = length_grouped_batches(lengths, batch_size)  # longest first, little padding
+    for idx in tqdm(batches, desc="encode", disable=not show_progress_bar, unit="batch"):
+        ids, mask = pad([tokens[i] for i in idx], model.tokenizer.pad_token_id)
+        e = torch.from_numpy(e_ntu[idx]).to(device) if model.use_ntu else None
+        hidden, full_mask = model.hidden_states(ids.to(device), mask.to(device), e)  # (B, T+1, H)
+        m = full_mask.unsqueeze(-1).to(hidden.dtype)  # (B, T+1, 1): real tokens and the NTU token
+        pooled = (hidden * m).sum(1) / m.sum(1).clamp(min=1)
+        out[idx] = pooled.float().cpu().numpy()
+    if concat_ntu:
+        assert e_ntu is not None
+        out = np.concatenate([out, e_ntu], axis=1)
+    return (out, overlap) if return_overlap else out
+
+
+def _chunks(items: Iterable[tuple[Post, str]], size: int) -> Iterator[list[Post]]:
+    chunk: list[Post] = []
+    for post, _src in items:
+        chunk.append(post)
+        if len(chunk) == size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
+def embed_to_parquet(
+    model: NTULM,
+    posts: Iterable[tuple[Post, str]],
+    out_file: str | Path,
+    *,
+    batch_size: int = 64,
+    chunk_posts: int = 4096,
+    concat_ntu: bool = False,
+    show_progress_bar: bool = False,
+    limit: int = 0,
+) -> int:
+    """Stream ``(post, source)`` pairs into ``out_file`` (Parquet: id, embedding, overlap), one
+    row group per chunk of ``chunk_posts``; written atomically. Returns the number of posts."""
+    dim = model.hidden_size + (model.ntu.dim if concat_ntu and model.ntu is not None else 0)
+    schema = pa.schema(
+        [("id", pa.string()), ("embedding", pa.list_(pa.float32(), dim)), ("overlap", pa.bool_())]
+    )
+    n = 0
+    bar = tqdm(desc="embed", disable=not show_progress_bar, unit="post")
+    with atomic_path(out_file) as tmp, pq.ParquetWriter(tmp, schema) as writer:
+        for chunk in _chunks(posts, chunk_posts):
+            if limit and n + len(chunk) > limit:
+                chunk = chunk[: limit - n]
+            emb, overlap = encode(
+                model, chunk, batch_size=batch_size, concat_ntu=concat_ntu, return_overlap=True
+            )
+            flat = pa.array(emb.reshape(-1), type=pa.float32())
+            table = pa.table(
+                {
+                    "id": pa.array([p.id for p in chunk], type=pa.string()),
+                    "embedding": pa.FixedSizeListArray.from_arrays(flat, dim),
+                    "overlap": pa.array(overlap, type=pa.bool_()),
+                },
+                schema=schema,
+            )
+            writer.write_table(table)
+            n += len(chunk)
+            bar.update(len(chunk))
+            if limit and n >= limit:
+                break
+    bar.close()
+    log.info("%d post embeddings (dim %d) -> %s", n, dim, out_file)
+    return n

