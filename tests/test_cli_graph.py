@@ -113,12 +113,6 @@ def test_config_file(capsys, lines, tmp_path):
     assert code == 2 and "graph.yaml: line" in err and "invalid YAML" in err
 
 
-def test_quickstart(capsys, tmp_path):
-    code, out, _ = run(capsys, "quickstart", "--out", str(tmp_path / "qs"), "--posts", "500", "-q")
-    assert code == 0 and "synthetic corpus" in out and "graph:" in out
-    assert (tmp_path / "qs" / "graph" / "DONE.json").exists()
-
-
 def test_unwritable_output_is_one_line(capsys, lines, tmp_path):
     posts = lines("p.jsonl", [{"id": 1, "text": "#a", "author": "u"}])
     blocker = tmp_path / "file"

@@ -9,7 +9,9 @@ and check that the method finds what was planted:
   a shared vocabulary and other communities), tags it with the community's hashtags (some posts
   have none), mentions and is favorited / retweeted by users of the same community;
 - a few posts are replies to earlier posts; the label ``stance`` is a per-post label that depends
-  on words in the text, so a text-only model can learn it too.
+  on words in the text, so a text-only model can learn it too;
+- a share ``newcomers`` of posts come from one-off users without hashtags: no NTU of theirs is in
+  the graph, so they form the non-overlap slice of an evaluation.
 
 Records follow the project's JSON Lines schema (``docs/posts.md``).
 """
@@ -62,6 +64,7 @@ def generate_posts(
     hashtags_per_community: int = 12,
     words_per_community: int = 40,
     purity: float = 0.8,
+    newcomers: float = 0.1,
     seed: int = 0,
 ) -> Iterator[dict[str, Any]]:
     """Yield ``n_posts`` post records (dicts in the project's JSON Lines schema)."""
@@ -85,7 +88,10 @@ def generate_posts(
     for i in range(n_posts):
         c = int(rng.integers(n_communities))
         comm = comms[c]
-        author = comm["users"][int(rng.integers(users_per_community))]
+        newcomer = bool(rng.random() < newcomers)
+        author = (
+            f"new{i}_c{c}" if newcomer else comm["users"][int(rng.integers(users_per_community))]
+        )
         n_words = int(rng.integers(6, 16))
         words = []
         for _ in range(n_words):
@@ -102,7 +108,7 @@ def generate_posts(
         words.insert(
             int(rng.integers(len(words) + 1)), sentiment[int(rng.integers(len(sentiment)))]
         )
-        n_tags = int(rng.choice([0, 1, 1, 2, 3]))
+        n_tags = 0 if newcomer else int(rng.choice([0, 1, 1, 2, 3]))
         tags = list(dict.fromkeys(rng.choice(comm["tags"], size=n_tags, p=tag_p).tolist()))
         mentions = []
         if rng.random() < 0.3:

@@ -18,6 +18,7 @@ COMMAND_MODULES = (
     "ntulm.cli.graph",
     "ntulm.cli.kge",
     "ntulm.cli.lm",
+    "ntulm.cli.run",
     "ntulm.cli.quickstart",
 )
 

@@ -1,0 +1,99 @@
+"""Configuration of ``ntulm run``: every stage's config plus the models to compare and the tasks.
+
+A YAML file holds one section per stage (``graph``, ``kge``, ``lm``, ``eval``) with the same keys
+as the stage commands, plus ``posts`` (the corpus), ``variants`` (the models compared) and
+``seeds``. ``key=value`` overrides reach any of them (``lm.max_steps=100``).
+"""
+
+from __future__ import annotations
+
+from pydantic import Field, field_validator, model_validator
+
+from ntulm.config import StageConfig
+from ntulm.evaluate.config import EvalConfig
+from ntulm.graph.config import GraphConfig
+from ntulm.kge.config import KGEConfig
+from ntulm.lm.config import LMConfig
+
+
+class VariantSpec(StageConfig):
+    """One model compared in the report."""
+
+    name: str = Field(..., description="name in tables and figures, e.g. 'NTULM author+hashtag'")
+    use_ntu: bool = Field(True, description="inject the NTU token (false: the 'BERT' baseline)")
+    ntu_types: list[str] = Field(["author", "hashtag"], description="NTU types averaged into e_ntu")
+    post_concat_of: str | None = Field(
+        None,
+        description="BERT-post-concat: no model of its own; the named no-NTU variant's embedding "
+        "concatenated with e_ntu of ntu_types after the encoder",
+    )
+
+
+def paper_variants() -> list[VariantSpec]:
+    """The paper's Table 2/3 columns."""
+    return [
+        VariantSpec(name="BERT", use_ntu=False),
+        VariantSpec(name="NTULM author", ntu_types=["author"]),
+        VariantSpec(name="NTULM hashtag", ntu_types=["hashtag"]),
+        VariantSpec(name="NTULM author+hashtag", ntu_types=["author", "hashtag"]),
+        VariantSpec(
+            name="BERT-post-concat", post_concat_of="BERT", ntu_types=["author", "hashtag"]
+        ),
+    ]
+
+
+class PipelineConfig(StageConfig):
+    """graph -> NTU embeddings -> fine-tuning (variants) -> post embeddings -> evaluation."""
+
+    name: str = Field("ntulm", description="run name, shown in the report")
+    posts: list[str] = Field(
+        ..., description="corpus files/directories: the graph, fine-tuning and corpus tasks"
+    )
+    lm_posts: int = Field(
+        20_000, ge=10, description="posts sampled (seeded) from the corpus for MLM fine-tuning"
+    )
+    graph: GraphConfig = Field(default_factory=GraphConfig, description="graph stage")
+    kge: KGEConfig = Field(default_factory=KGEConfig, description="NTU embedding stage")
+    lm: LMConfig = Field(
+        default_factory=LMConfig, description="fine-tuning, shared by all variants"
+    )
+    eval: EvalConfig = Field(default_factory=EvalConfig, description="downstream MLP and tasks")
+    variants: list[VariantSpec] = Field(
+        default_factory=paper_variants, description="models compared"
+    )
+    baseline: str = Field("BERT", description="variant the % changes are measured against")
+    seeds: list[int] = Field(
+        [13], description="seeds of the downstream MLP; with finetune_per_seed also of fine-tuning"
+    )
+    finetune_per_seed: bool = Field(
+        False, description="fine-tune every variant once per seed (costly) instead of once"
+    )
+
+    @field_validator("seeds")
+    @classmethod
+    def _seeds(cls, v: list[int]) -> list[int]:
+        if not v:
+            raise ValueError("at least one seed")
+        return list(dict.fromkeys(v))
+
+    @model_validator(mode="after")
+    def _variants(self) -> PipelineConfig:
+        names = [v.name for v in self.variants]
+        if len(set(names)) != len(names):
+            raise ValueError(f"variants: duplicate names in {names}")
+        if self.baseline not in names:
+            raise ValueError(f"baseline: {self.baseline!r} is not a variant ({', '.join(names)})")
+        for v in self.variants:
+            if v.post_concat_of is not None:
+                base = next((b for b in self.variants if b.name == v.post_concat_of), None)
+                if base is None or base.use_ntu or base.post_concat_of is not None:
+                    raise ValueError(
+                        f"variants: {v.name!r} post_concat_of must name a no-NTU model variant"
+                    )
+        if not self.eval.tasks:
+            raise ValueError("eval.tasks: at least one task")
+        return self
+
+    def model_variants(self) -> list[VariantSpec]:
+        """The variants that need a fine-tuned model of their own."""
+        return [v for v in self.variants if v.post_concat_of is None]

@@ -1,0 +1,262 @@
+"""The report of ``ntulm run``: Markdown tables in the shape of the paper's Tables 2, 3 and 4, PNG
+figures (improvement over the baseline per task: overall / overlap / non-overlap; perplexity), and
+every number in ``results.json``. Values over seeds are shown as mean ± std."""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ntulm.artifacts import atomic_path, write_json, write_text
+
+SUBSETS = ("metrics", "overlap", "non_overlap")
+SUBSET_NAMES = {"metrics": "overall", "overlap": "overlap", "non_overlap": "non-overlap"}
+
+
+def _ms(values: list[float], pct: bool = False, digits: int = 3) -> str:
+    vals = [v for v in values if v is not None and not math.isnan(v)]
+    if not vals:
+        return "—"
+    scale = 100.0 if pct else 1.0
+    m = float(np.mean(vals)) * scale
+    if len(vals) == 1:
+        return f"{m:.{digits}f}"
+    return f"{m:.{digits}f} ± {float(np.std(vals, ddof=1)) * scale:.{digits}f}"
+
+
+def aggregate(results: dict[str, Any]) -> dict[str, Any]:
+    """Per (variant, task, subset, metric) the list of values over seeds; per (variant, task,
+    subset) the list of % changes of the headline metric against the baseline (same seed)."""
+    runs = results["runs"]
+    base = results["config"]["baseline"]
+    values: dict = defaultdict(list)
+    by_key = {}
+    for r in runs:
+        by_key[(r["variant"], r["task"], r["seed"], r["finetune_seed"])] = r
+        for subset in SUBSETS:
+            for metric, v in (r.get(subset) or {}).items():
+                values[(r["variant"], r["task"], subset, metric)].append(v)
+    changes: dict = defaultdict(list)
+    for (variant, task, seed, fts), r in by_key.items():
+        b = by_key.get((base, task, seed, fts))
+        head = results["tasks"][task]["metrics"][0]
+        if b is None or variant == base:
+            continue
+        for subset in SUBSETS:
+            mine, theirs = (r.get(subset) or {}).get(head), (b.get(subset) or {}).get(head)
+            if mine is not None and theirs:
+                changes[(variant, task, subset)].append(100.0 * (mine - theirs) / abs(theirs))
+    return {"values": values, "changes": changes}
+
+
+def _families(results: dict[str, Any]) -> dict[str, list[str]]:
+    fam: dict[str, list[str]] = defaultdict(list)
+    for name, info in results["tasks"].items():
+        fam[info["family"]].append(name)
+    return dict(fam)
+
+
+def _family_means(
+    agg: dict, variant: str, tasks: list[str], head_of: dict[str, str], subset: str = "metrics"
+) -> list[float]:
+    """Per seed index, the mean over the family's tasks of their headline metric."""
+    per_task = [agg["values"].get((variant, t, subset, head_of[t]), []) for t in tasks]
+    n = min((len(v) for v in per_task), default=0)
+    out = []
+    for i in range(n):
+        vals = [v[i] for v in per_task if v[i] is not None]
+        if vals:
+            out.append(float(np.mean(vals)))
+    return out
+
+
+def table2(results: dict[str, Any], agg: dict) -> str:
+    variants = [v["name"] for v in results["config"]["variants"]]
+    fams = _families(results)
+    head_of = {t: results["tasks"][t]["metrics"][0] for t in results["tasks"]}
+    cols = ["Model", "NTUs", "Perplexity bits"] + [
+        f"{f} {_fam_metric(fams[f], head_of)}" for f in fams
+    ]
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    cfg_variants = {v["name"]: v for v in results["config"]["variants"]}
+    for name in variants:
+        v = cfg_variants[name]
+        ntus = "+".join(v["ntu_types"]) if (v["use_ntu"] or v["post_concat_of"]) else "—"
+        lm = results["lm"].get(name) or []
+        bits = _ms([r["best_eval_bits"] for r in lm]) if lm else f"(= {v['post_concat_of']})"
+        row = [name, ntus, bits] + [_ms(_family_means(agg, name, fams[f], head_of)) for f in fams]
+        lines.append("| " + " | ".join(row) + " |")
+    return "\n".join(lines)
+
+
+def _fam_metric(tasks: list[str], head_of: dict[str, str]) -> str:
+    heads = sorted({head_of[t] for t in tasks})
+    label = "/".join(heads)
+    return f"mean {label}" if len(tasks) > 1 else label
+
+
+def table3(results: dict[str, Any], agg: dict) -> str:
+    variants = [v["name"] for v in results["config"]["variants"]]
+    cols = ["Dataset", "Task", "Metric", *variants, "Best"]
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    for fam, tasks in _families(results).items():
+        for t in tasks:
+            for metric in results["tasks"][t]["metrics"]:
+                means = {v: agg["values"].get((v, t, "metrics", metric), []) for v in variants}
+                scored = {
+                    v: float(np.mean([x for x in vals if x is not None]))
+                    for v, vals in means.items()
+                    if any(x is not None for x in vals)
+                }
+                best = max(scored, key=scored.get) if scored else "—"
+                cells = [(f"**{_ms(means[v])}**" if v == best else _ms(means[v])) for v in variants]
+                lines.append("| " + " | ".join([fam, t, metric, *cells, best]) + " |")
+    return "\n".join(lines)
+
+
+def table4(results: dict[str, Any], agg: dict) -> str:
+    base = results["config"]["baseline"]
+    others = [v["name"] for v in results["config"]["variants"] if v["name"] != base]
+    cols = ["Dataset"] + [f"{v} {SUBSET_NAMES[s]}" for v in others for s in SUBSETS]
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    for fam, tasks in _families(results).items():
+        cells = []
+        for v in others:
+            for s in SUBSETS:
+                per_task = [agg["changes"].get((v, t, s), []) for t in tasks]
+                n = min((len(x) for x in per_task), default=0)
+                seeds = [float(np.mean([x[i] for x in per_task])) for i in range(n)]
+                cells.append(
+                    _ms([x / 100 for x in seeds], pct=True, digits=2) + ("%" if seeds else "")
+                )
+        lines.append("| " + " | ".join([fam, *cells]) + " |")
+    return "\n".join(lines)
+
+
+def figures(results: dict[str, Any], agg: dict, out: Path) -> list[str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    made = []
+    base = results["config"]["baseline"]
+    others = [v["name"] for v in results["config"]["variants"] if v["name"] != base]
+    tasks = list(results["tasks"])
+    if others and tasks:
+        fig, axes = plt.subplots(
+            len(others), 1, figsize=(max(6, 0.9 * len(tasks) + 2), 2.6 * len(others)), squeeze=False
+        )
+        width = 0.27
+        x = np.arange(len(tasks))
+        for ax, v in zip(axes[:, 0], others, strict=True):
+            for j, s in enumerate(SUBSETS):
+                vals = [agg["changes"].get((v, t, s), []) for t in tasks]
+                means = [float(np.mean(c)) if c else 0.0 for c in vals]
+                errs = [float(np.std(c, ddof=1)) if len(c) > 1 else 0.0 for c in vals]
+                ax.bar(
+                    x + (j - 1) * width, means, width, yerr=errs, label=SUBSET_NAMES[s], capsize=2
+                )
+            ax.axhline(0, color="black", linewidth=0.8)
+            ax.set_title(f"{v}: % change of the headline metric vs {base}", fontsize=10)
+            ax.set_xticks(x, tasks, rotation=30, ha="right", fontsize=8)
+            ax.set_ylabel("% change")
+        axes[0, 0].legend(fontsize=8, ncols=3)
+        fig.tight_layout()
+        _save(fig, out / "improvement.png")
+        plt.close(fig)
+        made.append("improvement.png")
+    lm = {k: [r["best_eval_bits"] for r in v] for k, v in results["lm"].items()}
+    if lm:
+        fig, ax = plt.subplots(figsize=(6, 3))
+        names = list(lm)
+        ax.bar(
+            names,
+            [np.mean(v) for v in lm.values()],
+            yerr=[np.std(v, ddof=1) if len(v) > 1 else 0 for v in lm.values()],
+            color="tab:blue",
+        )
+        lo = min(min(v) for v in lm.values())
+        ax.set_ylim(lo * 0.97, max(max(v) for v in lm.values()) * 1.01)
+        ax.set_ylabel("held-out MLM perplexity (bits)")
+        ax.set_title("Perplexity in bits (lower is better)", fontsize=10)
+        ax.tick_params(axis="x", labelsize=8, rotation=20)
+        fig.tight_layout()
+        _save(fig, out / "perplexity.png")
+        plt.close(fig)
+        made.append("perplexity.png")
+    return made
+
+
+def _save(fig: Any, path: Path) -> None:
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=120)
+
+
+def write_report(results: dict[str, Any], out: Path) -> None:
+    agg = aggregate(results)
+    pics = figures(results, agg, out)
+    cfg = results["config"]
+    seeds = cfg["seeds"]
+    g = results.get("graph", {})
+    lines = [
+        f"# NTULM report: {results['name']}",
+        "",
+        f"Corpus: {results['corpus']['accepted']:,} posts ({results['corpus']['rejected']:,} rejected). "
+        f"Graph: {g.get('nodes', {}).get('user', 0):,} users, {g.get('nodes', {}).get('hashtag', 0):,} hashtags, "
+        f"{g.get('edges', 0):,} edges. Fine-tuning sample: {cfg['lm_posts']:,} posts, backbone `{cfg['lm']['backbone']}`.",
+        f"Seeds {seeds} ({'fine-tuning and' if cfg['finetune_per_seed'] else 'downstream MLP only; fine-tuning once, seed ' + str(cfg['lm']['seed']) + ';'} "
+        f"task splits seed {cfg['eval']['seed']}). Values are mean ± std over seeds. "
+        f"Overlap = the test post has a known NTU ({'+'.join(results['overlap_types'])}).",
+        "",
+        "## Table 2: models compared (perplexity on held-out fine-tuning posts; headline metric per dataset)",
+        "",
+        table2(results, agg),
+        "",
+        "## Table 3: every task and metric",
+        "",
+        table3(results, agg),
+        "",
+        f"## Table 4: % change of the headline metric against {cfg['baseline']}, overall / overlap / non-overlap",
+        "",
+        table4(results, agg),
+        "",
+        "## Tasks",
+        "",
+        "| task | dataset | train | val | test | classes | metrics |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for name, t in results["tasks"].items():
+        lines.append(
+            f"| {name} | {t['family']} | {t['n_train']:,} | {t['n_val']:,} | {t['n_test']:,} | {t['n_classes']} | {', '.join(t['metrics'])} |"
+        )
+    kge = results.get("kge") or {}
+    if kge:
+        lines += [
+            "",
+            "## NTU embeddings: link prediction on held-out edges",
+            "",
+            "```",
+            _short_json(kge),
+            "```",
+        ]
+    lines += ["", "## Figures", ""] + [f"![{p}]({p})" for p in pics]
+    st = results["stages"]
+    lines += [
+        "",
+        f"Stages run: {', '.join(st['ran']) or 'none'}; reused: {', '.join(st['reused']) or 'none'}. Total {results['seconds']:.0f} s.",
+        "",
+    ]
+    write_json(out / "results.json", results)
+    write_text(out / "report.md", "\n".join(lines))
+
+
+def _short_json(obj: Any) -> str:
+    import json
+
+    text = json.dumps(obj, indent=1, default=str)
+    return text if len(text) < 4000 else text[:4000] + "\n..."

@@ -1,0 +1,296 @@
+"""``ntulm run``: graph -> NTU embeddings -> fine-tuning -> post embeddings -> evaluation -> report.
+
+Layout of the output directory::
+
+    config.json                resolved PipelineConfig
+    graph/ kge/                stage artifacts
+    lm/<variant>[-s<seed>]/    fine-tuned models (no model for BERT-post-concat)
+    embeddings/<variant>/<task>.npz   cached post embeddings (train/val/test + overlap flags)
+    results.json report.md *.png      results and the report (``report.py``)
+
+Every stage directory carries ``PIPELINE.json`` with the fingerprint of everything that made it
+(its config, its inputs, the fingerprints upstream). A second run with the same config reuses each
+finished stage; a change re-runs that stage and everything after it.
+
+Choices (documented in the report):
+- task splits use ``eval.seed`` once; ``seeds`` vary the downstream MLP (and, with
+  ``finetune_per_seed``, the fine-tuning);
+- the test posts of corpus tasks and their validation posts are kept out of the fine-tuning
+  sample; the hashtag task's test posts also give no graph edges;
+- the overlap flag of a test post (Table 4) is the same for every model: at least one of its NTUs
+  of the types any variant uses is in the NTU embeddings.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ntulm.artifacts import fingerprint, read_json, write_json, write_text
+from ntulm.errors import ArtifactError
+from ntulm.evaluate.config import TaskSpec
+from ntulm.evaluate.runner import evaluate_task
+from ntulm.evaluate.tasks import Task, build_tasks
+from ntulm.graph.build import build_graph
+from ntulm.kge import NTUEmbeddings, train_kge
+from ntulm.lm.data import ntu_vectors
+from ntulm.lm.encode import encode
+from ntulm.lm.model import NTULM
+from ntulm.lm.train import finetune
+from ntulm.pipeline.config import PipelineConfig, VariantSpec
+from ntulm.posts import Post, PostReader
+
+log = logging.getLogger(__name__)
+MARK = "PIPELINE.json"
+
+
+def _slug(name: str) -> str:
+    return "".join(c if c.isalnum() else "_" for c in name.lower()).strip("_")
+
+
+def _fresh(stage_dir: Path, fp: str) -> bool:
+    try:
+        return read_json(stage_dir / MARK)["fingerprint"] == fp
+    except (ArtifactError, KeyError):
+        return False
+
+
+def _mark(stage_dir: Path, fp: str, **info: Any) -> None:
+    write_json(stage_dir / MARK, {"fingerprint": fp, **info})
+
+
+class Pipeline:
+    def __init__(self, config: PipelineConfig, out_dir: str | Path, *, progress: bool = True):
+        self.cfg = config
+        self.out = Path(out_dir)
+        self.progress = progress
+        self.reused: list[str] = []
+        self.ran: list[str] = []
+        self.timings: dict[str, float] = {}
+        self._memo: dict[str, dict[tuple, np.ndarray]] = {}
+
+    # -- data and tasks --------------------------------------------------------------------
+    def read_corpus(self) -> list[Post]:
+        g = self.cfg.graph
+        reader = PostReader(
+            format=g.format, strict=g.strict, max_text_chars=g.max_text_chars,
+            quarantine_path=self.out / "rejected.jsonl",
+        )  # fmt: skip
+        posts = [p for p, _ in reader.iter_posts(self.cfg.posts)]
+        self.read_report = reader.report.to_json()
+        log.info("corpus: %d posts (%d rejected)", len(posts), reader.report.rejected)
+        return posts
+
+    def build_tasks(self, posts: list[Post]) -> list[tuple[TaskSpec, Task]]:
+        tasks = []
+        for spec in self.cfg.eval.tasks:
+            for task in build_tasks(
+                spec, None if spec.type == "tweeteval" else posts, self.cfg.eval.seed
+            ):
+                tasks.append((spec, task))
+                log.info(
+                    "task %s: %d train, %d val, %d test",
+                    task.name,
+                    len(task.train),
+                    len(task.val),
+                    len(task.test),
+                )
+        return tasks
+
+    # -- stages ------------------------------------------------------------------------------
+    def graph(self, exclude: list[str]) -> str:
+        d = self.out / "graph"
+        exclude_file = self.out / "exclude_posts.txt"
+        write_text(exclude_file, "".join(f"{i}\n" for i in exclude))
+        cfg = self.cfg.graph.model_copy(
+            update={"exclude_posts": str(exclude_file) if exclude else None}
+        )
+        fp = fingerprint([cfg.model_dump(mode="json"), self.cfg.posts, fingerprint(exclude)])
+        if _fresh(d, fp):
+            self.reused.append("graph")
+        else:
+            t = time.perf_counter()
+            build_graph(self.cfg.posts, d, cfg, progress=self.progress)
+            self.timings["graph"] = time.perf_counter() - t
+            _mark(d, fp)
+            self.ran.append("graph")
+        self.graph_stats = read_json(d / "stats.json")
+        return fp
+
+    def kge(self, graph_fp: str) -> tuple[NTUEmbeddings, str]:
+        d = self.out / "kge"
+        fp = fingerprint([self.cfg.kge.model_dump(mode="json"), graph_fp])
+        if _fresh(d, fp):
+            self.reused.append("kge")
+            emb = NTUEmbeddings.load(d)
+        else:
+            t = time.perf_counter()
+            emb, _ = train_kge(self.out / "graph", d, self.cfg.kge, progress=self.progress)
+            self.timings["kge"] = time.perf_counter() - t
+            _mark(d, fp)
+            self.ran.append("kge")
+        self.kge_metrics = read_json(d / "metrics.json") if (d / "metrics.json").exists() else {}
+        return emb, fp
+
+    def finetune(
+        self, v: VariantSpec, seed: int, sample: list[Post], emb: NTUEmbeddings, kge_fp: str
+    ) -> tuple[Path, str, dict]:
+        lcfg = self.cfg.lm.model_copy(
+            update={"use_ntu": v.use_ntu, "ntu_types": v.ntu_types, "seed": seed}
+        )
+        suffix = f"-s{seed}" if self.cfg.finetune_per_seed else ""
+        d = self.out / "lm" / f"{_slug(v.name)}{suffix}"
+        fp = fingerprint(
+            [
+                lcfg.model_dump(mode="json"),
+                kge_fp if v.use_ntu else None,
+                fingerprint([p.id for p in sample]),
+            ]
+        )
+        if _fresh(d, fp):
+            self.reused.append(f"finetune {v.name}{suffix}")
+        else:
+            t = time.perf_counter()
+            res = finetune(sample, lcfg, d, ntu=emb if v.use_ntu else None, resume=True)
+            self.timings[f"finetune {v.name}{suffix}"] = time.perf_counter() - t
+            _mark(d, fp, result=res.to_json())
+            self.ran.append(f"finetune {v.name}{suffix}")
+        return d, fp, read_json(d / MARK)["result"]
+
+    # -- embeddings ------------------------------------------------------------------------
+    def embeddings(
+        self, v: VariantSpec, model: NTULM, model_fp: str, task: Task, emb: NTUEmbeddings
+    ) -> dict[str, np.ndarray]:
+        """Cached train/val/test embeddings of one task under one variant."""
+        d = self.out / "embeddings" / _slug(v.name)
+        path = d / f"{_slug(task.name)}.npz"
+        fp = fingerprint(
+            [
+                model_fp,
+                v.model_dump(mode="json"),
+                task.name,
+                [p.id for p in task.test][:50],
+                len(task.train),
+            ]
+        )
+        if _fresh(d, fingerprint([fp, "dir"])) and path.exists():
+            with np.load(path) as z:
+                if str(z["fingerprint"]) == fp:
+                    return {k: z[k] for k in z.files}
+        arrays: dict[str, np.ndarray] = {"fingerprint": np.array(fp)}
+        for split, posts in (("train", task.train), ("val", task.val), ("test", task.test)):
+            x = self._encode(model, model_fp, posts)
+            if v.post_concat_of is not None:
+                e_ntu, _ = ntu_vectors(posts, emb, v.ntu_types)
+                x = np.concatenate([x, e_ntu], axis=1)
+            arrays[split] = np.asarray(x, dtype=np.float32)
+        d.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp.npz")
+        np.savez(tmp, **arrays)
+        tmp.replace(path)
+        _mark(d, fingerprint([fp, "dir"]))
+        return arrays
+
+    def _encode(self, model: NTULM, model_fp: str, posts: list[Post]) -> np.ndarray:
+        """Encode with a per-model memo: tasks built from one corpus share most posts."""
+        memo = self._memo.setdefault(model_fp, {})
+        keys = [(q.id, q.text, tuple(q.hashtags)) for q in posts]
+        todo = list({k: q for k, q in zip(keys, posts, strict=True) if k not in memo}.items())
+        if todo:
+            x = encode(model, [q for _, q in todo], batch_size=self.cfg.eval.embed_batch_size)
+            memo.update((k, row) for (k, _), row in zip(todo, x, strict=True))
+        if not keys:
+            return np.zeros((0, model.hidden_size), np.float32)
+        return np.stack([memo[k] for k in keys]).astype(np.float32)
+
+
+def run_pipeline(
+    config: PipelineConfig, out_dir: str | Path, *, progress: bool = True
+) -> dict[str, Any]:
+    """Run every stage (reusing finished ones) and write ``results.json`` and the report."""
+    from ntulm.pipeline.report import write_report
+
+    cfg = config
+    p = Pipeline(cfg, out_dir, progress=progress)
+    p.out.mkdir(parents=True, exist_ok=True)
+    write_text(p.out / "config.json", cfg.to_json() + "\n")
+    t0 = time.perf_counter()
+    posts = p.read_corpus()
+    tasks = p.build_tasks(posts)
+    exclude = sorted({i for _, t in tasks for i in t.exclude_from_graph})
+    graph_fp = p.graph(exclude)
+    emb, kge_fp = p.kge(graph_fp)
+
+    # Fine-tuning sample: corpus posts that no task validates or tests on, seeded.
+    held = {q.id for _, t in tasks for q in (*t.val, *t.test)}
+    pool = [q for q in posts if q.id not in held]
+    rng = np.random.default_rng(cfg.lm.seed)
+    take = rng.permutation(len(pool))[: cfg.lm_posts]
+    sample = [pool[i] for i in sorted(take)]
+    del posts
+
+    overlap_types = sorted(
+        {t for v in cfg.variants if v.use_ntu or v.post_concat_of for t in v.ntu_types}
+    )
+    flags = {t.name: ntu_vectors(t.test, emb, overlap_types)[1] for _, t in tasks}
+
+    ft_seeds = cfg.seeds if cfg.finetune_per_seed else [cfg.lm.seed]
+    runs: list[dict[str, Any]] = []
+    lm_results: dict[str, list[dict]] = {}
+    for ft_seed in ft_seeds:
+        models: dict[str, tuple[NTULM, str]] = {}
+        for v in cfg.model_variants():
+            d, fp, res = p.finetune(v, ft_seed, sample, emb, kge_fp)
+            lm_results.setdefault(v.name, []).append(res)
+            models[v.name] = (NTULM.load(d, ntu=emb), fp)
+        eval_seeds = [ft_seed] if cfg.finetune_per_seed else cfg.seeds
+        for v in cfg.variants:
+            model, fp = models[v.post_concat_of or v.name]
+            for spec, task in tasks:
+                arrays = p.embeddings(v, model, fp, task, emb)
+                lookup = _lookup(task, arrays)
+                for seed in eval_seeds:
+                    res = evaluate_task(task, lookup, cfg.eval, seed=seed, overlap=flags[task.name])
+                    res.update(variant=v.name, family=_family(spec, task), finetune_seed=ft_seed)
+                    runs.append(res)
+    results = {
+        "name": cfg.name,
+        "config": cfg.model_dump(mode="json"),
+        "corpus": p.read_report,
+        "graph": p.graph_stats,
+        "kge": p.kge_metrics,
+        "lm": lm_results,
+        "tasks": {t.name: {"family": _family(s, t), **t.summary()} for s, t in tasks},
+        "overlap_types": overlap_types,
+        "runs": runs,
+        "stages": {
+            "ran": p.ran,
+            "reused": p.reused,
+            "seconds": {k: round(x, 1) for k, x in p.timings.items()},
+        },
+        "seconds": round(time.perf_counter() - t0, 1),
+    }
+    write_report(results, p.out)
+    return results
+
+
+def _family(spec: TaskSpec, task: Task) -> str:
+    return "TweetEval" if spec.type == "tweeteval" else task.name
+
+
+def _lookup(task: Task, arrays: dict[str, np.ndarray]):
+    """An EmbedFn over the cached arrays: it recognises the task's split lists by identity."""
+    splits = {id(task.train): "train", id(task.val): "val", id(task.test): "test"}
+
+    def embed(posts: list[Post]) -> tuple[np.ndarray, np.ndarray]:
+        split = splits.get(id(posts))
+        if split is None:
+            raise ValueError("embedding cache: posts are not one of the task's splits")
+        x = arrays[split]
+        return x, np.zeros(len(x), dtype=bool)
+
+    return embed

