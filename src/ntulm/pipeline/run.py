@@ -183,6 +183,8 @@ class Pipeline:
                     return {k: z[k] for k in z.files}
         arrays: dict[str, np.ndarray] = {"fingerprint": np.array(fp)}
         for split, posts in (("train", task.train), ("val", task.val), ("test", task.test)):
+            if task.kind == "retrieval" and split != "test":
+                posts = []  # retrieval ranks test posts among themselves: no classifier to train
             x = self._encode(model, model_fp, posts)
             if v.post_concat_of is not None:
                 e_ntu, _ = ntu_vectors(posts, emb, v.ntu_types)
