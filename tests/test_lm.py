@@ -430,3 +430,18 @@ def test_cli_bad_posts_path_exit_2(backbone, tmp_path, capsys):
     )
     err = capsys.readouterr().err.strip()
     assert rc == 2 and "no such file" in err and "\n" not in err
+
+
+def test_bfloat16_encode_is_close_to_float32(backbone, ntu):
+    from ntulm.errors import ConfigError
+    from ntulm.lm.encode import encode
+
+    model = _model(backbone, ntu)
+    posts = _posts(8)
+    a = encode(model, posts, batch_size=4)
+    b = encode(model, posts, batch_size=4, dtype="bfloat16")
+    assert b.dtype == np.float32 and b.shape == a.shape
+    cos = (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
+    assert cos.min() > 0.99
+    with pytest.raises(ConfigError, match="dtype: 'float16' is not float32 or bfloat16"):
+        encode(model, posts, dtype="float16")

@@ -102,6 +102,7 @@ def cmd_embed(args: argparse.Namespace) -> int:
         concat_ntu=args.concat_ntu,
         show_progress_bar=not args.quiet,
         limit=args.limit,
+        dtype=args.dtype,
     )
     print(f"{n:,} post embeddings -> {args.out}")
     print(
@@ -144,4 +145,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     e.add_argument("--batch-size", type=int, default=64)
     e.add_argument("--limit", type=int, default=0, help="stop after N posts (0: all)")
+    e.add_argument(
+        "--dtype",
+        choices=("float32", "bfloat16"),
+        default="float32",
+        help="encoder precision; bfloat16 autocast is about 3x faster on CPUs with native bf16",
+    )
     e.set_defaults(func=cmd_embed)

