@@ -58,6 +58,23 @@ def add_config_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
 
 
+def add_posts_args(p: argparse.ArgumentParser) -> None:
+    """``--posts PATH...``, ``--format`` and ``--strict``, shared by every command that reads posts."""
+    from ntulm.posts.formats import FORMATS
+
+    p.add_argument(
+        "--posts",
+        nargs="+",
+        required=True,
+        metavar="PATH",
+        help="post files or directories (gzip ok)",
+    )
+    p.add_argument(
+        "--format", choices=("auto", *FORMATS), help="input format (default: detect per file)"
+    )
+    p.add_argument("--strict", action="store_true", help="fail on the first bad record (exit 2)")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)

@@ -6,9 +6,8 @@ import argparse
 import json
 import sys
 
-from ntulm.cli import add_config_args
+from ntulm.cli import add_config_args, add_posts_args
 from ntulm.graph import GraphConfig, build_graph, format_table5, ntu_coverage
-from ntulm.posts.formats import FORMATS
 
 
 def _config(args: argparse.Namespace) -> GraphConfig:
@@ -19,20 +18,6 @@ def _config(args: argparse.Namespace) -> GraphConfig:
         overrides.append("strict=true")
     base = GraphConfig.paper().model_dump() if getattr(args, "paper_filters", False) else None
     return GraphConfig.from_sources(args.config, overrides, base=base)
-
-
-def _posts_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--posts",
-        nargs="+",
-        required=True,
-        metavar="PATH",
-        help="post files or directories (gzip ok)",
-    )
-    p.add_argument(
-        "--format", choices=("auto", *FORMATS), help="input format (default: detect per file)"
-    )
-    p.add_argument("--strict", action="store_true", help="fail on the first bad record (exit 2)")
 
 
 def cmd_build_graph(args: argparse.Namespace) -> int:
@@ -75,7 +60,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "Config keys:\n" + GraphConfig.help_text(),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    _posts_args(p)
+    add_posts_args(p)
     p.add_argument("--out", required=True, help="output graph directory")
     p.add_argument(
         "--paper-filters",
@@ -90,7 +75,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="the paper's Table 5: NTU coverage of a post set against a graph",
         description="Unique NTUs, %% posts with NTUs, %% posts whose NTUs are in the graph (paper Table 5).",
     )
-    _posts_args(s)
+    add_posts_args(s)
     s.add_argument("--graph", required=True, help="graph directory from build-graph")
     s.add_argument("--json", action="store_true", help="print JSON instead of a Markdown table")
     add_config_args(s)

@@ -10,28 +10,10 @@ from pathlib import Path
 
 import numpy as np
 
-from ntulm.cli import add_config_args
+from ntulm.cli import add_config_args, add_posts_args
 from ntulm.errors import ArtifactError, ConfigError
 from ntulm.lm.config import LMConfig
 from ntulm.posts import Post, PostReader
-from ntulm.posts.formats import FORMATS
-
-
-def _posts_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--posts",
-        nargs="+",
-        required=True,
-        metavar="PATH",
-        help="post files or directories (gzip ok)",
-    )
-    p.add_argument(
-        "--format",
-        choices=("auto", *FORMATS),
-        default="auto",
-        help="input format (default: detect)",
-    )
-    p.add_argument("--strict", action="store_true", help="fail on the first bad record (exit 2)")
 
 
 def _load_ntu(path: str | None):  # noqa: ANN202 - NTUEmbeddings | None
@@ -71,7 +53,7 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     if cfg.use_ntu and not args.ntu:
         raise ConfigError("--ntu DIR is required (or --no-ntu for the baseline without NTUs)")
     ntu = _load_ntu(args.ntu)
-    reader = PostReader(format=args.format, strict=args.strict)
+    reader = PostReader(format=args.format or "auto", strict=args.strict)
     posts = [p for p, _ in _sample(reader, args.posts, cfg)]
     if len(posts) < 2:
         raise ConfigError(f"--posts: {len(posts)} usable post(s) read; need at least 2")
@@ -93,7 +75,7 @@ def cmd_embed(args: argparse.Namespace) -> int:
     model = NTULM.load(args.model, ntu=_load_ntu(args.ntu))
     if args.concat_ntu and model.ntu is None:
         raise ConfigError("--concat-ntu needs NTU embeddings (--ntu DIR)")
-    reader = PostReader(format=args.format, strict=args.strict)
+    reader = PostReader(format=args.format or "auto", strict=args.strict)
     n = embed_to_parquet(
         model,
         reader.iter_posts(args.posts),
@@ -119,7 +101,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         + LMConfig.help_text(),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    _posts_args(p)
+    add_posts_args(p)
     p.add_argument("--ntu", help="NTU embeddings directory (from train-kge)")
     p.add_argument("--out", required=True, help="output model directory")
     p.add_argument(
@@ -134,7 +116,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="post embeddings (id, embedding, overlap) to Parquet, streaming",
         description="Mean-pooled final hidden states incl. the NTU token (paper §3.3), streamed to Parquet.",
     )
-    _posts_args(e)
+    add_posts_args(e)
     e.add_argument("--model", required=True, help="model directory from finetune")
     e.add_argument("--out", required=True, help="output .parquet file")
     e.add_argument(

@@ -31,7 +31,7 @@ import duckdb
 from ntulm.artifacts import atomic_path, mark_done, write_json, write_text
 from ntulm.errors import ArtifactError
 from ntulm.graph.config import GraphConfig
-from ntulm.posts.readers import PostReader
+from ntulm.posts.readers import PostReader, ReadReport
 from ntulm.posts.table import write_posts_table
 
 log = logging.getLogger(__name__)
@@ -97,21 +97,8 @@ def build_graph(
     t0 = time.perf_counter()
     work = Path(tempfile.mkdtemp(prefix=".work-", dir=out))
     try:
-        reader = PostReader(
-            format=config.format,
-            strict=config.strict,
-            max_text_chars=config.max_text_chars,
-            quarantine_path=out / "rejected.jsonl",
-        )
+        report = read_posts_table(posts, config, work / "posts", out / "rejected.jsonl", progress)
         table = work / "posts"
-        report = write_posts_table(
-            reader,
-            posts,
-            table,
-            batch_size=config.batch_size,
-            progress=progress,
-            workers=config.read_workers,
-        )
         t_read = time.perf_counter() - t0
         con = connect(config, work)
         excluded = _exclude(con, config)
@@ -136,6 +123,30 @@ def build_graph(
     )
     mark_done(out, "graph", config.model_dump(mode="json"))
     return stats
+
+
+def read_posts_table(
+    posts: Sequence[str | Path],
+    config: GraphConfig,
+    table: Path,
+    quarantine: Path | None,
+    progress: bool,
+) -> ReadReport:
+    """Read ``posts`` under the config's bad-input policy into the Parquet table ``table``."""
+    reader = PostReader(
+        format=config.format,
+        strict=config.strict,
+        max_text_chars=config.max_text_chars,
+        quarantine_path=quarantine,
+    )
+    return write_posts_table(
+        reader,
+        posts,
+        table,
+        batch_size=config.batch_size,
+        progress=progress,
+        workers=config.read_workers,
+    )
 
 
 def _exclude(con: duckdb.DuckDBPyConnection, config: GraphConfig) -> int:

@@ -18,10 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from ntulm.artifacts import require_done
-from ntulm.graph.build import connect
+from ntulm.graph.build import connect, read_posts_table
 from ntulm.graph.config import GraphConfig
-from ntulm.posts.readers import PostReader
-from ntulm.posts.table import write_posts_table
 
 # Per post: the list of NTU keys of a type, and whether each is in the graph.
 _NTU_LISTS = {
@@ -42,18 +40,8 @@ def ntu_coverage(
     config = config or GraphConfig()
     work = Path(tempfile.mkdtemp(prefix="ntulm-coverage-"))
     try:
-        reader = PostReader(
-            format=config.format, strict=config.strict, max_text_chars=config.max_text_chars
-        )
         table = work / "posts"
-        report = write_posts_table(
-            reader,
-            posts,
-            table,
-            batch_size=config.batch_size,
-            progress=progress,
-            workers=config.read_workers,
-        )
+        report = read_posts_table(posts, config, table, None, progress)
         con = connect(config, work)
         con.execute(f"CREATE VIEW p AS SELECT * FROM read_parquet('{table}/*.parquet')")
         con.execute(
