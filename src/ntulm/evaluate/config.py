@@ -76,3 +76,8 @@ class EvalConfig(StageConfig):
     seed: int = Field(13, description="seed of the splits and of the MLP")
     tasks: list[TaskSpec] = Field(default_factory=list, description="tasks to evaluate")
     embed_batch_size: int = Field(64, ge=1, description="posts per encoder batch")
+    embed_dtype: Literal["float32", "bfloat16"] = Field(
+        "float32",
+        description="encoder precision for post embeddings; bfloat16 autocast is about 3x faster "
+        "on CPUs with native bf16 (cosine to float32 above 0.9999)",
+    )

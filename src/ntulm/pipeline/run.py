@@ -172,6 +172,7 @@ class Pipeline:
             [
                 model_fp,
                 v.model_dump(mode="json"),
+                self.cfg.eval.embed_dtype,
                 task.name,
                 [p.id for p in task.test][:50],
                 len(task.train),
@@ -203,7 +204,12 @@ class Pipeline:
         keys = [(q.id, q.text, tuple(q.hashtags)) for q in posts]
         todo = list({k: q for k, q in zip(keys, posts, strict=True) if k not in memo}.items())
         if todo:
-            x = encode(model, [q for _, q in todo], batch_size=self.cfg.eval.embed_batch_size)
+            x = encode(
+                model,
+                [q for _, q in todo],
+                batch_size=self.cfg.eval.embed_batch_size,
+                dtype=self.cfg.eval.embed_dtype,
+            )
             memo.update((k, row) for (k, _), row in zip(todo, x, strict=True))
         if not keys:
             return np.zeros((0, model.hidden_size), np.float32)
