@@ -113,3 +113,60 @@ def test_quickstart_with_a_tiny_backbone(tmp_path, tiny_backbone, capsys):
     assert "synthetic corpus" in out and "Table 2" in out and "NTULM author+hashtag" in out
     res = json.loads((tmp_path / "qs" / "run" / "results.json").read_text())
     assert any(r["n"]["non_overlap"] > 0 for r in res["runs"])  # newcomers form a non-overlap slice
+
+
+def test_evaluate_saved_models_matches_run(tmp_path, tiny_backbone, capsys):
+    """`ntulm evaluate` on the models `ntulm run` saved gives the run's numbers."""
+    posts = write_corpus(tmp_path / "posts.jsonl", n_posts=300, users_per_community=6, seed=5)
+    _tweeteval(tmp_path / "tweeteval")
+    tasks = [
+        {"type": "classification", "name": "community", "label": "community", "split_by": "author", "min_class_count": 2},
+        {"type": "tweeteval", "root": str(tmp_path / "tweeteval"), "names": ["irony"]},
+    ]  # fmt: skip
+    cfg = {
+        "posts": [str(posts)],
+        "lm_posts": 100,
+        "kge": {"dimension": 8, "num_epochs": 1, "batch_size": 500, "num_batch_negs": 10, "num_uniform_negs": 10},
+        "lm": {"backbone": tiny_backbone, "max_steps": 2, "batch_size": 16, "head_warmup_steps": 0,
+               "max_length": 32, "progress": False, "eval_max_posts": 20},
+        "eval": {"mlp": {"max_epochs": 4, "num_threads": 1}, "tasks": tasks},
+        "seeds": [4],
+    }  # fmt: skip
+    (tmp_path / "cfg.yaml").write_text(yaml.safe_dump(cfg))
+    run = tmp_path / "run"
+    assert main(["run", "--config", str(tmp_path / "cfg.yaml"), "--out", str(run), "-q"]) == 0
+    capsys.readouterr()
+
+    out = tmp_path / "ev"
+    argv = ["evaluate", "--config", str(tmp_path / "cfg.yaml"), "--out", str(out), "-q",
+            "--model", f"BERT={run / 'lm' / 'bert'}",
+            "--model", f"NTULM author+hashtag={run / 'lm' / 'ntulm_author_hashtag'}",
+            "--post-concat", "BERT", "--ntu", str(run / "kge"), "--posts", str(posts)]  # fmt: skip
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    assert "Table 2" in printed and "Models (saved)" in (out / "report.md").read_text()
+    mine = json.loads((out / "results.json").read_text())
+    theirs = json.loads((run / "results.json").read_text())
+    assert {r["variant"] for r in mine["runs"]} == {
+        "BERT",
+        "NTULM author+hashtag",
+        "BERT-post-concat",
+    }
+    key = lambda r: (r["variant"], r["task"])  # noqa: E731
+    ran = {key(r): r for r in theirs["runs"]}
+    for r in mine["runs"]:
+        assert r["metrics"] == ran[key(r)]["metrics"], key(r)
+        assert r["n"] == ran[key(r)]["n"], key(r)
+    assert mine["config"]["baseline"] == "BERT"
+
+    # the hashtag task is refused for NTU models: their graph cannot show its test posts excluded
+    (tmp_path / "ht.yaml").write_text(yaml.safe_dump({"eval": {"tasks": [{"type": "hashtag"}]}}))
+    argv = ["evaluate", "--config", str(tmp_path / "ht.yaml"), "--out", str(tmp_path / "ht"),
+            "--model", str(run / "lm" / "ntulm_author"), "--posts", str(posts)]  # fmt: skip
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "hashtag task" in err and "Traceback" not in err
+    # a directory that is not a model, named with file and problem
+    argv = ["evaluate", "--out", str(tmp_path / "x"), "--model", f"M={tmp_path}"]
+    assert main(argv) == 2
+    assert "is not an `ntulm finetune` directory" in capsys.readouterr().err

@@ -19,6 +19,7 @@ COMMAND_MODULES = (
     "ntulm.cli.kge",
     "ntulm.cli.lm",
     "ntulm.cli.run",
+    "ntulm.cli.evaluate",
     "ntulm.cli.quickstart",
 )
 

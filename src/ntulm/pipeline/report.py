@@ -203,15 +203,28 @@ def write_report(results: dict[str, Any], out: Path) -> None:
     cfg = results["config"]
     seeds = cfg["seeds"]
     g = results.get("graph", {})
+    if "models" in results:  # `ntulm evaluate`: saved models, no graph or fine-tuning here
+        made = (
+            "Models (saved): "
+            + ", ".join(f"{k} = `{v}`" for k, v in results["models"].items())
+            + "."
+        )
+        seeds_note = "downstream MLP"
+    else:
+        made = (
+            f"Graph: {g.get('nodes', {}).get('user', 0):,} users, {g.get('nodes', {}).get('hashtag', 0):,} hashtags, "
+            f"{g.get('edges', 0):,} edges. Fine-tuning sample: {cfg['lm_posts']:,} posts, backbone `{cfg['lm']['backbone']}`."
+        )
+        seeds_note = (
+            "fine-tuning and downstream MLP" if cfg["finetune_per_seed"]
+            else f"downstream MLP only; fine-tuning once, seed {cfg['lm']['seed']}"
+        )  # fmt: skip
     lines = [
         f"# NTULM report: {results['name']}",
         "",
-        f"Corpus: {results['corpus']['accepted']:,} posts ({results['corpus']['rejected']:,} rejected). "
-        f"Graph: {g.get('nodes', {}).get('user', 0):,} users, {g.get('nodes', {}).get('hashtag', 0):,} hashtags, "
-        f"{g.get('edges', 0):,} edges. Fine-tuning sample: {cfg['lm_posts']:,} posts, backbone `{cfg['lm']['backbone']}`.",
-        f"Seeds {seeds} ({'fine-tuning and' if cfg['finetune_per_seed'] else 'downstream MLP only; fine-tuning once, seed ' + str(cfg['lm']['seed']) + ';'} "
-        f"task splits seed {cfg['eval']['seed']}). Values are mean ± std over seeds. "
-        f"Overlap = the test post has a known NTU ({'+'.join(results['overlap_types'])}).",
+        f"Corpus: {results['corpus']['accepted']:,} posts ({results['corpus']['rejected']:,} rejected). {made}",
+        f"Seeds {seeds} ({seeds_note}; task splits seed {cfg['eval']['seed']}). Values are mean ± std over seeds. "
+        f"Overlap = the test post has a known NTU ({'+'.join(results['overlap_types']) or 'none used'}).",
         "",
         "## Table 2: models compared (perplexity on held-out fine-tuning posts; headline metric per dataset)",
         "",

@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 
 from ntulm.artifacts import fingerprint, read_json, write_json, write_text
-from ntulm.errors import ArtifactError
+from ntulm.errors import ArtifactError, ConfigError
 from ntulm.evaluate.config import TaskSpec
 from ntulm.evaluate.runner import evaluate_task
 from ntulm.evaluate.tasks import Task, build_tasks
@@ -163,7 +163,12 @@ class Pipeline:
 
     # -- embeddings ------------------------------------------------------------------------
     def embeddings(
-        self, v: VariantSpec, model: NTULM, model_fp: str, task: Task, emb: NTUEmbeddings
+        self,
+        v: VariantSpec,
+        model: NTULM,
+        model_fp: str,
+        task: Task,
+        emb: NTUEmbeddings | None,
     ) -> dict[str, np.ndarray]:
         """Cached train/val/test embeddings of one task under one variant."""
         d = self.out / "embeddings" / _slug(v.name)
@@ -188,6 +193,8 @@ class Pipeline:
                 posts = []  # retrieval ranks test posts among themselves: no classifier to train
             x = self._encode(model, model_fp, posts)
             if v.post_concat_of is not None:
+                if emb is None:
+                    raise ConfigError(f"{v.name}: BERT-post-concat needs NTU embeddings")
                 e_ntu, _ = ntu_vectors(posts, emb, v.ntu_types)
                 x = np.concatenate([x, e_ntu], axis=1)
             arrays[split] = np.asarray(x, dtype=np.float32)
@@ -197,6 +204,33 @@ class Pipeline:
         tmp.replace(path)
         _mark(d, fingerprint([fp, "dir"]))
         return arrays
+
+    # -- evaluation --------------------------------------------------------------------------
+    def evaluate(
+        self,
+        tasks: list[tuple[TaskSpec, Task]],
+        models: dict[str, tuple[NTULM, str]],
+        emb: NTUEmbeddings | None,
+        flags: dict[str, np.ndarray],
+        seeds: list[int],
+        finetune_seed: int | None = None,
+    ) -> list[dict[str, Any]]:
+        """Every variant on every task and seed; ``models`` maps model variants to (model, fp)."""
+        runs = []
+        for v in self.cfg.variants:
+            model, fp = models[v.post_concat_of or v.name]
+            for spec, task in tasks:
+                arrays = self.embeddings(v, model, fp, task, emb)
+                lookup = _lookup(task, arrays)
+                for seed in seeds:
+                    res = evaluate_task(
+                        task, lookup, self.cfg.eval, seed=seed, overlap=flags[task.name]
+                    )
+                    res.update(
+                        variant=v.name, family=_family(spec, task), finetune_seed=finetune_seed
+                    )
+                    runs.append(res)
+        return runs
 
     def _encode(self, model: NTULM, model_fp: str, posts: list[Post]) -> np.ndarray:
         """Encode with a per-model memo: tasks built from one corpus share most posts."""
@@ -256,15 +290,7 @@ def run_pipeline(
             lm_results.setdefault(v.name, []).append(res)
             models[v.name] = (NTULM.load(d, ntu=emb), fp)
         eval_seeds = [ft_seed] if cfg.finetune_per_seed else cfg.seeds
-        for v in cfg.variants:
-            model, fp = models[v.post_concat_of or v.name]
-            for spec, task in tasks:
-                arrays = p.embeddings(v, model, fp, task, emb)
-                lookup = _lookup(task, arrays)
-                for seed in eval_seeds:
-                    res = evaluate_task(task, lookup, cfg.eval, seed=seed, overlap=flags[task.name])
-                    res.update(variant=v.name, family=_family(spec, task), finetune_seed=ft_seed)
-                    runs.append(res)
+        runs += p.evaluate(tasks, models, emb, flags, eval_seeds, finetune_seed=ft_seed)
     results = {
         "name": cfg.name,
         "config": cfg.model_dump(mode="json"),
