@@ -445,3 +445,33 @@ def test_bfloat16_encode_is_close_to_float32(backbone, ntu):
     assert cos.min() > 0.99
     with pytest.raises(ConfigError, match="dtype: 'float16' is not float32 or bfloat16"):
         encode(model, posts, dtype="float16")
+
+
+def test_mean_plus_ntu_pooling_splits_the_paper_mean(backbone, ntu, tmp_path):
+    from ntulm.errors import ConfigError
+    from ntulm.lm.data import tokenize
+    from ntulm.lm.encode import encode, output_dim
+
+    model = _model(backbone, ntu)
+    posts = _posts(7)
+    paper = encode(model, posts, batch_size=3)
+    both = encode(model, posts, batch_size=3, pooling="mean+ntu")
+    h = model.hidden_size
+    assert both.shape == (7, 2 * h) == (7, output_dim(model, "mean+ntu"))
+    words, slot = both[:, :h], both[:, h:]
+    # the paper's mean over n word pieces and the NTU token = (n * word mean + z_ntu) / (n + 1)
+    n = np.array(
+        [
+            len(t)
+            for t in tokenize(
+                [p.text for p in posts], model.tokenizer, model.cfg.max_length, model.cfg.text
+            )
+        ]
+    )[:, None]
+    np.testing.assert_allclose(paper, (n * words + slot) / (n + 1), rtol=1e-4, atol=1e-5)
+    assert not np.allclose(slot, words, atol=1e-3)
+    with pytest.raises(ConfigError, match="pooling: 'max' is not one of mean, mean\\+ntu"):
+        encode(model, posts, pooling="max")
+    finetune(_posts(), _cfg(backbone, use_ntu=False), tmp_path / "bert", ntu=ntu)
+    with pytest.raises(ConfigError, match="needs a model with the NTU token"):
+        encode(NTULM.load(tmp_path / "bert"), posts, pooling="mean+ntu")

@@ -8,6 +8,7 @@ import yaml
 from transformers import AutoTokenizer, BertConfig, BertForMaskedLM
 
 from ntulm.cli import main
+from ntulm.pipeline import paper_variants
 from ntulm.synthetic import write_corpus
 
 
@@ -82,7 +83,7 @@ def test_run_end_to_end_and_reuse(tmp_path, tiny_backbone, capsys):
         and res["graph"]["posts_excluded"] == len(excluded) == res["tasks"]["hashtag"]["n_test"]
     )
     report = (out / "report.md").read_text()
-    for part in ("Table 2", "Table 3", "Table 4", "Perplexity bits", "TweetEval"):
+    for part in ("Table 2", "Table 3", "Table 4", "Perplexity bits", "TweetEval", "| overall |"):
         assert part in report
     assert (out / "improvement.png").stat().st_size > 0 and (
         out / "perplexity.png"
@@ -136,6 +137,31 @@ def test_evaluate_saved_models_matches_run(tmp_path, tiny_backbone, capsys):
     run = tmp_path / "run"
     assert main(["run", "--config", str(tmp_path / "cfg.yaml"), "--out", str(run), "-q"]) == 0
     capsys.readouterr()
+
+    # a pooling variant over an existing model: every stage reused, only its embeddings are new
+    first = json.loads((run / "results.json").read_text())
+    cfg["variants"] = [v.model_dump(mode="json") for v in paper_variants()] + [
+        {"name": "NTULM a+h mean+ntu", "model_of": "NTULM author+hashtag", "pooling": "mean+ntu"}
+    ]
+    (tmp_path / "cfg2.yaml").write_text(yaml.safe_dump(cfg))
+    assert main(["run", "--config", str(tmp_path / "cfg2.yaml"), "--out", str(run), "-q"]) == 0
+    assert "stages run: none;" in capsys.readouterr().out
+    second = json.loads((run / "results.json").read_text())
+    pooled = [r for r in second["runs"] if r["variant"] == "NTULM a+h mean+ntu"]
+    assert len(pooled) == 2 and all(r["metrics"] for r in pooled)
+    assert [r["metrics"] for r in second["runs"] if r["variant"] != "NTULM a+h mean+ntu"] == [
+        r["metrics"] for r in first["runs"]
+    ]
+    assert second["config"]["variants"][-1]["use_ntu"] is True  # taken from the model's variant
+    assert "mean+ntu pooling | (= NTULM author+hashtag)" in (run / "report.md").read_text()
+    bad = {
+        **cfg,
+        "variants": cfg["variants"][:1]
+        + [{"name": "x", "model_of": "BERT", "pooling": "mean+ntu"}],
+    }
+    (tmp_path / "bad.yaml").write_text(yaml.safe_dump(bad))
+    assert main(["run", "--config", str(tmp_path / "bad.yaml"), "--out", str(run), "-q"]) == 2
+    assert "pooling 'mean+ntu' needs an NTU model" in capsys.readouterr().err
 
     out = tmp_path / "ev"
     argv = ["evaluate", "--config", str(tmp_path / "cfg.yaml"), "--out", str(out), "-q",

@@ -85,6 +85,7 @@ def cmd_embed(args: argparse.Namespace) -> int:
         show_progress_bar=not args.quiet,
         limit=args.limit,
         dtype=args.dtype,
+        pooling=args.pooling,
     )
     print(f"{n:,} post embeddings -> {args.out}")
     print(
@@ -132,5 +133,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         choices=("float32", "bfloat16"),
         default="float32",
         help="encoder precision; bfloat16 autocast is about 3x faster on CPUs with native bf16",
+    )
+    e.add_argument(
+        "--pooling",
+        choices=("mean", "mean+ntu"),
+        default="mean",
+        help="mean: the paper's mean over word pieces and the NTU token; mean+ntu: [word-piece "
+        "mean ; NTU token state], 2x wide, keeps the NTU signal undiluted (NTULM models only)",
     )
     e.set_defaults(func=cmd_embed)

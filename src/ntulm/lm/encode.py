@@ -4,6 +4,10 @@ states ``[z_0 .. z_n, z_ntu]`` over the valid tokens and the NTU token, with the
 - :func:`encode` is the Python verb (sentence-transformers style), over post records, or texts
   with their e_ntu rows (a text without NTUs gets the mean NTU vector);
 - ``concat_ntu=True`` gives the BERT-post-concat baseline: ``[mean-pooled embedding ; e_ntu]``;
+- ``pooling="mean+ntu"`` (not the paper's; for NTULM models) gives ``[mean over the word pieces ;
+  z_ntu]``, 2H wide: in the mean the NTU token weighs 1/(n+1), and on IRA the NTU slot's final
+  state alone carries far more of the author signal than the pooled mean
+  (``benchmarks/diagnose_ntu.py``);
 - :func:`embed_to_parquet` streams posts from files into a Parquet file of
   ``(id, embedding, overlap)`` chunk by chunk, so memory does not grow with the number of posts.
 """
@@ -65,6 +69,7 @@ def encode(
     concat_ntu: bool = False,
     return_overlap: bool = False,
     dtype: str = "float32",
+    pooling: str = "mean",
 ) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
     """Embeddings of ``posts``, (N, H) float32 (H + ntu_dim with ``concat_ntu``), in input order.
 
@@ -72,17 +77,20 @@ def encode(
     row directly, (N, ntu_dim). With ``return_overlap`` also returns the overlap flags, (N,) bool.
     ``dtype="bfloat16"`` runs the encoder under bfloat16 autocast: about 3x faster on CPUs with
     native bf16 (measured on IRA tweets: 907 vs 307 posts/s, cosine to float32 above 0.9999);
-    the output stays float32.
+    the output stays float32. ``pooling`` is ``"mean"`` (the paper) or ``"mean+ntu"`` (see the
+    module docstring).
     """
     if dtype not in ("float32", "bfloat16"):
         raise ConfigError(f"dtype: {dtype!r} is not float32 or bfloat16")
+    check_pooling(model, pooling)
     assert model.cfg is not None and model.tokenizer is not None
     model.eval()
     e_ntu, overlap = post_ntus(model, posts, ntus, need=model.use_ntu or concat_ntu)
     texts = [p.text if isinstance(p, Post) else p for p in posts]
     tokens = tokenize(texts, model.tokenizer, model.cfg.max_length, model.cfg.text)
     device = next(model.parameters()).device
-    out = np.zeros((len(posts), model.hidden_size), dtype=np.float32)
+    width = model.hidden_size * (2 if pooling == "mean+ntu" else 1)
+    out = np.zeros((len(posts), width), dtype=np.float32)
     lengths = np.array([len(t) for t in tokens])
     batches = length_grouped_batches(lengths, batch_size)  # longest first, little padding
     for idx in tqdm(batches, desc="encode", disable=not show_progress_bar, unit="batch"):
@@ -94,12 +102,34 @@ def encode(
             )  # (B, T+1, H)
         hidden = hidden.float()
         m = full_mask.unsqueeze(-1).to(hidden.dtype)  # (B, T+1, 1): real tokens and the NTU token
-        pooled = (hidden * m).sum(1) / m.sum(1).clamp(min=1)
+        if pooling == "mean+ntu":
+            t = ids.shape[1]  # word pieces; the NTU token is at position t
+            words = (hidden[:, :t] * m[:, :t]).sum(1) / m[:, :t].sum(1).clamp(min=1)
+            pooled = torch.cat([words, hidden[:, t]], dim=1)
+        else:
+            pooled = (hidden * m).sum(1) / m.sum(1).clamp(min=1)
         out[idx] = pooled.float().cpu().numpy()
     if concat_ntu:
         assert e_ntu is not None
         out = np.concatenate([out, e_ntu], axis=1)
     return (out, overlap) if return_overlap else out
+
+
+POOLINGS = ("mean", "mean+ntu")
+
+
+def check_pooling(model: NTULM, pooling: str) -> None:
+    """Raise a :class:`ConfigError` for an unknown pooling or ``mean+ntu`` without an NTU token."""
+    if pooling not in POOLINGS:
+        raise ConfigError(f"pooling: {pooling!r} is not one of {', '.join(POOLINGS)}")
+    if pooling == "mean+ntu" and not model.use_ntu:
+        raise ConfigError("pooling: 'mean+ntu' needs a model with the NTU token (not a no-NTU one)")
+
+
+def output_dim(model: NTULM, pooling: str = "mean", concat_ntu: bool = False) -> int:
+    """Width of :func:`encode`'s output for these options."""
+    ntu = model.ntu.dim if concat_ntu and model.ntu is not None else 0
+    return model.hidden_size * (2 if pooling == "mean+ntu" else 1) + ntu
 
 
 def _chunks(items: Iterable[tuple[Post, str]], size: int) -> Iterator[list[Post]]:
@@ -124,10 +154,12 @@ def embed_to_parquet(
     show_progress_bar: bool = False,
     limit: int = 0,
     dtype: str = "float32",
+    pooling: str = "mean",
 ) -> int:
     """Stream ``(post, source)`` pairs into ``out_file`` (Parquet: id, embedding, overlap), one
     row group per chunk of ``chunk_posts``; written atomically. Returns the number of posts."""
-    dim = model.hidden_size + (model.ntu.dim if concat_ntu and model.ntu is not None else 0)
+    check_pooling(model, pooling)
+    dim = output_dim(model, pooling, concat_ntu)
     schema = pa.schema(
         [("id", pa.string()), ("embedding", pa.list_(pa.float32(), dim)), ("overlap", pa.bool_())]
     )
@@ -144,6 +176,7 @@ def embed_to_parquet(
                 concat_ntu=concat_ntu,
                 return_overlap=True,
                 dtype=dtype,
+                pooling=pooling,
             )
             flat = pa.array(emb.reshape(-1), type=pa.float32())
             table = pa.table(

@@ -7,6 +7,8 @@ as the stage commands, plus ``posts`` (the corpus), ``variants`` (the models com
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import Field, field_validator, model_validator
 
 from ntulm.config import StageConfig
@@ -26,6 +28,16 @@ class VariantSpec(StageConfig):
         None,
         description="BERT-post-concat: no model of its own; the named no-NTU variant's embedding "
         "concatenated with e_ntu of ntu_types after the encoder",
+    )
+    model_of: str | None = Field(
+        None,
+        description="no model of its own: embed with the named model variant's fine-tuned model "
+        "(to compare poolings); its use_ntu and ntu_types are taken from that variant",
+    )
+    pooling: Literal["mean", "mean+ntu"] = Field(
+        "mean",
+        description="post embedding: 'mean' of word pieces and NTU token (the paper), or "
+        "'mean+ntu' = [word-piece mean ; NTU token state] (NTU models only)",
     )
 
 
@@ -83,17 +95,32 @@ class PipelineConfig(StageConfig):
             raise ValueError(f"variants: duplicate names in {names}")
         if self.baseline not in names:
             raise ValueError(f"baseline: {self.baseline!r} is not a variant ({', '.join(names)})")
-        for v in self.variants:
+        own = {v.name: v for v in self.model_variants()}
+        for i, v in enumerate(self.variants):
+            if v.post_concat_of is not None and v.model_of is not None:
+                raise ValueError(f"variants: {v.name!r} has both post_concat_of and model_of")
             if v.post_concat_of is not None:
-                base = next((b for b in self.variants if b.name == v.post_concat_of), None)
-                if base is None or base.use_ntu or base.post_concat_of is not None:
+                base = own.get(v.post_concat_of)
+                if base is None or base.use_ntu:
                     raise ValueError(
                         f"variants: {v.name!r} post_concat_of must name a no-NTU model variant"
                     )
+                if v.pooling != "mean":
+                    raise ValueError(f"variants: {v.name!r} post-concat pools with 'mean' only")
+            if v.model_of is not None:
+                base = own.get(v.model_of)
+                if base is None:
+                    raise ValueError(
+                        f"variants: {v.name!r} model_of must name a variant with its own model"
+                    )
+                v = v.model_copy(update={"use_ntu": base.use_ntu, "ntu_types": base.ntu_types})
+                self.variants[i] = v
+            if v.pooling == "mean+ntu" and not v.use_ntu:
+                raise ValueError(f"variants: {v.name!r} pooling 'mean+ntu' needs an NTU model")
         if not self.eval.tasks:
             raise ValueError("eval.tasks: at least one task")
         return self
 
     def model_variants(self) -> list[VariantSpec]:
         """The variants that need a fine-tuned model of their own."""
-        return [v for v in self.variants if v.post_concat_of is None]
+        return [v for v in self.variants if v.post_concat_of is None and v.model_of is None]

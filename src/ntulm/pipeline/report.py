@@ -86,8 +86,11 @@ def table2(results: dict[str, Any], agg: dict) -> str:
     for name in variants:
         v = cfg_variants[name]
         ntus = "+".join(v["ntu_types"]) if (v["use_ntu"] or v["post_concat_of"]) else "—"
+        if v.get("pooling", "mean") != "mean":
+            ntus += f"; {v['pooling']} pooling"
         lm = results["lm"].get(name) or []
-        bits = _ms([r["best_eval_bits"] for r in lm]) if lm else f"(= {v['post_concat_of']})"
+        same = v.get("post_concat_of") or v.get("model_of")
+        bits = _ms([r["best_eval_bits"] for r in lm]) if lm else f"(= {same})"
         row = [name, ntus, bits] + [_ms(_family_means(agg, name, fams[f], head_of)) for f in fams]
         lines.append("| " + " | ".join(row) + " |")
     return "\n".join(lines)
@@ -249,14 +252,7 @@ def write_report(results: dict[str, Any], out: Path) -> None:
         )
     kge = results.get("kge") or {}
     if kge:
-        lines += [
-            "",
-            "## NTU embeddings: link prediction on held-out edges",
-            "",
-            "```",
-            _short_json(kge),
-            "```",
-        ]
+        lines += ["", "## NTU embeddings: link prediction on held-out edges", "", kge_table(kge)]
     lines += ["", "## Figures", ""] + [f"![{p}]({p})" for p in pics]
     st = results["stages"]
     lines += [
@@ -266,6 +262,31 @@ def write_report(results: dict[str, Any], out: Path) -> None:
     ]
     write_json(out / "results.json", results)
     write_text(out / "report.md", "\n".join(lines))
+
+
+def kge_table(kge: dict[str, Any]) -> str:
+    """Per relation: MRR and Hits@k of the trained embeddings, and the random baseline's MRR."""
+    lp, rnd = kge.get("link_prediction") or {}, kge.get("random_baseline") or {}
+    rels = [r for r in lp if isinstance(lp[r], dict) and "mrr" in lp[r]]
+    if not rels:
+        return _short_json(kge)
+    rows = [
+        "| relation | held-out edges | MRR | Hits@1 | Hits@10 | Hits@50 | random MRR |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in sorted(rels, key=lambda r: (r == "overall", r)):
+        m = lp[r]
+        rows.append(
+            f"| {r} | {m.get('n', 0):,} | {m['mrr']:.4f} | {m.get('hits@1', 0):.3f} | "
+            f"{m.get('hits@10', 0):.3f} | {m.get('hits@50', 0):.3f} | "
+            f"{(rnd.get(r) or {}).get('mrr', float('nan')):.4f} |"
+        )
+    protocol = lp.get("protocol")
+    note = (protocol[0].upper() + protocol[1:] + ".") if isinstance(protocol, str) else ""
+    train = kge.get("train") or {}
+    if train:
+        note += f" Trained on {train.get('edges', 0):,} edges, {train.get('epochs', '?')} epochs."
+    return "\n".join(rows) + "\n\n" + note
 
 
 def _short_json(obj: Any) -> str:

@@ -38,9 +38,9 @@ from ntulm.evaluate.tasks import Task, build_tasks
 from ntulm.graph.build import build_graph
 from ntulm.kge import NTUEmbeddings, train_kge
 from ntulm.lm.data import ntu_vectors
-from ntulm.lm.encode import encode
+from ntulm.lm.encode import encode, output_dim
 from ntulm.lm.model import NTULM
-from ntulm.lm.train import finetune
+from ntulm.lm.train import CHECKPOINT, finetune
 from ntulm.pipeline.config import PipelineConfig, VariantSpec
 from ntulm.posts import Post, PostReader
 
@@ -155,7 +155,9 @@ class Pipeline:
             self.reused.append(f"finetune {v.name}{suffix}")
         else:
             t = time.perf_counter()
-            res = finetune(sample, lcfg, d, ntu=emb if v.use_ntu else None, resume=True)
+            # resume a crashed fine-tune from its checkpoint; a fresh one starts quietly
+            resume = (d / CHECKPOINT).exists()
+            res = finetune(sample, lcfg, d, ntu=emb if v.use_ntu else None, resume=resume)
             self.timings[f"finetune {v.name}{suffix}"] = time.perf_counter() - t
             _mark(d, fp, result=res.to_json())
             self.ran.append(f"finetune {v.name}{suffix}")
@@ -191,7 +193,7 @@ class Pipeline:
         for split, posts in (("train", task.train), ("val", task.val), ("test", task.test)):
             if task.kind == "retrieval" and split != "test":
                 posts = []  # retrieval ranks test posts among themselves: no classifier to train
-            x = self._encode(model, model_fp, posts)
+            x = self._encode(model, model_fp, posts, v.pooling)
             if v.post_concat_of is not None:
                 if emb is None:
                     raise ConfigError(f"{v.name}: BERT-post-concat needs NTU embeddings")
@@ -218,7 +220,7 @@ class Pipeline:
         """Every variant on every task and seed; ``models`` maps model variants to (model, fp)."""
         runs = []
         for v in self.cfg.variants:
-            model, fp = models[v.post_concat_of or v.name]
+            model, fp = models[v.post_concat_of or v.model_of or v.name]
             for spec, task in tasks:
                 arrays = self.embeddings(v, model, fp, task, emb)
                 lookup = _lookup(task, arrays)
@@ -232,9 +234,11 @@ class Pipeline:
                     runs.append(res)
         return runs
 
-    def _encode(self, model: NTULM, model_fp: str, posts: list[Post]) -> np.ndarray:
+    def _encode(
+        self, model: NTULM, model_fp: str, posts: list[Post], pooling: str = "mean"
+    ) -> np.ndarray:
         """Encode with a per-model memo: tasks built from one corpus share most posts."""
-        memo = self._memo.setdefault(model_fp, {})
+        memo = self._memo.setdefault(f"{model_fp}:{pooling}", {})
         keys = [(q.id, q.text, tuple(q.hashtags)) for q in posts]
         todo = list({k: q for k, q in zip(keys, posts, strict=True) if k not in memo}.items())
         if todo:
@@ -243,10 +247,11 @@ class Pipeline:
                 [q for _, q in todo],
                 batch_size=self.cfg.eval.embed_batch_size,
                 dtype=self.cfg.eval.embed_dtype,
+                pooling=pooling,
             )
             memo.update((k, row) for (k, _), row in zip(todo, x, strict=True))
         if not keys:
-            return np.zeros((0, model.hidden_size), np.float32)
+            return np.zeros((0, output_dim(model, pooling)), np.float32)
         return np.stack([memo[k] for k in keys]).astype(np.float32)
 
 
