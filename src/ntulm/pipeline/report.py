@@ -57,7 +57,8 @@ def _families(results: dict[str, Any]) -> dict[str, list[str]]:
     fam: dict[str, list[str]] = defaultdict(list)
     for name, info in results["tasks"].items():
         fam[info["family"]].append(name)
-    return dict(fam)
+    # corpus tasks by name, then TweetEval: the same order from a run and from results.json
+    return {f: sorted(fam[f]) for f in sorted(fam, key=lambda f: (f == "TweetEval", f))}
 
 
 def _family_means(
@@ -124,11 +125,11 @@ def table3(results: dict[str, Any], agg: dict) -> str:
 def table4(results: dict[str, Any], agg: dict) -> str:
     base = results["config"]["baseline"]
     others = [v["name"] for v in results["config"]["variants"] if v["name"] != base]
-    cols = ["Dataset"] + [f"{v} {SUBSET_NAMES[s]}" for v in others for s in SUBSETS]
+    cols = ["Dataset", "Model"] + [SUBSET_NAMES[s] for s in SUBSETS]
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for fam, tasks in _families(results).items():
-        cells = []
         for v in others:
+            cells = []
             for s in SUBSETS:
                 per_task = [agg["changes"].get((v, t, s), []) for t in tasks]
                 n = min((len(x) for x in per_task), default=0)
@@ -136,7 +137,7 @@ def table4(results: dict[str, Any], agg: dict) -> str:
                 cells.append(
                     _ms([x / 100 for x in seeds], pct=True, digits=2) + ("%" if seeds else "")
                 )
-        lines.append("| " + " | ".join([fam, *cells]) + " |")
+            lines.append("| " + " | ".join([fam, v, *cells]) + " |")
     return "\n".join(lines)
 
 
@@ -227,7 +228,12 @@ def write_report(results: dict[str, Any], out: Path) -> None:
         "",
         f"Corpus: {results['corpus']['accepted']:,} posts ({results['corpus']['rejected']:,} rejected). {made}",
         f"Seeds {seeds} ({seeds_note}; task splits seed {cfg['eval']['seed']}). Values are mean ± std over seeds. "
-        f"Overlap = the test post has a known NTU ({'+'.join(results['overlap_types']) or 'none used'}).",
+        f"Overlap = the test post has a known NTU ({'+'.join(results['overlap_types']) or 'none used'})."
+        + (
+            " Retrieval trains nothing, so its MAP does not vary with the seed (± 0)."
+            if any(t.get("kind") == "retrieval" for t in results["tasks"].values())
+            else ""
+        ),
         "",
         "## Table 2: models compared (perplexity on held-out fine-tuning posts; headline metric per dataset)",
         "",
