@@ -59,17 +59,15 @@ def add_config_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
 
 
-def add_posts_args(p: argparse.ArgumentParser) -> None:
+def add_posts_args(
+    p: argparse.ArgumentParser,
+    required: bool = True,
+    help: str = "post files or directories (gzip ok)",  # noqa: A002 - argparse's name
+) -> None:
     """``--posts PATH...``, ``--format`` and ``--strict``, shared by every command that reads posts."""
     from ntulm.posts.formats import FORMATS
 
-    p.add_argument(
-        "--posts",
-        nargs="+",
-        required=True,
-        metavar="PATH",
-        help="post files or directories (gzip ok)",
-    )
+    p.add_argument("--posts", nargs="+", required=required, metavar="PATH", help=help)
     p.add_argument(
         "--format", choices=("auto", *FORMATS), help="input format (default: detect per file)"
     )

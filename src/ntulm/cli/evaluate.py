@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ntulm.cli import add_config_args
+from ntulm.cli import add_config_args, add_posts_args
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
@@ -34,8 +34,6 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from ntulm.posts.formats import FORMATS
-
     p = sub.add_parser(
         "evaluate",
         help="evaluate fine-tuned models on downstream tasks (MLP on frozen embeddings) + report",
@@ -52,13 +50,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="a model directory from `ntulm finetune` and its name in the report (repeatable)",
     )
     p.add_argument("--out", required=True, help="output directory")
-    p.add_argument(
-        "--posts", nargs="+", metavar="PATH", help="corpus for classification/retrieval tasks"
-    )
-    p.add_argument(
-        "--format", choices=("auto", *FORMATS), help="input format (default: detect per file)"
-    )
-    p.add_argument("--strict", action="store_true", help="fail on the first bad record (exit 2)")
+    add_posts_args(p, required=False, help="corpus for the classification/retrieval tasks")
     p.add_argument(
         "--baseline", help="model the %% changes are measured against (default: first no-NTU)"
     )
