@@ -1,6 +1,7 @@
 """``ntulm run`` end to end on a tiny synthetic corpus with a tiny BERT built in code."""
 
 import json
+import shutil
 
 import pytest
 import torch
@@ -94,6 +95,16 @@ def test_run_end_to_end_and_reuse(tmp_path, tiny_backbone, capsys):
     assert "stages run: none;" in second
     res2 = json.loads((out / "results.json").read_text())
     assert [r["metrics"] for r in res2["runs"]] == [r["metrics"] for r in res["runs"]]
+    # graph/ and kge/ copied into another output directory are reused there (the hashtag
+    # task's exclusion counts by content, not by the path of its file)
+    other = tmp_path / "other"
+    for stage in ("graph", "kge"):
+        shutil.copytree(out / stage, other / stage)
+    cfg["eval"]["tasks"] = cfg["eval"]["tasks"][1:2]  # the hashtag task alone: quicker
+    cfg["variants"] = [{"name": "BERT", "use_ntu": False}]
+    (tmp_path / "cfg3.yaml").write_text(yaml.safe_dump(cfg))
+    assert main(["run", "--config", str(tmp_path / "cfg3.yaml"), "--out", str(other), "-q"]) == 0
+    assert "reused: graph, kge" in capsys.readouterr().out
 
 
 def test_run_config_errors(tmp_path, capsys):

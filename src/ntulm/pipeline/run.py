@@ -109,7 +109,10 @@ class Pipeline:
         cfg = self.cfg.graph.model_copy(
             update={"exclude_posts": str(exclude_file) if exclude else None}
         )
-        fp = fingerprint([cfg.model_dump(mode="json"), self.cfg.posts, fingerprint(exclude)])
+        # the exclusion enters by content, not by its file's path: a copied graph/ stays valid
+        fp = fingerprint(
+            [self.cfg.graph.model_dump(mode="json"), self.cfg.posts, fingerprint(exclude)]
+        )
         if _fresh(d, fp):
             self.reused.append("graph")
         else:
