@@ -30,38 +30,24 @@ import torch
 from ntulm.artifacts import write_json
 from ntulm.evaluate.runner import evaluate_task
 from ntulm.kge import NTUEmbeddings
-from ntulm.lm.data import fixed_eval_masks, length_grouped_batches, ntu_vectors, pad, tokenize
+from ntulm.lm.data import fixed_eval_masks, ntu_vectors, tokenize
+from ntulm.lm.encode import encode
 from ntulm.lm.model import NTULM
 from ntulm.lm.train import evaluate_bits, split_posts
 from ntulm.pipeline import PipelineConfig
-from ntulm.pipeline.run import Pipeline, _slug
+from ntulm.pipeline.run import Pipeline, _lookup, _slug, finetune_sample, overlap_flags
 
 
-@torch.inference_mode()
 def pooled(model: NTULM, posts, batch_size: int = 128) -> dict[str, np.ndarray]:
-    """Per post: mean over word pieces + NTU token (paper), word pieces only, NTU token only."""
-    model.eval()
-    tokens = tokenize(
-        [p.text for p in posts], model.tokenizer, model.cfg.max_length, model.cfg.text
-    )
-    e_ntu = ntu_vectors(posts, model.ntu, model.cfg.ntu_types)[0] if model.use_ntu else None
-    h = model.hidden_size
-    out = {k: np.zeros((len(posts), h), np.float32) for k in ("paper", "words", "ntu_slot")}
-    for idx in length_grouped_batches(np.array([len(t) for t in tokens]), batch_size):
-        ids, mask = pad([tokens[i] for i in idx], model.tokenizer.pad_token_id)
-        e = torch.from_numpy(e_ntu[idx]) if e_ntu is not None else None
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            hid, full = model.hidden_states(ids, mask, e)
-        hid, full = hid.float(), full.float().unsqueeze(-1)
-        out["paper"][idx] = ((hid * full).sum(1) / full.sum(1)).numpy()
-        t = mask.shape[1]
-        w = full[:, :t]
-        out["words"][idx] = ((hid[:, :t] * w).sum(1) / w.sum(1)).numpy()
-        if model.use_ntu:
-            out["ntu_slot"][idx] = hid[:, t].numpy()
+    """Per post: the paper's mean over word pieces + NTU token, the word pieces only and the NTU
+    token only (the two halves of ``pooling="mean+ntu"``); bfloat16 as in the report."""
+    kw = {"batch_size": batch_size, "dtype": "bfloat16"}
+    out = {"paper": encode(model, posts, **kw)}
     if not model.use_ntu:
-        del out["ntu_slot"]
-    return out
+        return {**out, "words": out["paper"]}  # no NTU token: the mean is over word pieces
+    both = encode(model, posts, pooling="mean+ntu", **kw)
+    h = model.hidden_size
+    return {**out, "words": both[:, :h], "ntu_slot": both[:, h:]}
 
 
 def _norm_text(text: str) -> str:
@@ -90,11 +76,8 @@ def main() -> int:
     res: dict = {"run": str(run)}
 
     # 1. perplexity ablation, on the run's held-out fine-tuning posts
-    held = {q.id for _, t in tasks for q in (*t.val, *t.test)}
-    pool = [q for q in posts if q.id not in held]
-    take = np.random.default_rng(cfg.lm.seed).permutation(len(pool))[: cfg.lm_posts]
-    sample = [pool[i] for i in sorted(take)]
-    del posts, pool
+    sample = finetune_sample(posts, tasks, cfg)
+    del posts
     models = {v.name: NTULM.load(run / "lm" / _slug(v.name), ntu=emb) for v in cfg.model_variants()}
     res["perplexity_bits"] = {}
     for name, model in models.items():
@@ -123,10 +106,7 @@ def main() -> int:
     spec, task = next((s, t) for s, t in tasks if t.name == args.task)
     probe: dict = {}
     splits = {"train": task.train, "val": task.val, "test": task.test}
-    overlap_types = sorted(
-        {t for v in cfg.variants if v.use_ntu or v.post_concat_of for t in v.ntu_types}
-    )
-    flags = ntu_vectors(task.test, emb, overlap_types)[1]
+    flags = overlap_flags([(spec, task)], emb, cfg.overlap_types())[task.name]
     reps: dict[str, dict[str, np.ndarray]] = {}
     for name, model in models.items():
         per_split = {s: pooled(model, ps) for s, ps in splits.items()}
@@ -137,12 +117,7 @@ def main() -> int:
             s: ntu_vectors(ps, emb, types)[0] for s, ps in splits.items()
         }
     for label, arrays in reps.items():
-        ids = {id(task.train): "train", id(task.val): "val", id(task.test): "test"}
-
-        def embed(ps, arrays=arrays, ids=ids):
-            x = arrays[ids[id(ps)]]
-            return x, np.zeros(len(x), dtype=bool)
-
+        embed = _lookup(task, arrays)
         scores = [
             evaluate_task(task, embed, cfg.eval, seed=s, overlap=flags)["metrics"][task.metrics[0]]
             for s in cfg.seeds

@@ -121,6 +121,12 @@ class PipelineConfig(StageConfig):
             raise ValueError("eval.tasks: at least one task")
         return self
 
+    def overlap_types(self) -> list[str]:
+        """NTU types behind the overlap flags (Table 4): those any variant injects or concatenates."""
+        return sorted(
+            {t for v in self.variants if v.use_ntu or v.post_concat_of for t in v.ntu_types}
+        )
+
     def model_variants(self) -> list[VariantSpec]:
         """The variants that need a fine-tuned model of their own."""
         return [v for v in self.variants if v.post_concat_of is None and v.model_of is None]

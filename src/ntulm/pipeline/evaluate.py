@@ -17,17 +17,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from ntulm.artifacts import fingerprint, read_json, write_text
 from ntulm.errors import ArtifactError, ConfigError
 from ntulm.kge import NTUEmbeddings
-from ntulm.lm.data import ntu_vectors
 from ntulm.lm.model import LM_META, NTULM
+from ntulm.lm.train import RESULT
 from ntulm.pipeline.config import PipelineConfig, VariantSpec
-from ntulm.pipeline.run import Pipeline
-
-RESULT = "train_result.json"
+from ntulm.pipeline.run import Pipeline, overlap_flags
 
 
 def model_fingerprint(model_dir: Path) -> str:
@@ -149,17 +145,8 @@ def evaluate_saved(
         p.read_report = {"read": 0, "accepted": 0, "rejected": 0}
     tasks = p.build_tasks(posts)
     del posts
-    overlap_types = sorted(
-        {t for v in cfg.variants if v.use_ntu or v.post_concat_of for t in v.ntu_types}
-    )
-    flags = {
-        t.name: (
-            ntu_vectors(t.test, emb, overlap_types)[1]
-            if emb is not None and overlap_types
-            else np.zeros(len(t.test), dtype=bool)
-        )
-        for _, t in tasks
-    }
+    overlap_types = cfg.overlap_types()
+    flags = overlap_flags(tasks, emb, overlap_types)
     runs = p.evaluate(tasks, loaded, emb, flags, cfg.seeds)
     lm = {name: [read_json(d / RESULT)] for name, d in models.items() if (d / RESULT).exists()}
     results = {

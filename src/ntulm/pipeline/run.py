@@ -275,18 +275,10 @@ def run_pipeline(
     graph_fp = p.graph(exclude)
     emb, kge_fp = p.kge(graph_fp)
 
-    # Fine-tuning sample: corpus posts that no task validates or tests on, seeded.
-    held = {q.id for _, t in tasks for q in (*t.val, *t.test)}
-    pool = [q for q in posts if q.id not in held]
-    rng = np.random.default_rng(cfg.lm.seed)
-    take = rng.permutation(len(pool))[: cfg.lm_posts]
-    sample = [pool[i] for i in sorted(take)]
+    sample = finetune_sample(posts, tasks, cfg)
     del posts
-
-    overlap_types = sorted(
-        {t for v in cfg.variants if v.use_ntu or v.post_concat_of for t in v.ntu_types}
-    )
-    flags = {t.name: ntu_vectors(t.test, emb, overlap_types)[1] for _, t in tasks}
+    overlap_types = cfg.overlap_types()
+    flags = overlap_flags(tasks, emb, overlap_types)
 
     ft_seeds = cfg.seeds if cfg.finetune_per_seed else [cfg.lm.seed]
     runs: list[dict[str, Any]] = []
@@ -318,6 +310,31 @@ def run_pipeline(
     }
     write_report(results, p.out)
     return results
+
+
+def finetune_sample(
+    posts: list[Post], tasks: list[tuple[TaskSpec, Task]], cfg: PipelineConfig
+) -> list[Post]:
+    """The MLM fine-tuning sample: ``cfg.lm_posts`` corpus posts (seeded by ``cfg.lm.seed``)
+    that no task validates or tests on, in corpus order."""
+    held = {q.id for _, t in tasks for q in (*t.val, *t.test)}
+    pool = [q for q in posts if q.id not in held]
+    take = np.random.default_rng(cfg.lm.seed).permutation(len(pool))[: cfg.lm_posts]
+    return [pool[i] for i in sorted(take)]
+
+
+def overlap_flags(
+    tasks: list[tuple[TaskSpec, Task]], emb: NTUEmbeddings | None, types: list[str]
+) -> dict[str, np.ndarray]:
+    """Per task, whether each test post has a known NTU of ``types`` (all False without a table)."""
+    return {
+        t.name: (
+            ntu_vectors(t.test, emb, types)[1]
+            if emb is not None and types
+            else np.zeros(len(t.test), dtype=bool)
+        )
+        for _, t in tasks
+    }
 
 
 def _family(spec: TaskSpec, task: Task) -> str:
