@@ -15,6 +15,7 @@ from ntulm.evaluate import (
     retrieval_task,
     train_mlp,
 )
+from ntulm.evaluate.significance import metric_of
 from ntulm.posts.formats import parse_jsonl
 from ntulm.synthetic import generate_posts
 
@@ -96,6 +97,9 @@ def test_evaluate_task_classification_with_overlap_split(corpus):
     assert set(result["overlap"]) == set(result["metrics"])
     assert result["training"]["monitor"] == "val macro_f1"
     assert evaluate_task(task, bag_of_words, FAST, seed=1)["metrics"] == result["metrics"]
+    # the per-post record recomputes the headline metric (what the bootstrap resamples)
+    assert result["per_post"]["y"] == task.y_test.tolist()
+    assert metric_of(result["per_post"]) == pytest.approx(result["metrics"]["macro_f1"])
 
     # a text-only baseline, split on the model's overlap flags
     blind = lambda posts: (bag_of_words(posts)[0], np.zeros(len(posts), bool))  # noqa: E731
@@ -120,8 +124,10 @@ def test_evaluate_task_retrieval_map(corpus):
     result = evaluate_task(task, oracle, FAST)
     assert result["metrics"] == {"map": pytest.approx(1.0)} and result["training"] == {}
     assert result["non_overlap"] == {}
-    low = evaluate_task(task, bag_of_words, FAST)["metrics"]["map"]
-    assert 0.25 < low < 1.0
+    low = evaluate_task(task, bag_of_words, FAST)
+    assert 0.25 < low["metrics"]["map"] < 1.0
+    assert len(low["per_post"]["score"]) == len(task.test)
+    assert metric_of(low["per_post"]) == pytest.approx(low["metrics"]["map"])
 
 
 def test_embed_shape_is_checked(corpus):

@@ -72,20 +72,19 @@ def label_map(y_true: np.ndarray, scores: np.ndarray) -> float:
     return float(np.mean(aps)) if aps else float("nan")
 
 
-def retrieval_map(
+def retrieval_aps(
     embeddings: np.ndarray,
     labels: np.ndarray,
     *,
     groups: Sequence[str | None] | None = None,
     query_mask: np.ndarray | None = None,
     block: int = 1024,
-) -> tuple[float, int]:
-    """MAP of the paper's Topic task: every post (where ``query_mask``) queries all *other* posts,
-    ranked by cosine similarity; a candidate is relevant when it shares the query's label
+) -> np.ndarray:
+    """Average precision of each query of the paper's Topic task, (Q,) float64 (``nan`` for a
+    query without a relevant candidate): every post (where ``query_mask``) queries all *other*
+    posts, ranked by cosine similarity; a candidate is relevant when it shares the query's label
     (``labels`` (N,) ids) or any label (``labels`` (N, C) 0/1). With ``groups`` (author keys),
-    candidates from the query's own group are left out, so a same-author match cannot count.
-
-    Returns ``(MAP over queries with at least one relevant candidate, number of such queries)``."""
+    candidates from the query's own group are left out, so a same-author match cannot count."""
     x = np.asarray(embeddings, dtype=np.float32)
     norms = np.linalg.norm(x, axis=1, keepdims=True)
     x = x / np.maximum(norms, 1e-12)
@@ -98,7 +97,7 @@ def retrieval_map(
         else np.asarray([g if g is not None else f"\0{i}" for i, g in enumerate(groups)])
     )
     queries = np.arange(n) if query_mask is None else np.flatnonzero(query_mask)
-    aps: list[float] = []
+    aps = np.full(len(queries), np.nan)
     for start in range(0, len(queries), block):
         q = queries[start : start + block]
         sims = x[q] @ x.T  # (B, N)
@@ -109,10 +108,28 @@ def retrieval_map(
             cand = np.flatnonzero(keep)
             order = cand[_rank(sims[row, cand])]
             rel = (lab[order] @ lab[i] > 0) if multi else lab[order] == lab[i]
-            ap = average_precision(rel)
-            if not math.isnan(ap):
-                aps.append(ap)
-    return (float(np.mean(aps)) if aps else float("nan")), len(aps)
+            aps[start + row] = average_precision(rel)
+    return aps
+
+
+def retrieval_map(
+    embeddings: np.ndarray,
+    labels: np.ndarray,
+    *,
+    groups: Sequence[str | None] | None = None,
+    query_mask: np.ndarray | None = None,
+    block: int = 1024,
+) -> tuple[float, int]:
+    """MAP of :func:`retrieval_aps`: ``(MAP over queries with at least one relevant candidate,
+    number of such queries)``."""
+    aps = retrieval_aps(embeddings, labels, groups=groups, query_mask=query_mask, block=block)
+    return map_of(aps)
+
+
+def map_of(aps: np.ndarray) -> tuple[float, int]:
+    """(mean of the defined APs, how many are defined); ``nan`` when none is."""
+    ok = aps[~np.isnan(aps)]
+    return (float(np.mean(ok)) if len(ok) else float("nan")), len(ok)
 
 
 # --- perplexity -----------------------------------------------------------------------------

@@ -17,9 +17,10 @@ from typing import Any
 import numpy as np
 
 from ntulm.evaluate.config import EvalConfig
-from ntulm.evaluate.metrics import compute_metrics, retrieval_map
+from ntulm.evaluate.metrics import compute_metrics, map_of, retrieval_aps
 from ntulm.evaluate.mlp import train_mlp
 from ntulm.evaluate.overlap import split_by_overlap
+from ntulm.evaluate.significance import per_post_record, retrieval_record
 from ntulm.evaluate.splits import author_key
 from ntulm.evaluate.tasks import Task
 from ntulm.posts import Post
@@ -59,7 +60,11 @@ def evaluate_task(
     """Result of ``task`` on the embeddings ``embed`` gives (JSON-able)::
 
         {"task", "kind", "metrics": {m: v}, "overlap": {m: v}, "non_overlap": {m: v},
-         "n": {"train", "val", "test", "overlap", "non_overlap"}, "training": {...}, "notes": [...]}
+         "n": {"train", "val", "test", "overlap", "non_overlap"}, "training": {...}, "notes": [...],
+         "per_post": {"metric", "y", "pred"} | {"metric", "score"} | None}
+
+    ``per_post`` holds each test post's outcome for the headline metric
+    (:mod:`ntulm.evaluate.significance`), so a paired bootstrap can recompute it.
 
     ``seed`` (default ``config.seed``) seeds the MLP. ``overlap`` replaces the test posts' flags
     from ``embed``: pass the NTULM's flags when evaluating a text-only baseline, so both are
@@ -75,11 +80,12 @@ def evaluate_task(
     training: dict[str, Any] = {}
     if task.kind == "retrieval":
         groups = [author_key(p) for p in task.test] if task.exclude_same_author else None
+        # each query's AP ranks all test posts: computed once, subsets average theirs
+        aps = retrieval_aps(x_test, task.y_test, groups=groups)  # (N_test,)
+        per_post = retrieval_record(aps)
 
         def compute(idx: np.ndarray) -> tuple[dict[str, float | None], list[str]]:
-            query = np.zeros(len(task.test), dtype=bool)
-            query[idx] = True
-            value, n_queries = retrieval_map(x_test, task.y_test, groups=groups, query_mask=query)
+            value, n_queries = map_of(aps[idx])
             note = (
                 []
                 if n_queries == len(idx)
@@ -111,6 +117,7 @@ def evaluate_task(
             score_fn=score,
         )
         proba = fitted.predict_proba(x_test)  # (N_test, C)
+        per_post = per_post_record(head, task.y_test, proba, kind)
         last = fitted.history[-1] if fitted.history else {}
         best = fitted.history[fitted.best_epoch - 1] if fitted.best_epoch else {}
         training = {
@@ -130,5 +137,7 @@ def evaluate_task(
     result: dict[str, Any] = {"task": task.name, "kind": task.kind, "seed": seed}
     result.update({name: _clean(values) for name, values in subsets.items()})
     result.update(n=n, training=training, notes=notes)
+    # per test post, what the paired bootstrap needs to recompute the headline metric
+    result["per_post"] = per_post
     log.info("%s: %s", task.name, result["metrics"])
     return result
