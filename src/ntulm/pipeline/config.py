@@ -39,6 +39,29 @@ class VariantSpec(StageConfig):
         description="post embedding: 'mean' of word pieces and NTU token (the paper), or "
         "'mean+ntu' = [word-piece mean ; NTU token state] (NTU models only)",
     )
+    control: Literal["shuffled", "mean"] | None = Field(
+        None,
+        description="negative control of the model_of NTU model: 'shuffled' feeds each post "
+        "another post's e_ntu (seeded permutation within the split), 'mean' the NTU table mean "
+        "(evaluate/controls.py); a gain counts only where it clears its controls",
+    )
+
+
+def controls_of(variants: list[VariantSpec]) -> dict[str, list[str]]:
+    """Variant name -> its negative controls: the ``control`` variants over its model with its
+    pooling (the model's own variant first, else a ``model_of`` one with that pooling)."""
+    out: dict[str, list[str]] = {}
+    for c in variants:
+        if c.control is None:
+            continue
+        refs = [
+            v.name
+            for v in variants
+            if v.control is None and v.pooling == c.pooling and c.model_of in (v.name, v.model_of)
+        ]
+        if refs:
+            out.setdefault(refs[0], []).append(c.name)
+    return out
 
 
 def paper_variants() -> list[VariantSpec]:
@@ -80,6 +103,12 @@ class PipelineConfig(StageConfig):
     finetune_per_seed: bool = Field(
         False, description="fine-tune every variant once per seed (costly) instead of once"
     )
+    protocol: Literal["paper"] = Field(
+        "paper",
+        description="evaluation protocol: 'paper' = the paper's random splits (by post or author) "
+        "with task test and validation posts kept out of fine-tuning and, for the hashtag task, "
+        "of the graph; the only one for now (a temporal protocol is planned)",
+    )
 
     @field_validator("seeds")
     @classmethod
@@ -117,6 +146,10 @@ class PipelineConfig(StageConfig):
                 self.variants[i] = v
             if v.pooling == "mean+ntu" and not v.use_ntu:
                 raise ValueError(f"variants: {v.name!r} pooling 'mean+ntu' needs an NTU model")
+            if v.control is not None and (v.model_of is None or not v.use_ntu):
+                raise ValueError(
+                    f"variants: {v.name!r} control needs model_of naming an NTU model variant"
+                )
         if not self.eval.tasks:
             raise ValueError("eval.tasks: at least one task")
         return self
@@ -126,6 +159,10 @@ class PipelineConfig(StageConfig):
         return sorted(
             {t for v in self.variants if v.use_ntu or v.post_concat_of for t in v.ntu_types}
         )
+
+    def controls(self) -> dict[str, list[str]]:
+        """Variant name -> the names of its negative controls (:func:`controls_of`)."""
+        return controls_of(self.variants)
 
     def model_variants(self) -> list[VariantSpec]:
         """The variants that need a fine-tuned model of their own."""

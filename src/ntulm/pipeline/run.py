@@ -33,6 +33,7 @@ import numpy as np
 from ntulm.artifacts import fingerprint, read_json, write_json, write_text
 from ntulm.errors import ArtifactError, ConfigError
 from ntulm.evaluate.config import TaskSpec
+from ntulm.evaluate.controls import control_ntus
 from ntulm.evaluate.runner import evaluate_task
 from ntulm.evaluate.tasks import Task, build_tasks
 from ntulm.graph.build import build_graph
@@ -193,10 +194,16 @@ class Pipeline:
                 if str(z["fingerprint"]) == fp:
                     return {k: z[k] for k in z.files}
         arrays: dict[str, np.ndarray] = {"fingerprint": np.array(fp)}
-        for split, posts in (("train", task.train), ("val", task.val), ("test", task.test)):
+        splits = (("train", task.train), ("val", task.val), ("test", task.test))
+        for k, (split, posts) in enumerate(splits):
             if task.kind == "retrieval" and split != "test":
                 posts = []  # retrieval ranks test posts among themselves: no classifier to train
-            x = self._encode(model, model_fp, posts, v.pooling)
+            ntus = None
+            if v.control is not None:  # negative control: substituted e_ntu rows
+                if emb is None:
+                    raise ConfigError(f"{v.name}: a control needs NTU embeddings")
+                ntus = control_ntus(v.control, posts, emb, v.ntu_types, [self.cfg.eval.seed, k])
+            x = self._encode(model, model_fp, posts, v.pooling, ntus)
             if v.post_concat_of is not None:
                 if emb is None:
                     raise ConfigError(f"{v.name}: BERT-post-concat needs NTU embeddings")
@@ -238,9 +245,20 @@ class Pipeline:
         return runs
 
     def _encode(
-        self, model: NTULM, model_fp: str, posts: list[Post], pooling: str = "mean"
+        self,
+        model: NTULM,
+        model_fp: str,
+        posts: list[Post],
+        pooling: str = "mean",
+        ntus: np.ndarray | None = None,
     ) -> np.ndarray:
-        """Encode with a per-model memo: tasks built from one corpus share most posts."""
+        """Encode with a per-model memo: tasks built from one corpus share most posts. Given
+        e_ntu rows (``ntus``, a control) bypass the memo: they are not the posts' own."""
+        if ntus is not None:
+            kw = {"batch_size": self.cfg.eval.embed_batch_size, "dtype": self.cfg.eval.embed_dtype}
+            if not posts:
+                return np.zeros((0, output_dim(model, pooling)), np.float32)
+            return encode(model, posts, ntus=ntus, pooling=pooling, **kw)
         memo = self._memo.setdefault(f"{model_fp}:{pooling}", {})
         keys = [(q.id, q.text, tuple(q.hashtags)) for q in posts]
         todo = list({k: q for k, q in zip(keys, posts, strict=True) if k not in memo}.items())

@@ -1,0 +1,55 @@
+"""Negative controls for NTU models: the same fine-tuned model, fed NTU vectors that carry no
+information about the post. A gain of NTULM over BERT counts only where it also clears both.
+
+- ``shuffled``: each post gets *another* post's e_ntu: a seeded permutation of the e_ntu rows
+  within the split (train, validation or test of one task), with no fixed point (Sattolo's
+  algorithm: one cycle through all posts), so the set of vectors is unchanged but the pairing of
+  post and NTUs is broken;
+- ``mean``: every post gets the NTU table mean (the paper's vector for an unknown NTU), so the
+  token carries nothing.
+
+The pipeline passes these rows to :func:`ntulm.lm.encode.encode` (``ntus=``) in place of the
+posts' own; variants declare them with ``control`` and ``model_of`` (``pipeline/config.py``).
+A control's gap to its model shows what the post's own NTUs add; on TweetEval, whose posts have
+no author, "NTULM author" gives every post the same vector, so any gain there is this noise floor.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Literal
+
+import numpy as np
+
+from ntulm.kge import NTUEmbeddings
+from ntulm.lm.data import ntu_vectors
+from ntulm.posts import Post
+
+Control = Literal["shuffled", "mean"]
+CONTROLS: tuple[str, ...] = ("shuffled", "mean")
+
+
+def derangement(n: int, rng: np.random.Generator) -> np.ndarray:
+    """A permutation of ``range(n)`` without fixed points for n >= 2 (Sattolo's algorithm: a
+    uniformly drawn single n-cycle); ``[0]`` for n = 1, where none exists."""
+    perm = np.arange(n)
+    for i in range(n - 1, 0, -1):
+        j = int(rng.integers(0, i))  # j < i: i never keeps its own place
+        perm[i], perm[j] = perm[j], perm[i]
+    return perm
+
+
+def control_ntus(
+    control: str,
+    posts: Sequence[Post],
+    ntu: NTUEmbeddings,
+    types: Sequence[str],
+    seed: int | Sequence[int] = 0,
+) -> np.ndarray:
+    """The e_ntu rows a control feeds for ``posts`` (one split), (N, D) float32."""
+    if control == "mean":
+        return np.tile(np.asarray(ntu.mean, dtype=np.float32), (len(posts), 1))
+    if control == "shuffled":
+        rows, _ = ntu_vectors(posts, ntu, types)  # (N, D): each post's own e_ntu
+        return rows[derangement(len(rows), np.random.default_rng(seed))]
+    raise ValueError(f"control: {control!r} is not one of {', '.join(CONTROLS)}")

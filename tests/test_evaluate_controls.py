@@ -1,0 +1,71 @@
+"""Negative controls: shuffled NTUs (a derangement within the split) and the table mean."""
+
+import numpy as np
+import pytest
+
+from ntulm.errors import ConfigError
+from ntulm.evaluate.controls import control_ntus, derangement
+from ntulm.kge import NTUEmbeddings
+from ntulm.lm.data import ntu_vectors
+from ntulm.pipeline import PipelineConfig
+from ntulm.posts import Post, UserRef
+
+
+@pytest.fixture
+def emb():
+    rng = np.random.default_rng(0)
+    return NTUEmbeddings(
+        tables={"user": rng.normal(size=(6, 4)).astype(np.float32),
+                "hashtag": rng.normal(size=(3, 4)).astype(np.float32)},
+        keys={"user": [f"id:{i}" for i in range(6)], "hashtag": ["a", "b", "c"]},
+        relations={}, user_handles=[None] * 6,
+    )  # fmt: skip
+
+
+def test_derangement_has_no_fixed_point_and_is_seeded():
+    for n in range(2, 40):
+        perm = derangement(n, np.random.default_rng(n))
+        assert sorted(perm.tolist()) == list(range(n)) and not (perm == np.arange(n)).any()
+    assert derangement(1, np.random.default_rng(0)).tolist() == [0]
+    assert derangement(0, np.random.default_rng(0)).tolist() == []
+    a, b = (derangement(30, np.random.default_rng(5)) for _ in range(2))
+    assert np.array_equal(a, b) and not np.array_equal(a, derangement(30, np.random.default_rng(6)))
+
+
+def test_controls_feed_other_posts_ntus_or_the_table_mean(emb):
+    posts = [Post(id=str(i), text="x", author=UserRef(id=str(i)), hashtags=["abc"[i % 3]])
+             for i in range(6)]  # fmt: skip
+    own, _ = ntu_vectors(posts, emb, ["author", "hashtag"])  # distinct rows: distinct authors
+    shuffled = control_ntus("shuffled", posts, emb, ["author", "hashtag"], seed=[13, 2])
+    # the same multiset of rows, and no post keeps its own
+    assert sorted(map(tuple, shuffled.tolist())) == sorted(map(tuple, own.tolist()))
+    assert not np.isclose(shuffled, own).all(axis=1).any()
+    same = control_ntus("shuffled", posts, emb, ["author", "hashtag"], seed=[13, 2])
+    assert np.array_equal(shuffled, same)  # seeded
+    mean = control_ntus("mean", posts, emb, ["author", "hashtag"])
+    table_mean = np.concatenate([emb.tables["user"], emb.tables["hashtag"]]).mean(0)
+    assert mean.shape == (6, 4) and np.allclose(mean, table_mean[None], atol=1e-6)
+    with pytest.raises(ValueError, match="not one of"):
+        control_ntus("zero", posts, emb, ["author"])
+
+
+def test_control_variants_are_validated_and_paired_with_their_model():
+    base = {"posts": ["x"], "eval": {"tasks": [{"type": "hashtag"}]}}
+    ok = PipelineConfig.build({**base, "variants": [
+        {"name": "BERT", "use_ntu": False},
+        {"name": "N", "ntu_types": ["author"]},
+        {"name": "N shuffled", "model_of": "N", "control": "shuffled"},
+        {"name": "N mean", "model_of": "N", "control": "mean"},
+        {"name": "N pooled", "model_of": "N", "pooling": "mean+ntu"},
+        {"name": "N pooled mean", "model_of": "N", "pooling": "mean+ntu", "control": "mean"},
+    ]})  # fmt: skip
+    assert ok.controls() == {"N": ["N shuffled", "N mean"], "N pooled": ["N pooled mean"]}
+    assert ok.variants[2].ntu_types == ["author"] and ok.protocol == "paper"
+    for bad in (
+        {"name": "c", "control": "mean"},
+        {"name": "c", "model_of": "BERT", "control": "mean"},
+    ):
+        with pytest.raises(ConfigError, match="control needs model_of"):
+            PipelineConfig.build({**base, "variants": [{"name": "BERT", "use_ntu": False}, bad]})
+    with pytest.raises(ConfigError, match="protocol"):
+        PipelineConfig.build({**base, "protocol": "temporal"})
