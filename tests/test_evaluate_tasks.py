@@ -99,8 +99,10 @@ def test_hashtag_task_balanced_removed_and_test_ids_excluded(corpus):
             assert post.text.strip()
     ids = [p.id for p in task.train + task.val + task.test]
     assert len(ids) == len(set(ids))  # a post serves one class, one split
-    assert task.exclude_from_graph == [p.id for p in task.test]
-    assert not set(task.exclude_from_graph) & {p.id for p in task.train + task.val}
+    # validation and test posts leave the graph (the paper's protocol), training posts stay
+    assert task.exclude_from_graph == [p.id for p in task.val + task.test]
+    assert not set(task.exclude_from_graph) & {p.id for p in task.train}
+    assert task.exclude_edges == [] and task.info["graph_exclusion"] == "posts"
     assert {p.id: (p.text, p.hashtags) for p in corpus} == before  # inputs untouched
 
 

@@ -230,3 +230,55 @@ def test_excluded_posts_add_no_edges(corpus, tmp_path):
             GraphConfig(exclude_posts=str(tmp_path / "nope")),
             progress=False,
         )
+
+
+def test_excluded_edges_remove_a_user_hashtag_pair_in_every_relation(corpus, tmp_path):
+    from ntulm.graph.build import edge_exclusion_lines
+
+    pairs = tmp_path / "pairs.jsonl"
+    # user2 by handle only: resolved to id:2 as the engagements are
+    pairs.write_text(edge_exclusion_lines([(None, "user2", "nlproc"), ("1", None, "socialmedia")]))
+    stats = build_graph(
+        [corpus], tmp_path / "g", GraphConfig(exclude_edges=str(pairs)), progress=False
+    )
+    edges = edges_by_name(tmp_path / "g")
+    assert not {k for k in edges if k[0] == "id:2" and k[2] == "nlproc"}  # authored, co_mentioned
+    assert ("id:1", "authored", "socialmedia") not in edges
+    assert ("id:1", "authored", "nlproc") in edges and (
+        "id:2",
+        "co_mentioned",
+        "socialmedia",
+    ) in edges
+    assert stats["exclude_edge_pairs"] == 2 and stats["engagements_excluded_by_edge"] == 3
+    pairs.write_text('{"user": {"id": "1"}, "hashtag": "x"}\n{"user": {}, "hashtag": "x"}\n')
+    with pytest.raises(ArtifactError, match="line 2: bad excluded edge"):
+        build_graph(
+            [corpus], tmp_path / "g2", GraphConfig(exclude_edges=str(pairs)), progress=False
+        )
+
+
+def test_strict_hashtag_task_leaves_no_test_author_edge_to_the_removed_hashtag(tmp_path):
+    from ntulm.evaluate import hashtag_task
+    from ntulm.graph.build import edge_exclusion_lines
+    from ntulm.posts.formats import parse_jsonl
+    from ntulm.synthetic import generate_posts, write_corpus
+
+    path = write_corpus(tmp_path / "corpus.jsonl", n_posts=400, users_per_community=6, seed=4)
+    posts = [parse_jsonl(r) for r in generate_posts(n_posts=400, users_per_community=6, seed=4)]
+    graphs = {}
+    for exclusion in ("posts", "strict"):
+        task = hashtag_task(posts, top_k=5, per_class=8, seed=1, exclusion=exclusion)
+        ids, pairs = tmp_path / f"{exclusion}_ids.txt", tmp_path / f"{exclusion}_pairs.jsonl"
+        ids.write_text("".join(f"{i}\n" for i in task.exclude_from_graph))
+        pairs.write_text(edge_exclusion_lines(task.exclude_edges))
+        cfg = GraphConfig(
+            exclude_posts=str(ids), exclude_edges=str(pairs) if task.exclude_edges else None
+        )
+        build_graph([path], tmp_path / exclusion, cfg, progress=False)
+        graphs[exclusion] = edges_by_name(tmp_path / exclusion)
+        assert task.info["graph_exclusion"] == exclusion
+    test_pairs = {(p.author.key, p.labels["hashtag"]) for p in task.test}
+    assert task.exclude_edges and len(task.exclude_edges) == len(test_pairs)
+    leaks = {(u, h) for u, _, h in graphs["posts"]} & test_pairs
+    assert leaks  # with posts excluded only, test authors keep edges to their removed hashtag
+    assert not {(u, h) for u, _, h in graphs["strict"]} & test_pairs

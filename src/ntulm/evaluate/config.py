@@ -53,6 +53,12 @@ class TaskSpec(StageConfig):
     top_k: int = Field(1000, ge=2, description="hashtag task: number of hashtag classes")
     per_class: int = Field(100, ge=3, description="hashtag task: posts per hashtag class")
     max_test: int = Field(5000, ge=2, description="retrieval: cap on test posts (queries)")
+    exclusion: Literal["posts", "strict"] = Field(
+        "posts",
+        description="hashtag task, what leaves the graph: 'posts' = the validation and test "
+        "posts' engagements; 'strict' also every (author, removed hashtag) edge of a test post's "
+        "author, from any post",
+    )
     root: str | None = Field(None, description="tweeteval: folder holding the task folders")
     names: list[str] = Field(
         default_factory=list, description="tweeteval: tasks, e.g. irony, stance, stance_abortion"
@@ -76,6 +82,13 @@ class EvalConfig(StageConfig):
     seed: int = Field(13, description="seed of the splits and of the MLP")
     tasks: list[TaskSpec] = Field(default_factory=list, description="tasks to evaluate")
     embed_batch_size: int = Field(64, ge=1, description="posts per encoder batch")
+    bootstrap: int = Field(
+        1000,
+        ge=100,
+        description="paired bootstrap replicates of each interval against the baseline",
+    )
+    bootstrap_seed: int = Field(0, description="seed of the paired bootstrap")
+    level: float = Field(0.95, gt=0.5, lt=1.0, description="confidence level of the intervals")
     embed_dtype: Literal["float32", "bfloat16"] = Field(
         "float32",
         description="encoder precision for post embeddings; bfloat16 autocast is about 3x faster "

@@ -3,8 +3,11 @@ of them is removed, from the text (its ``#Tag`` occurrences, matched case-insens
 NTU key ``tag``) and from ``post.hashtags``, and the model predicts it from what remains (text,
 other hashtags, author). Every class gets the same number of posts; the metric is Recall@10.
 
-The test posts must add no edges to the NTU graph, or the removed hashtag leaks back through the
-author-hashtag relation: their ids are :attr:`Task.exclude_from_graph`.
+The validation and test posts must add no edges to the NTU graph, or the removed hashtag leaks
+back through the author-hashtag relation: their ids are :attr:`Task.exclude_from_graph`. With
+``exclusion="strict"`` the author of a test post loses the edge to its removed hashtag altogether
+(from any post, any relation): :attr:`Task.exclude_edges`. Otherwise an author who used the
+hashtag in other posts keeps that edge, and their NTU vector still points at the answer.
 """
 
 from __future__ import annotations
@@ -60,6 +63,7 @@ def hashtag_task(
     val_frac: float = 0.1,
     test_frac: float = 0.1,
     name: str = "hashtag",
+    exclusion: str = "posts",
 ) -> Task:
     """Build the hashtag-prediction task.
 
@@ -68,7 +72,11 @@ def hashtag_task(
     post whose text would be empty once the hashtag is gone is not used. A class with fewer
     than ``per_class`` usable posts is dropped (logged), so the task stays balanced. Each class
     is split train/val/test on its own (``val_frac``, ``test_frac``), so every split is balanced.
+    ``exclusion`` is ``"posts"`` (the validation and test posts give no graph edges) or
+    ``"strict"`` (also no (test author, removed hashtag) edge; see the module docstring).
     """
+    if exclusion not in ("posts", "strict"):
+        raise ValueError(f"exclusion: {exclusion!r} is not 'posts' or 'strict'")
     posts = list(posts)
     counts = Counter(h for p in posts for h in p.hashtags)
     top = [h for h, _ in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))[:top_k]]
@@ -109,6 +117,15 @@ def hashtag_task(
     index = {c: k for k, c in enumerate(classes)}
     y = np.array([index[s] for s in strata], dtype=np.int64)
     test_posts = [examples[i] for i in test]
+    held = [examples[i] for i in (*val, *test)]
+    pairs = (
+        sorted(
+            {(p.author.id, p.author.handle, p.labels["hashtag"]) for p in test_posts if p.author},
+            key=lambda t: (t[0] or "", t[1] or "", t[2]),
+        )
+        if exclusion == "strict"
+        else []
+    )
     return Task(
         name=name,
         kind="classification",
@@ -120,11 +137,15 @@ def hashtag_task(
         y_test=y[test],
         classes=classes,
         metrics=["recall@10", "accuracy", "macro_f1"],
-        exclude_from_graph=[p.id for p in test_posts],
+        exclude_from_graph=[p.id for p in held],
+        exclude_edges=pairs,
         info={
             "top_k": top_k,
             "per_class": per_class,
             "hashtags_dropped": len(short),
+            "graph_exclusion": exclusion,
+            "graph_excluded_posts": len(held),
+            "graph_excluded_pairs": len(pairs),
             "label": "hashtag",
             "split_by": "post",
         },

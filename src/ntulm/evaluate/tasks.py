@@ -41,8 +41,10 @@ class Task:
     y_test: np.ndarray
     classes: list[str]
     metrics: list[str]
-    # Post ids whose engagements must not enter the NTU graph (the hashtag task's test posts).
+    # Post ids whose engagements must not enter the NTU graph (the hashtag task's val/test posts).
     exclude_from_graph: list[str] = field(default_factory=list)
+    # (user id, user handle, hashtag): no graph edge may join them (the strict hashtag task).
+    exclude_edges: list[tuple[str | None, str | None, str]] = field(default_factory=list)
     # Retrieval: leave out candidates by the query's own author (author-level labels).
     exclude_same_author: bool = False
     info: dict[str, Any] = field(default_factory=dict)  # how it was built, counts dropped
@@ -257,6 +259,7 @@ def build_tasks(spec: Any, posts: list[Post] | None, seed: int) -> list[Task]:
                 val_frac=spec.val_frac,
                 test_frac=spec.test_frac,
                 name=spec.name or "hashtag",
+                exclusion=spec.exclusion,
             )
         ]
     raise ValueError(f"unknown task type {spec.type!r}")

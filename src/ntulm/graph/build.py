@@ -17,6 +17,7 @@ Every relational step is SQL, so it can move to a distributed engine unchanged.
 
 from __future__ import annotations
 
+import json
 import logging
 import resource
 import shutil
@@ -102,6 +103,7 @@ def build_graph(
         t_read = time.perf_counter() - t0
         con = connect(config, work)
         excluded = _exclude(con, config)
+        excluded_pairs = _exclude_edges(con, config)
         con.execute(
             f"CREATE VIEW p AS SELECT * FROM read_parquet('{table}/*.parquet') ANTI JOIN excluded USING (id)"
         )
@@ -110,6 +112,7 @@ def build_graph(
             f"SELECT count(*) FROM read_parquet('{table}/*.parquet') SEMI JOIN excluded USING (id)"
         ).fetchone()[0]
         stats["exclude_list_ids"] = excluded
+        stats["exclude_edge_pairs"] = excluded_pairs
         con.close()
     finally:
         shutil.rmtree(work, ignore_errors=True)
@@ -164,6 +167,39 @@ def _exclude(con: duckdb.DuckDBPyConnection, config: GraphConfig) -> int:
     return len(ids)
 
 
+def edge_exclusion_lines(pairs: Sequence[tuple[str | None, str | None, str]]) -> str:
+    """The ``exclude_edges`` file for (user id, user handle, hashtag) triples."""
+    return "".join(
+        json.dumps({"user": {"id": i, "handle": h}, "hashtag": tag}) + "\n" for i, h, tag in pairs
+    )
+
+
+def _exclude_edges(con: duckdb.DuckDBPyConnection, config: GraphConfig) -> int:
+    """Table ``excluded_edges(uid, handle, hashtag)`` from ``config.exclude_edges``; how many."""
+    con.execute("CREATE TABLE excluded_edges (uid VARCHAR, handle VARCHAR, hashtag VARCHAR)")
+    if config.exclude_edges is None:
+        return 0
+    path = Path(config.exclude_edges)
+    if not path.is_file():
+        raise ArtifactError(f"{path}: exclude_edges file not found")
+    rows = []
+    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+            user, tag = rec["user"], rec["hashtag"]
+            uid, handle = user.get("id"), user.get("handle")
+            if not isinstance(tag, str) or not tag or not (uid or handle):
+                raise ValueError("needs a hashtag and a user id or handle")
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            raise ArtifactError(f"{path}: line {n}: bad excluded edge: {exc}") from None
+        rows.append((uid, handle.lstrip("@").lower() if handle else None, tag))
+    if rows:
+        con.executemany("INSERT INTO excluded_edges VALUES (?, ?, ?)", rows)
+    return len(rows)
+
+
 def _build_tables(con: duckdb.DuckDBPyConnection, config: GraphConfig, out: Path) -> dict[str, Any]:
     # Handle -> id, where some record gives both (the most frequent pairing wins).
     refs = " UNION ALL ".join(_USER_REFS)
@@ -192,6 +228,17 @@ def _build_tables(con: duckdb.DuckDBPyConnection, config: GraphConfig, out: Path
         FROM ({" UNION ALL ".join(parts)}) e LEFT JOIN alias a ON a.handle = e.u.handle
         WHERE e.h IS NOT NULL AND e.h <> '' AND (e.u.id IS NOT NULL OR e.u.handle IS NOT NULL)"""
     )
+    # Strict exclusion: (user, hashtag) pairs give no edge, whatever the relation or post. The
+    # users are resolved to one identity exactly as the engagement rows are.
+    removed = con.execute(
+        """DELETE FROM engagement WHERE EXISTS (
+            SELECT 1 FROM (
+                SELECT CASE WHEN x.uid IS NOT NULL THEN 'id:' || x.uid
+                            WHEN a.id IS NOT NULL THEN 'id:' || a.id
+                            ELSE '@' || x.handle END AS user_key, x.hashtag
+                FROM excluded_edges x LEFT JOIN alias a ON a.handle = x.handle) x
+            WHERE x.user_key = engagement.user_key AND x.hashtag = engagement.hashtag)"""
+    ).fetchone()[0]
     before = con.execute(
         "SELECT count(DISTINCT user_key), count(DISTINCT hashtag), count(*) FROM engagement"
     ).fetchone()
@@ -233,7 +280,7 @@ def _build_tables(con: duckdb.DuckDBPyConnection, config: GraphConfig, out: Path
     }.items():
         with atomic_path(out / name) as tmp:
             con.execute(f"COPY ({query}) TO '{tmp}' (FORMAT parquet, COMPRESSION zstd)")
-    return _stats(con, before)
+    return {**_stats(con, before), "engagements_excluded_by_edge": removed}
 
 
 def _summary(con: duckdb.DuckDBPyConnection, query: str) -> dict[str, float]:

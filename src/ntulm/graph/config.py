@@ -65,6 +65,11 @@ class GraphConfig(StageConfig):
         default=None,
         description="file with one post id per line: these posts give no edges (e.g. a task's test posts)",
     )
+    exclude_edges: str | None = Field(
+        default=None,
+        description="JSON Lines file of {user: {id, handle}, hashtag}: no edge of any relation "
+        "joins these users and hashtags (the hashtag task's strict exclusion)",
+    )
     read_workers: int | None = Field(
         default=None,
         ge=1,

@@ -16,7 +16,8 @@ Choices (documented in the report):
 - task splits use ``eval.seed`` once; ``seeds`` vary the downstream MLP (and, with
   ``finetune_per_seed``, the fine-tuning);
 - the test posts of corpus tasks and their validation posts are kept out of the fine-tuning
-  sample; the hashtag task's test posts also give no graph edges;
+  sample; the hashtag task's validation and test posts also give no graph edges (and with
+  ``exclusion: strict`` no test author keeps an edge to its removed hashtag);
 - the overlap flag of a test post (Table 4) is the same for every model: at least one of its NTUs
   of the types any variant uses is in the NTU embeddings.
 """
@@ -36,7 +37,7 @@ from ntulm.evaluate.config import TaskSpec
 from ntulm.evaluate.controls import control_ntus
 from ntulm.evaluate.runner import evaluate_task
 from ntulm.evaluate.tasks import Task, build_tasks
-from ntulm.graph.build import build_graph
+from ntulm.graph.build import build_graph, edge_exclusion_lines
 from ntulm.kge import NTUEmbeddings, train_kge
 from ntulm.lm.data import ntu_vectors
 from ntulm.lm.encode import encode, output_dim
@@ -103,17 +104,21 @@ class Pipeline:
         return tasks
 
     # -- stages ------------------------------------------------------------------------------
-    def graph(self, exclude: list[str]) -> str:
+    def graph(self, exclude: list[str], edges: list[tuple] | None = None) -> str:
         d = self.out / "graph"
         exclude_file = self.out / "exclude_posts.txt"
         write_text(exclude_file, "".join(f"{i}\n" for i in exclude))
+        edges_file = self.out / "exclude_edges.jsonl"  # the strict hashtag task's pairs
+        write_text(edges_file, edge_exclusion_lines(edges or []))
         cfg = self.cfg.graph.model_copy(
-            update={"exclude_posts": str(exclude_file) if exclude else None}
+            update={
+                "exclude_posts": str(exclude_file) if exclude else None,
+                "exclude_edges": str(edges_file) if edges else None,
+            }
         )
         # the exclusion enters by content, not by its file's path: a copied graph/ stays valid
-        fp = fingerprint(
-            [self.cfg.graph.model_dump(mode="json"), self.cfg.posts, fingerprint(exclude)]
-        )
+        excluded = fingerprint(exclude) if not edges else fingerprint([exclude, edges])
+        fp = fingerprint([self.cfg.graph.model_dump(mode="json"), self.cfg.posts, excluded])
         if _fresh(d, fp):
             self.reused.append("graph")
         else:
@@ -290,7 +295,8 @@ def run_pipeline(
     posts = p.read_corpus()
     tasks = p.build_tasks(posts)
     exclude = sorted({i for _, t in tasks for i in t.exclude_from_graph})
-    graph_fp = p.graph(exclude)
+    edges = sorted({e for _, t in tasks for e in t.exclude_edges}, key=str)
+    graph_fp = p.graph(exclude, edges)
     emb, kge_fp = p.kge(graph_fp)
 
     sample = finetune_sample(posts, tasks, cfg)
