@@ -3,6 +3,8 @@
 import json
 import shutil
 
+import numpy as np
+import pyarrow.parquet as pq
 import pytest
 import torch
 import yaml
@@ -53,11 +55,15 @@ def test_run_end_to_end_and_reuse(tmp_path, tiny_backbone, capsys):
             "mlp": {"max_epochs": 5, "num_threads": 1},
             "tasks": [
                 {"type": "classification", "name": "community", "label": "community", "split_by": "author", "min_class_count": 2},
-                {"type": "hashtag", "top_k": 5, "per_class": 6},
+                {"type": "hashtag", "top_k": 5, "per_class": 6, "exclusion": "strict"},
                 {"type": "retrieval", "name": "community_map", "label": "community", "max_test": 50},
                 {"type": "tweeteval", "root": str(tmp_path / "tweeteval"), "names": ["irony"]},
             ],
         },
+        "variants": [v.model_dump(mode="json") for v in paper_variants()] + [
+            {"name": "a+h shuffled", "model_of": "NTULM author+hashtag", "control": "shuffled"},
+            {"name": "a+h mean", "model_of": "NTULM author+hashtag", "control": "mean"},
+        ],
         "seeds": [1, 2],
     }  # fmt: skip
     (tmp_path / "cfg.yaml").write_text(yaml.safe_dump(cfg))
@@ -73,18 +79,40 @@ def test_run_end_to_end_and_reuse(tmp_path, tiny_backbone, capsys):
         "NTULM hashtag",
         "NTULM author+hashtag",
         "BERT-post-concat",
+        "a+h shuffled",
+        "a+h mean",
     }
-    assert len(res["runs"]) == 5 * 4 * 2  # variants x tasks x seeds
+    assert len(res["runs"]) == 7 * 4 * 2  # variants x tasks x seeds
     assert set(res["lm"]) == {"BERT", "NTULM author", "NTULM hashtag", "NTULM author+hashtag"}
     assert all(r["n"]["overlap"] + r["n"]["non_overlap"] == r["n"]["test"] for r in res["runs"])
-    # the hashtag task's test posts gave no edges
+    # the hashtag task's validation and test posts gave no edges, nor (test author, tag) pairs
     excluded = (out / "exclude_posts.txt").read_text().split()
+    ht = res["tasks"]["hashtag"]
     assert (
-        excluded
-        and res["graph"]["posts_excluded"] == len(excluded) == res["tasks"]["hashtag"]["n_test"]
+        excluded and res["graph"]["posts_excluded"] == len(excluded) == ht["n_val"] + ht["n_test"]
     )
+    pairs = (out / "exclude_edges.jsonl").read_text().splitlines()
+    assert pairs and res["graph"]["exclude_edge_pairs"] == len(pairs) == ht["graph_excluded_pairs"]
+    # every variant has an interval against BERT; the controlled model also against its controls
+    sig = res["significance"]
+    for task in res["tasks"]:
+        row = sig["tasks"][task]
+        assert set(row) == variants - {"BERT"}, task
+        assert all(c["low"] <= c["diff"] <= c["high"] and c["n_pairs"] == 2 for c in row.values())
+        assert set(row["NTULM author+hashtag"]["vs_controls"]) == {"a+h shuffled", "a+h mean"}
+        assert isinstance(row["NTULM author+hashtag"]["counts"], bool)
+        assert row["NTULM author"]["counts"] is None  # no controls of its own
+    assert "per_post" not in res["runs"][0]
+    assert pq.read_table(out / "predictions.parquet").num_rows == len(res["runs"])
+    # the controls embed other NTUs than the model's own, through the same model
+    with (
+        np.load(out / "embeddings" / "a_h_mean" / "community.npz") as c,
+        np.load(out / "embeddings" / "ntulm_author_hashtag" / "community.npz") as m,
+    ):
+        assert c["test"].shape == m["test"].shape and not np.allclose(c["test"], m["test"])
     report = (out / "report.md").read_text()
-    for part in ("Table 2", "Table 3", "Table 4", "Perplexity bits", "TweetEval", "| overall |"):
+    for part in ("Table 2", "Table 3", "Table 4", "Perplexity bits", "TweetEval", "| overall |",
+                 "## Significance", "## Negative controls", "| strict ("):  # fmt: skip
         assert part in report
     assert (out / "improvement.png").stat().st_size > 0 and (
         out / "perplexity.png"

@@ -29,7 +29,6 @@ different posts) and the pairing draw is shared; the statistic is the mean over 
 
 from __future__ import annotations
 
-import math
 import re
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -55,18 +54,18 @@ def per_post_record(
     proba = np.asarray(proba)
     pred = proba.argmax(axis=1) if len(proba) else np.zeros(0, dtype=np.int64)
     if metric in CONFUSION:
-        return {"metric": metric, "y": y_true.tolist(), "pred": pred.astype(int).tolist()}
+        return {"metric": metric, "y": y_true.astype(np.int32), "pred": pred.astype(np.int32)}
     if metric == "accuracy":
-        return {"metric": metric, "score": (pred == y_true).astype(float).tolist()}
+        return {"metric": metric, "score": (pred == y_true).astype(np.float32)}
     if m := _RECALL_AT.match(metric):
         order = np.argsort(-proba.astype(np.float64), axis=1, kind="stable")[:, : int(m.group(1))]
-        return {"metric": metric, "score": (order == y_true[:, None]).any(1).astype(float).tolist()}
+        return {"metric": metric, "score": (order == y_true[:, None]).any(1).astype(np.float32)}
     return None
 
 
 def retrieval_record(aps: np.ndarray) -> dict[str, Any]:
     """Per-query average precisions of the retrieval task (NaN: no relevant candidate)."""
-    return {"metric": "map", "score": [None if math.isnan(a) else float(a) for a in aps]}
+    return {"metric": "map", "score": np.asarray(aps, dtype=np.float64)}
 
 
 def record_size(rec: dict[str, Any]) -> int:
@@ -76,7 +75,10 @@ def record_size(rec: dict[str, Any]) -> int:
 def _prepare(rec: dict[str, Any]) -> tuple[str, Any]:
     """('mean', (values, valid)) or ('confusion', (T, P, TP) sparse one-hots (N, C))."""
     if "score" in rec:
-        s = np.array([np.nan if v is None else v for v in rec["score"]], dtype=np.float64)
+        s = rec["score"]
+        if not isinstance(s, np.ndarray):  # a list read back from JSON holds None for NaN
+            s = [np.nan if v is None else v for v in s]
+        s = np.asarray(s, dtype=np.float64)
         valid = ~np.isnan(s)
         return "mean", (np.where(valid, s, 0.0), valid.astype(np.float64))
     y = np.asarray(rec["y"], dtype=np.int64)
@@ -148,7 +150,7 @@ def _check_pair(model: dict[str, Any], base: dict[str, Any]) -> None:
         raise ValueError(
             f"bootstrap: {record_size(model)} vs {record_size(base)} test posts: not paired"
         )
-    if "y" in model and model["y"] != base["y"]:
+    if "y" in model and not np.array_equal(model["y"], base["y"]):
         raise ValueError("bootstrap: the two runs have different true labels: not paired")
 
 
@@ -209,3 +211,101 @@ def paired_bootstrap(
         level=level,
     )
     return (interval, reps) if return_replicates else interval
+
+
+# --- over the runs of a report -----------------------------------------------------------
+
+
+def _pairs(
+    runs: Sequence[dict[str, Any]], task: str, model: str, base: str
+) -> list[tuple[dict, dict]] | None:
+    """(model, base) per-post records paired on (MLP seed, fine-tuning seed); None if any is
+    missing (a metric the bootstrap does not support, or results without per-post outcomes)."""
+    keyed = {
+        (r["variant"], r.get("seed"), r.get("finetune_seed")): r.get("per_post")
+        for r in runs
+        if r["task"] == task
+    }
+    seeds = sorted({k[1:] for k in keyed if k[0] == model}, key=str)
+    pairs = [(keyed.get((model, *s)), keyed.get((base, *s))) for s in seeds]
+    if not pairs or any(m is None or b is None for m, b in pairs):
+        return None
+    return [(m, b) for m, b in pairs if m is not None and b is not None]
+
+
+def compare_runs(
+    runs: Sequence[dict[str, Any]],
+    baseline: str,
+    variants: Sequence[str],
+    families: dict[str, list[str]],
+    controls: dict[str, list[str]] | None = None,
+    n_boot: int = 1000,
+    seed: int = 0,
+    level: float = 0.95,
+) -> dict[str, Any]:
+    """Intervals of every variant against ``baseline`` and of every controlled variant against
+    its controls, per task and per family of several tasks (their mean)::
+
+        {"baseline", "n_boot", "seed", "level",
+         "tasks" | "families": {name: {variant: {**Interval, "vs_controls": {control: Interval},
+                                                 "counts": bool | None}}},
+         "notes": [...]}
+
+    ``counts`` is true when the variant wins against the baseline *and* against each of its
+    controls (None without controls)."""
+    controls = controls or {}
+    notes: list[str] = []
+    out: dict[str, Any] = {"baseline": baseline, "n_boot": n_boot, "seed": seed, "level": level}
+    groups = {"tasks": {t: [t] for ts in families.values() for t in ts}}
+    groups["families"] = {f: ts for f, ts in families.items() if len(ts) > 1}
+    for group, members in groups.items():
+        table: dict[str, dict[str, Any]] = {}
+        for name, tasks in members.items():
+            row: dict[str, Any] = {}
+            for v in variants:
+                if v == baseline:
+                    continue
+                cell = _interval(runs, tasks, v, baseline, n_boot, seed, level)
+                if cell is None:
+                    notes.append(f"{name}: {v} vs {baseline}: no per-post outcomes, no interval")
+                    continue
+                vs = {}
+                for c in controls.get(v, []):
+                    ci = _interval(runs, tasks, v, c, n_boot, seed, level)
+                    if ci is not None:
+                        vs[c] = ci
+                cell["vs_controls"] = vs
+                cell["counts"] = (
+                    None
+                    if not controls.get(v)
+                    else cell["mark"] == "win"
+                    and len(vs) == len(controls[v])
+                    and all(ci["mark"] == "win" for ci in vs.values())
+                )
+                row[v] = cell
+            table[name] = row
+        out[group] = table
+    out["notes"] = notes
+    return out
+
+
+def _interval(
+    runs: Sequence[dict[str, Any]],
+    tasks: list[str],
+    model: str,
+    base: str,
+    n_boot: int,
+    seed: int,
+    level: float,
+) -> dict[str, Any] | None:
+    per_task = []
+    for t in tasks:
+        pairs = _pairs(runs, t, model, base)
+        if pairs is None:
+            return None
+        per_task.append(pairs)
+    if len({len(p) for p in per_task}) != 1:
+        return None
+    ci = paired_bootstrap(per_task, n_boot=n_boot, seed=seed, level=level)
+    assert isinstance(ci, Interval)
+    return ci.to_json()

@@ -1,6 +1,12 @@
 """The report of ``ntulm run``: Markdown tables in the shape of the paper's Tables 2, 3 and 4, PNG
 figures (improvement over the baseline per task: overall / overlap / non-overlap; perplexity), and
-every number in ``results.json``. Values over seeds are shown as mean ± std."""
+every number in ``results.json``. Values over seeds are shown as mean ± std.
+
+Every variant's headline-metric difference against the baseline gets a paired bootstrap interval
+(``evaluate/significance.py``) and a mark: win / loss only when the interval excludes 0. Variants
+with negative controls (``control`` variants over the same model) are also compared with each
+control; their gain *counts* only where it clears the baseline and every control. The per-post
+outcomes behind the intervals go to ``predictions.parquet``, not to ``results.json``."""
 
 from __future__ import annotations
 
@@ -12,9 +18,12 @@ from typing import Any
 import numpy as np
 
 from ntulm.artifacts import atomic_path, write_json, write_text
+from ntulm.evaluate.significance import compare_runs
+from ntulm.pipeline.config import VariantSpec, controls_of
 
 SUBSETS = ("metrics", "overlap", "non_overlap")
 SUBSET_NAMES = {"metrics": "overall", "overlap": "overlap", "non_overlap": "non-overlap"}
+MARKS = {"win": " ▲", "loss": " ▼", "no effect": ""}
 
 
 def _ms(values: list[float], pct: bool = False, digits: int = 3) -> str:
@@ -105,6 +114,7 @@ def _fam_metric(tasks: list[str], head_of: dict[str, str]) -> str:
 
 def table3(results: dict[str, Any], agg: dict) -> str:
     variants = [v["name"] for v in results["config"]["variants"]]
+    sig = (results.get("significance") or {}).get("tasks", {})
     cols = ["Dataset", "Task", "Metric", *variants, "Best"]
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for fam, tasks in _families(results).items():
@@ -118,6 +128,9 @@ def table3(results: dict[str, Any], agg: dict) -> str:
                 }
                 best = max(scored, key=scored.get) if scored else "—"
                 cells = [(f"**{_ms(means[v])}**" if v == best else _ms(means[v])) for v in variants]
+                if metric == results["tasks"][t]["metrics"][0]:  # headline: win / loss marks
+                    marks = [MARKS[sig.get(t, {}).get(v, {}).get("mark", "no effect")] for v in variants]  # fmt: skip
+                    cells = [c + m for c, m in zip(cells, marks, strict=True)]
                 lines.append("| " + " | ".join([fam, t, metric, *cells, best]) + " |")
     return "\n".join(lines)
 
@@ -139,6 +152,93 @@ def table4(results: dict[str, Any], agg: dict) -> str:
                 )
             lines.append("| " + " | ".join([fam, v, *cells]) + " |")
     return "\n".join(lines)
+
+
+def _ci(cell: dict[str, Any] | None) -> str:
+    if not cell:
+        return "—"
+    text = f"{cell['diff']:+.3f} [{cell['low']:+.3f}, {cell['high']:+.3f}]"
+    return text + (f" **{cell['mark']}**" if cell["mark"] != "no effect" else " no effect")
+
+
+def _sig_rows(results: dict[str, Any]) -> list[tuple[str, str, str, dict[str, Any]]]:
+    """(dataset, task or 'mean of N tasks', metric, {variant: cell}) in report order."""
+    sig = results["significance"]
+    rows = []
+    for fam, tasks in _families(results).items():
+        for t in tasks:
+            rows.append((fam, t, results["tasks"][t]["metrics"][0], sig["tasks"].get(t, {})))
+        if fam in sig.get("families", {}):
+            heads = _fam_metric(tasks, {t: results["tasks"][t]["metrics"][0] for t in tasks})
+            rows.append((fam, f"mean of {len(tasks)} tasks", heads, sig["families"][fam]))
+    return rows
+
+
+def significance_table(results: dict[str, Any]) -> str:
+    """Per task, each variant's difference to the baseline: point [95% interval] and mark."""
+    base = results["config"]["baseline"]
+    others = [v["name"] for v in results["config"]["variants"] if v["name"] != base]
+    cols = ["Dataset", "Task", "Metric", *others]
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    for fam, task, metric, row in _sig_rows(results):
+        lines.append("| " + " | ".join([fam, task, metric, *(_ci(row.get(v)) for v in others)]) + " |")  # fmt: skip
+    return "\n".join(lines)
+
+
+def controls_table(results: dict[str, Any]) -> str:
+    """Each controlled model against the baseline and against each of its controls."""
+    base = results["config"]["baseline"]
+    lines = [
+        f"| Dataset | Task | Model | vs {base} | vs controls | gain counts |",
+        "|---|---|---|---|---|---|",
+    ]
+    for fam, task, _, row in _sig_rows(results):
+        for v, cell in row.items():
+            if cell.get("counts") is None:
+                continue
+            vs = "; ".join(f"{c}: {_ci(ci)}" for c, ci in cell["vs_controls"].items()) or "—"
+            verdict = "**yes**" if cell["counts"] else "no"
+            lines.append(f"| {fam} | {task} | {v} | {_ci(cell)} | {vs} | {verdict} |")
+    return "\n".join(lines)
+
+
+def significance(results: dict[str, Any]) -> dict[str, Any]:
+    """``results["significance"]``: the paired bootstrap over the runs' per-post outcomes."""
+    cfg = results["config"]
+    ev = cfg.get("eval", {})
+    variants = [VariantSpec.model_validate(v) for v in cfg["variants"]]
+    return compare_runs(
+        results["runs"],
+        cfg["baseline"],
+        [v.name for v in variants],
+        _families(results),
+        controls_of(variants),
+        n_boot=ev.get("bootstrap", 1000),
+        seed=ev.get("bootstrap_seed", 0),
+        level=ev.get("level", 0.95),
+    )
+
+
+def write_predictions(runs: list[dict[str, Any]], path: Path) -> None:
+    """The per-post outcomes of every run (one row per run), for re-running the bootstrap."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rows = [r for r in runs if r.get("per_post")]
+    table = pa.table(
+        {
+            "variant": [r["variant"] for r in rows],
+            "task": [r["task"] for r in rows],
+            "seed": [r.get("seed") for r in rows],
+            "finetune_seed": [r.get("finetune_seed") for r in rows],
+            "metric": [r["per_post"]["metric"] for r in rows],
+            "y": pa.array([r["per_post"].get("y") for r in rows], pa.list_(pa.int64())),
+            "pred": pa.array([r["per_post"].get("pred") for r in rows], pa.list_(pa.int64())),
+            "score": pa.array([r["per_post"].get("score") for r in rows], pa.list_(pa.float64())),
+        }
+    )
+    with atomic_path(path) as tmp:
+        pq.write_table(table, tmp, compression="zstd")
 
 
 def figures(results: dict[str, Any], agg: dict, out: Path) -> list[str]:
@@ -202,6 +302,9 @@ def _save(fig: Any, path: Path) -> None:
 
 
 def write_report(results: dict[str, Any], out: Path) -> None:
+    if any(r.get("per_post") for r in results["runs"]):
+        results["significance"] = significance(results)
+        write_predictions(results["runs"], out / "predictions.parquet")
     agg = aggregate(results)
     pics = figures(results, agg, out)
     cfg = results["config"]
@@ -247,14 +350,42 @@ def write_report(results: dict[str, Any], out: Path) -> None:
         "",
         table4(results, agg),
         "",
+    ]
+    sig = results.get("significance")
+    if sig:
+        lines += [
+            f"## Significance: headline metric of each model minus {cfg['baseline']}",
+            "",
+            f"Point estimate [{sig['level']:.0%} paired bootstrap interval] over {sig['n_boot']} "
+            "replicates: each replicate resamples the test posts (the same draw for both models "
+            "and every seed) and the seed pairings, with replacement (`docs/evaluate.md`). "
+            "**win** / **loss** only when the interval excludes 0; ▲ / ▼ in Table 3.",
+            "",
+            significance_table(results),
+            "",
+        ]
+        if any(c.get("counts") is not None for row in sig["tasks"].values() for c in row.values()):
+            lines += [
+                "## Negative controls",
+                "",
+                "The same model fed another post's NTUs (shuffled within the split) or the NTU "
+                "table mean. A gain counts only where it wins against the baseline and against "
+                "every control.",
+                "",
+                controls_table(results),
+                "",
+            ]
+    lines += [
         "## Tasks",
         "",
-        "| task | dataset | train | val | test | classes | metrics |",
-        "|---|---|---|---|---|---|---|",
+        "| task | dataset | train | val | test | classes | metrics | graph exclusion |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for name, t in results["tasks"].items():
+        excl = t.get("graph_exclusion")
+        excl = f"{excl} ({t.get('graph_excluded_posts', 0):,} posts, {t.get('graph_excluded_pairs', 0):,} pairs)" if excl else "—"  # fmt: skip
         lines.append(
-            f"| {name} | {t['family']} | {t['n_train']:,} | {t['n_val']:,} | {t['n_test']:,} | {t['n_classes']} | {', '.join(t['metrics'])} |"
+            f"| {name} | {t['family']} | {t['n_train']:,} | {t['n_val']:,} | {t['n_test']:,} | {t['n_classes']} | {', '.join(t['metrics'])} | {excl} |"
         )
     kge = results.get("kge") or {}
     if kge:
@@ -266,7 +397,8 @@ def write_report(results: dict[str, Any], out: Path) -> None:
         f"Stages run: {', '.join(st['ran']) or 'none'}; reused: {', '.join(st['reused']) or 'none'}. Total {results['seconds']:.0f} s.",
         "",
     ]
-    write_json(out / "results.json", results)
+    runs = [{k: v for k, v in r.items() if k != "per_post"} for r in results["runs"]]
+    write_json(out / "results.json", {**results, "runs": runs})  # per-post: predictions.parquet
     write_text(out / "report.md", "\n".join(lines))
 
 
