@@ -5,6 +5,7 @@ import pytest
 
 from ntulm.evaluate.metrics import compute_metrics
 from ntulm.evaluate.significance import (
+    compare_runs,
     metric_of,
     paired_bootstrap,
     per_post_record,
@@ -83,3 +84,37 @@ def test_unpaired_runs_are_refused():
     b = {"metric": "macro_f1", "y": [1, 0], "pred": [0, 1]}
     with pytest.raises(ValueError, match="different true labels"):
         paired_bootstrap([[(a, b)]])
+
+
+def test_a_gain_counts_only_where_it_clears_the_baseline_and_every_control():
+    n = 60
+    outcome = {
+        "BERT": [0] * n,
+        "NTULM": [1] * 40 + [0] * 20,
+        "shuffled": [0] * n,  # cleared
+        "mean": [1] * 40 + [0] * 20,  # the control does as well: the gain is not the NTUs'
+        "other": [1] * 40 + [0] * 20,
+    }
+    runs = [
+        {"variant": v, "task": t, "seed": s, "finetune_seed": None, "per_post": hits(h)}
+        for v, h in outcome.items()
+        for t in ("a", "b")
+        for s in (1, 2)
+    ]
+    runs.append({"variant": "nopost", "task": "a", "seed": 1, "finetune_seed": None,
+                 "per_post": None})  # fmt: skip
+    out = compare_runs(
+        runs, "BERT", [*outcome, "nopost"], {"A": ["a"], "F": ["a", "b"]},
+        {"NTULM": ["shuffled", "mean"]}, n_boot=300,
+    )  # fmt: skip
+    cell = out["tasks"]["a"]["NTULM"]
+    assert cell["mark"] == "win" and cell["n_pairs"] == 2
+    assert cell["vs_controls"]["shuffled"]["mark"] == "win"
+    assert cell["vs_controls"]["mean"]["mark"] == "no effect" and cell["counts"] is False
+    assert out["tasks"]["a"]["other"]["counts"] is None  # no controls
+    assert set(out["families"]) == {"F"} and out["families"]["F"]["NTULM"]["n_posts"] == 2 * n
+    assert "nopost" not in out["tasks"]["a"] and any("nopost" in x for x in out["notes"])
+    out = compare_runs(
+        runs, "BERT", list(outcome), {"A": ["a"]}, {"NTULM": ["shuffled"]}, n_boot=300
+    )
+    assert out["tasks"]["a"]["NTULM"]["counts"] is True
