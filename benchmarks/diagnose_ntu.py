@@ -8,11 +8,15 @@
 2. **Where is the NTU information in the post embedding?** The account-category task (split by
    author, as in the report) with the MLP on: the paper's pooling (mean over word pieces and
    the NTU token), the word pieces only, the NTU token's final state only, and the raw e_ntu
-   (what BERT-post-concat adds). Same MLP, splits and seeds as the report.
-3. **Hashtag task duplicates**: share of test posts whose text (hashtag removed, lower-cased,
-   URLs/mentions/``RT`` prefix dropped) also occurs among the training posts of the same class.
+   (what BERT-post-concat adds). Same MLP, training posts and seeds as the report.
+3. **Hashtag task duplicates**: share of validation posts whose text (hashtag removed,
+   lower-cased, URLs/mentions/``RT`` prefix dropped) also occurs among the training posts of the
+   same class.
 
-Reads the corpus and rebuilds the tasks exactly as the run did (same config and seeds).
+Design decisions are made on validation posts only: this script never reads a task's test
+split. The probe scores on half of the validation split and early-stops on the other half
+(``ntulm.evaluate.protocol.validation_task``). Reads the corpus and rebuilds the tasks exactly
+as the run did (same config and seeds).
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ import numpy as np
 import torch
 
 from ntulm.artifacts import write_json
+from ntulm.evaluate.protocol import validation_task
 from ntulm.evaluate.runner import evaluate_task
 from ntulm.kge import NTUEmbeddings
 from ntulm.lm.data import fixed_eval_masks, ntu_vectors, tokenize
@@ -102,8 +107,9 @@ def main() -> int:
         res["perplexity_bits"][name] = row
         print(name, {k: round(v, 4) for k, v in row.items()}, file=sys.stderr)
 
-    # 2. pooling probe on one task
+    # 2. pooling probe on one task, on its validation split (the test split is not read)
     spec, task = next((s, t) for s, t in tasks if t.name == args.task)
+    task = validation_task(task, cfg.eval.seed)
     probe: dict = {}
     splits = {"train": task.train, "val": task.val, "test": task.test}
     flags = overlap_flags([(spec, task)], emb, cfg.overlap_types())[task.name]
@@ -128,24 +134,30 @@ def main() -> int:
             "scores": scores,
         }
         print(f"{task.name} {label}: {np.mean(scores):.3f} ± {np.std(scores):.3f}", file=sys.stderr)
-    res["pooling_probe"] = {"task": task.name, "metric": task.metrics[0], "results": probe}
+    res["pooling_probe"] = {
+        "task": task.name,
+        "metric": task.metrics[0],
+        "design": task.info["design"],
+        "results": probe,
+    }
 
-    # 3. duplicate texts in the hashtag task
+    # 3. duplicate texts in the hashtag task: validation posts against training posts
     ht = next(
         (t for _, t in tasks if t.name.startswith("ira_hashtag") or "hashtag" in t.name), None
     )
     if ht is not None:
         seen = {(int(y), _norm_text(q.text)) for q, y in zip(ht.train, ht.y_train, strict=True)}
         dup = np.array(
-            [(int(y), _norm_text(q.text)) in seen for q, y in zip(ht.test, ht.y_test, strict=True)]
+            [(int(y), _norm_text(q.text)) in seen for q, y in zip(ht.val, ht.y_val, strict=True)]
         )
         res["hashtag_duplicates"] = {
             "task": ht.name,
-            "n_test": len(dup),
-            "test_with_same_text_and_class_in_train": float(dup.mean()),
+            "n_val": len(dup),
+            "val_with_same_text_and_class_in_train": float(dup.mean()),
         }
         print(
-            f"{ht.name}: {dup.mean():.1%} of test posts have a same-class duplicate text in train",
+            f"{ht.name}: {dup.mean():.1%} of validation posts have a same-class duplicate text "
+            "in train",
             file=sys.stderr,
         )
     res["seconds"] = round(time.perf_counter() - t0, 1)

@@ -182,3 +182,22 @@ def test_eval_config_and_build_tasks(corpus):
     with pytest.raises(ConfigError, match="mlp.patience"):
         EvalConfig.build({"mlp": {"patience": 0}})
     assert np.isclose(cfg.tasks[0].test_frac, 0.2)
+
+
+def test_validation_task_designs_on_validation_posts_only(corpus):
+    from ntulm.evaluate.protocol import validation_task
+
+    task = classification_task(corpus, "community", split_by="author", seed=3, val_frac=0.3)
+    design = validation_task(task, seed=1)
+    val_ids, test_ids = {p.id for p in task.val}, {p.id for p in task.test}
+    early, scored = {p.id for p in design.val}, {p.id for p in design.test}
+    assert early and scored and early | scored <= val_ids and not early & scored
+    assert not (early | scored) & test_ids  # the test split is never read
+    assert design.train is task.train
+    assert not _authors(design.val) & _authors(design.test)  # still split by author
+    assert [design.classes[y] for y in design.y_test] == [
+        p.labels["community"] for p in design.test
+    ]
+    ret = retrieval_task(corpus, "community", split_by="author", seed=0, max_test=40)
+    rd = validation_task(ret, seed=1)
+    assert len(rd.test) == 40 and {p.id for p in rd.test} <= {p.id for p in ret.train}
