@@ -69,3 +69,14 @@ def test_control_variants_are_validated_and_paired_with_their_model():
             PipelineConfig.build({**base, "variants": [{"name": "BERT", "use_ntu": False}, bad]})
     with pytest.raises(ConfigError, match="protocol"):
         PipelineConfig.build({**base, "protocol": "temporal"})
+
+
+@pytest.mark.parametrize("name", ["paper_cpu", "paper_cpu_seeds", "paper_gpu"])
+def test_presets_carry_both_controls_and_state_the_user_filter(name):
+    from pathlib import Path
+
+    path = Path(__file__).parents[1] / "benchmarks" / f"{name}.yaml"
+    cfg = PipelineConfig.from_sources(path, [])
+    assert [len(c) for c in cfg.controls().values()] == [2]
+    assert "min_user_hashtags" in path.read_text() and "max_user_hashtags" in path.read_text()
+    assert all(s.exclusion == "posts" for s in cfg.eval.tasks if s.type == "hashtag")
