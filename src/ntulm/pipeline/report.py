@@ -129,8 +129,10 @@ def table3(results: dict[str, Any], agg: dict) -> str:
                 best = max(scored, key=scored.get) if scored else "—"
                 cells = [(f"**{_ms(means[v])}**" if v == best else _ms(means[v])) for v in variants]
                 if metric == results["tasks"][t]["metrics"][0]:  # headline: win / loss marks
-                    marks = [MARKS[sig.get(t, {}).get(v, {}).get("mark", "no effect")] for v in variants]  # fmt: skip
-                    cells = [c + m for c, m in zip(cells, marks, strict=True)]
+                    marks = {
+                        v: (sig.get(t, {}).get(v) or {}).get("mark", "no effect") for v in variants
+                    }
+                    cells = [c + MARKS[marks[v]] for c, v in zip(cells, variants, strict=True)]
                 lines.append("| " + " | ".join([fam, t, metric, *cells, best]) + " |")
     return "\n".join(lines)
 
@@ -181,7 +183,8 @@ def significance_table(results: dict[str, Any]) -> str:
     cols = ["Dataset", "Task", "Metric", *others]
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for fam, task, metric, row in _sig_rows(results):
-        lines.append("| " + " | ".join([fam, task, metric, *(_ci(row.get(v)) for v in others)]) + " |")  # fmt: skip
+        cells = [fam, task, metric, *(_ci(row.get(v)) for v in others)]
+        lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -382,8 +385,9 @@ def write_report(results: dict[str, Any], out: Path) -> None:
         "|---|---|---|---|---|---|---|---|",
     ]
     for name, t in results["tasks"].items():
-        excl = t.get("graph_exclusion")
-        excl = f"{excl} ({t.get('graph_excluded_posts', 0):,} posts, {t.get('graph_excluded_pairs', 0):,} pairs)" if excl else "—"  # fmt: skip
+        excl = t.get("graph_exclusion") or "—"
+        if "graph_excluded_posts" in t:
+            excl += f" ({t['graph_excluded_posts']:,} posts, {t['graph_excluded_pairs']:,} pairs)"
         lines.append(
             f"| {name} | {t['family']} | {t['n_train']:,} | {t['n_val']:,} | {t['n_test']:,} | {t['n_classes']} | {', '.join(t['metrics'])} | {excl} |"
         )
