@@ -79,4 +79,4 @@ def test_presets_carry_both_controls_and_state_the_user_filter(name):
     cfg = PipelineConfig.from_sources(path, [])
     assert [len(c) for c in cfg.controls().values()] == [2]
     assert "min_user_hashtags" in path.read_text() and "max_user_hashtags" in path.read_text()
-    assert all(s.exclusion == "posts" for s in cfg.eval.tasks if s.type == "hashtag")
+    assert all(s.exclusion == "strict" for s in cfg.eval.tasks if s.type == "hashtag")
