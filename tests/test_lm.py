@@ -195,6 +195,37 @@ def test_length_grouped_batches_cover_every_index_once():
     )
 
 
+def test_training_batches_grouped_pad_less_and_are_seeded():
+    from ntulm.lm.data import training_batches
+
+    lengths = np.random.default_rng(0).integers(3, 60, size=400)
+
+    def padding(batches):
+        return sum(int(lengths[b].max()) * len(b) - int(lengths[b].sum()) for b in batches)
+
+    grouped = training_batches(lengths, LMConfig(batch_size=16), np.random.default_rng(1))
+    plain = training_batches(
+        lengths, LMConfig(batch_size=16, group_by_length=False), np.random.default_rng(1)
+    )
+    for batches in (grouped, plain):
+        assert sorted(np.concatenate(batches).tolist()) == list(range(400))
+    assert padding(grouped) < padding(plain) / 4
+    again = training_batches(lengths, LMConfig(batch_size=16), np.random.default_rng(1))
+    assert all((a == b).all() for a, b in zip(grouped, again, strict=True))
+
+
+def test_train_dtype_auto_follows_native_bf16(monkeypatch):
+    from ntulm.lm.config import resolve_dtype
+
+    for avx512_bf16, amx, want in ((False, False, "float32"), (True, False, "bfloat16")):
+        monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda v=avx512_bf16: v)
+        monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda v=amx: v)
+        assert resolve_dtype("auto", "cpu") == want
+        assert resolve_dtype("float32", "cpu") == "float32"
+    with pytest.raises(ValueError, match="train_dtype"):
+        LMConfig(train_dtype="float16")
+
+
 # ---------------------------------------------------------------------------- model
 def test_one_more_position_than_tokens_and_ntu_slot_never_labelled(backbone, ntu, tokenizer):
     model = _model(backbone, ntu)
@@ -285,8 +316,16 @@ def test_finetune_save_load_identical_and_deterministic(backbone, ntu, tmp_path)
     np.testing.assert_array_equal(a, NTULM.load(tmp_path / "copy").encode(posts, batch_size=4))
 
 
-def test_resume_reaches_the_same_result(backbone, ntu, tmp_path):
-    cfg = _cfg(backbone, max_epochs=2, checkpoint_every=2, patience=5)
+@pytest.mark.parametrize(
+    "opts",
+    [
+        {"train_dtype": "float32"},
+        {"train_dtype": "bfloat16"},  # autocast: still bit-exact on resume
+        {"train_dtype": "bfloat16", "group_by_length": False},
+    ],
+)
+def test_resume_reaches_the_same_result(backbone, ntu, tmp_path, opts):
+    cfg = _cfg(backbone, max_epochs=2, checkpoint_every=2, patience=5, **opts)
     finetune(_posts(), cfg, tmp_path / "full", ntu=ntu)
 
     class Stop(Exception):
@@ -313,6 +352,55 @@ def test_resume_reaches_the_same_result(backbone, ntu, tmp_path):
         NTULM.load(tmp_path / "cut").encode(posts),
         atol=1e-6,
     )
+
+
+def test_bfloat16_training_keeps_float32_weights_and_state(backbone, ntu, tmp_path):
+    class Stop(Exception):
+        pass
+
+    def interrupt(step: int) -> None:
+        if step == 4:
+            raise Stop
+
+    cfg = _cfg(backbone, checkpoint_every=2, train_dtype="bfloat16")
+    with pytest.raises(Stop):
+        finetune(_posts(), cfg, tmp_path / "bf16", ntu=ntu, on_step=interrupt)
+    # The checkpoint holds tensors and plain values only: it loads without unpickling objects.
+    saved = torch.load(tmp_path / "bf16" / "checkpoint.pt", weights_only=True)
+    assert all(v.dtype == torch.float32 for v in saved["model"].values() if v.is_floating_point())
+    moments = [t for st in saved["optimizer"]["state"].values() for t in st.values() if t.ndim]
+    assert moments and all(t.dtype == torch.float32 for t in moments)
+    res16 = finetune(_posts(), cfg, tmp_path / "bf16", ntu=ntu, resume=True)
+    res32 = finetune(_posts(), _cfg(backbone, train_dtype="float32"), tmp_path / "f32", ntu=ntu)
+    assert (res16.train_dtype, res32.train_dtype) == ("bfloat16", "float32")
+    # bf16 arithmetic really ran (the runs differ) and lands close to float32.
+    assert res16.eval_bits != res32.eval_bits
+    assert res16.eval_bits[0] == pytest.approx(res32.eval_bits[0], abs=0.1)
+    model = NTULM.load(tmp_path / "bf16")
+    assert all(p.dtype == torch.float32 for p in model.parameters())
+
+
+def test_resume_refuses_another_config_and_removes_orphan_tmp(backbone, ntu, tmp_path):
+    from ntulm.errors import ConfigError
+
+    class Stop(Exception):
+        pass
+
+    def interrupt(step: int) -> None:
+        if step == 3:
+            raise Stop
+
+    out = tmp_path / "m"
+    cfg = _cfg(backbone, checkpoint_every=2, train_dtype="float32")
+    with pytest.raises(Stop):
+        finetune(_posts(), cfg, out, ntu=ntu, on_step=interrupt)
+    orphan = out / ".checkpoint.pt.k2j4x.tmp"  # as left by a run killed while saving
+    orphan.write_bytes(b"half a checkpoint")
+    other = _cfg(backbone, checkpoint_every=2, train_dtype="bfloat16")
+    with pytest.raises(ConfigError, match="another configuration or dtype"):
+        finetune(_posts(), other, out, ntu=ntu, resume=True)
+    assert not orphan.exists()
+    assert finetune(_posts(), cfg, out, ntu=ntu, resume=True).steps == 5
 
 
 def test_no_ntu_baseline_and_post_concat(backbone, ntu, tmp_path):

@@ -61,7 +61,17 @@ class LMConfig(StageConfig):
         1.0, gt=0.0, le=1.0, description="keep each post read with this probability (seeded)"
     )
     checkpoint_every: int = Field(500, ge=0, description="checkpoint every N steps (0: per epoch)")
+    group_by_length: bool = Field(
+        True,
+        description="batches of posts of similar length (little padding); false: random batches",
+    )
     group_size: int = Field(50, ge=1, description="length grouping: batches per sorted mega-batch")
+    train_dtype: Literal["auto", "float32", "bfloat16"] = Field(
+        "auto",
+        description="compute dtype of fine-tuning: bfloat16 autocast (weights and optimizer state "
+        "stay float32); auto: bfloat16 where the device has native bf16 (CPU: AVX-512 BF16 or "
+        "AMX; CUDA: compute capability 8.0+), else float32",
+    )
     seed: int = Field(13, description="seed of the split, batch order, masking and dropout")
     num_threads: int = Field(0, ge=0, description="torch CPU threads (0: torch default)")
     progress: bool = Field(True, description="show progress bars")
@@ -85,6 +95,24 @@ class LMConfig(StageConfig):
         if self.max_length < 3:
             raise ValueError("max_length: must leave room for [CLS], one token and [SEP]")
         return self
+
+
+def native_bf16(device: str = "cpu") -> bool:
+    """Whether ``device`` computes bfloat16 natively, so that bf16 autocast is faster than float32
+    (elsewhere it is emulated and slower)."""
+    import torch
+
+    if device == "cuda":
+        return torch.cuda.is_available() and torch.cuda.is_bf16_supported(including_emulation=False)
+    cpu = torch.cpu
+    return bool(cpu._is_avx512_bf16_supported() or cpu._is_amx_tile_supported())
+
+
+def resolve_dtype(name: str, device: str = "cpu") -> str:
+    """``auto`` -> ``bfloat16`` where :func:`native_bf16`, else ``float32``; others unchanged."""
+    if name == "auto":
+        return "bfloat16" if native_bf16(device) else "float32"
+    return name
 
 
 def resolve_backbone(name: str) -> str:

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from ntulm.lm.config import TextNormConfig
+from ntulm.lm.config import LMConfig, TextNormConfig
 from ntulm.lm.text import normalize_text
 
 if TYPE_CHECKING:
@@ -129,3 +129,13 @@ def length_grouped_batches(
         batches.extend(chunk[i : i + batch_size] for i in range(0, len(chunk), batch_size))
     perm = rng.permutation(len(batches))
     return [batches[i] for i in perm]
+
+
+def training_batches(
+    lengths: np.ndarray, cfg: LMConfig, rng: np.random.Generator
+) -> list[np.ndarray]:
+    """One epoch of index batches: length-grouped (``cfg.group_by_length``) or random."""
+    if cfg.group_by_length:
+        return length_grouped_batches(lengths, cfg.batch_size, cfg.group_size, rng)
+    order = rng.permutation(len(lengths))
+    return [order[i : i + cfg.batch_size] for i in range(0, len(order), cfg.batch_size)]

@@ -3,15 +3,20 @@
 - a held-out split by post (seeded); held-out masks fixed once, so every model evaluated on the
   same posts is scored on the identical masked positions (perplexity in bits, Table 2);
 - if the backbone had no MLM head, ``head_warmup_steps`` head-only steps with the encoder frozen;
-- AdamW with linear warm-up/decay, dynamic padding, length-grouped batches, the MLM head applied
-  only at masked positions;
+- AdamW with linear warm-up/decay, dynamic padding, length-grouped batches (``group_by_length``),
+  the MLM head applied only at masked positions;
+- bfloat16 autocast where the device has native bf16 (``train_dtype``): matmuls run in bf16, the
+  weights, gradients and AdamW state stay float32; held-out bits are always scored in float32;
 - evaluation each epoch, early stopping, the best epoch saved to ``out_dir``;
 - an atomic checkpoint every ``checkpoint_every`` steps and per epoch. Batch order, masking and
-  dropout are seeded per epoch / per step, so ``resume=True`` reaches the same weights.
+  dropout are seeded per epoch / per step, so ``resume=True`` reaches the same weights. The
+  checkpoint holds tensors and plain values only and is loaded with ``weights_only=True``.
 """
 
 from __future__ import annotations
 
+import contextlib
+import json
 import logging
 import math
 import shutil
@@ -27,7 +32,7 @@ from tqdm.auto import tqdm
 
 from ntulm.artifacts import atomic_path, is_done, mark_done, read_json, write_json
 from ntulm.errors import ConfigError
-from ntulm.lm.config import LMConfig
+from ntulm.lm.config import LMConfig, resolve_dtype
 from ntulm.lm.data import (
     fixed_eval_masks,
     length_grouped_batches,
@@ -35,6 +40,7 @@ from ntulm.lm.data import (
     ntu_vectors,
     pad,
     tokenize,
+    training_batches,
 )
 from ntulm.lm.model import NTULM
 
@@ -65,6 +71,7 @@ class FinetuneResult:
     train_seconds: float = 0.0
     overlap_train: float = 0.0  # fraction of posts with at least one known NTU
     overlap_eval: float = 0.0
+    train_dtype: str = "float32"  # the resolved compute dtype of the fine-tuning steps
 
     @property
     def tokens_per_s(self) -> float:
@@ -119,6 +126,14 @@ def evaluate_bits(
     return total / count / math.log(2) if count else math.nan
 
 
+def _autocast(device: torch.device, dtype: str) -> contextlib.AbstractContextManager:
+    """bf16 autocast for ``dtype="bfloat16"`` (matmuls in bf16, reductions and the loss in
+    float32; the float32 weights are cast on the fly, so gradients reach them in float32)."""
+    if dtype == "bfloat16":
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
 def _optimizer(model: NTULM, cfg: LMConfig) -> torch.optim.Optimizer:
     decay, no_decay = [], []
     for name, p in model.named_parameters():
@@ -134,7 +149,13 @@ def _optimizer(model: NTULM, cfg: LMConfig) -> torch.optim.Optimizer:
 
 
 def _head_warmup(
-    model: NTULM, cfg: LMConfig, tokens: list[np.ndarray], e_ntu, device, steps: int
+    model: NTULM,
+    cfg: LMConfig,
+    tokens: list[np.ndarray],
+    e_ntu,
+    device,
+    steps: int,
+    dtype: str = "float32",
 ) -> None:
     """Train only the new MLM head (its transform and bias; the decoder is the frozen word
     embeddings) with the encoder frozen: a fresh head learns much faster this way."""
@@ -147,7 +168,7 @@ def _head_warmup(
     bar = tqdm(total=steps, desc="head warm-up", disable=not cfg.progress, unit="step")
     for step in range(steps):
         if not batches:
-            batches = length_grouped_batches(lengths, cfg.batch_size, cfg.group_size, rng)
+            batches = training_batches(lengths, cfg, rng)
         idx = batches.pop()
         torch.manual_seed(cfg.seed * 1_000_003 - step - 1)
         ids, mask, e = _batch(
@@ -159,13 +180,23 @@ def _head_warmup(
         )
         if not (labels != -100).any():
             continue
-        loss, _ = model.mlm_loss(masked.to(device), mask, labels.to(device), e, encoder_grad=False)
+        with _autocast(device, dtype):
+            loss, _ = model.mlm_loss(
+                masked.to(device), mask, labels.to(device), e, encoder_grad=False
+            )
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
         bar.update()
         bar.set_postfix(loss=f"{float(loss.detach()):.3f}")
     bar.close()
+
+
+def _run_key(cfg: LMConfig, dtype: str) -> str:
+    """What a checkpoint must match to be resumed: the config (less display and thread
+    settings) and the resolved dtype."""
+    keep = cfg.model_dump(mode="json", exclude={"progress", "num_threads"})
+    return json.dumps({"config": keep, "dtype": dtype}, sort_keys=True)
 
 
 def finetune(
@@ -194,6 +225,8 @@ def finetune(
         if cfg.device == "auto"
         else cfg.device
     )
+    dtype = resolve_dtype(cfg.train_dtype, device.type)
+    log.info("fine-tuning on %s in %s (train_dtype=%s)", device, dtype, cfg.train_dtype)
     torch.manual_seed(cfg.seed)
     model, head_new = NTULM.from_backbone(cfg, ntu.dim if ntu is not None else None)
     model.ntu = ntu
@@ -220,6 +253,7 @@ def finetune(
         len(ev),
         overlap_train=float(overlap[tr].mean()),
         overlap_eval=float(overlap[ev].mean()),
+        train_dtype=dtype,
     )
     log.info(
         "%d training posts, %d held out; NTU overlap %.1f%% / %.1f%%",
@@ -253,8 +287,17 @@ def finetune(
         "result": res.to_json(),
     }
     ckpt = out / CHECKPOINT
+    run_key = _run_key(cfg, dtype)
+    for orphan in out.glob(f".{CHECKPOINT}.*.tmp"):  # left by a run killed while saving
+        log.info("removing unfinished checkpoint %s", orphan)
+        orphan.unlink(missing_ok=True)
     if resume and ckpt.exists():
-        saved = torch.load(ckpt, map_location=device, weights_only=False)
+        saved = torch.load(ckpt, map_location=device, weights_only=True)
+        if saved.get("run") != run_key:
+            raise ConfigError(
+                f"{ckpt}: made with another configuration or dtype; resume with the same "
+                "config, or delete the checkpoint to start again"
+            )
         model.load_state_dict(saved["model"])
         opt.load_state_dict(saved["optimizer"])
         sched.load_state_dict(saved["scheduler"])
@@ -275,7 +318,7 @@ def finetune(
         if resume:
             log.warning("%s: no checkpoint, starting from scratch", ckpt)
         if head_new and cfg.head_warmup_steps:
-            _head_warmup(model, cfg, train_tok, e_tr, device, cfg.head_warmup_steps)
+            _head_warmup(model, cfg, train_tok, e_tr, device, cfg.head_warmup_steps, dtype)
             res.head_warmup_steps = cfg.head_warmup_steps
         res.initial_eval_bits = evaluate_bits(model, eval_masks, e_ev, cfg.batch_size * 2)
         log.info("held-out before fine-tuning: %.4f bits", res.initial_eval_bits)
@@ -287,6 +330,7 @@ def finetune(
             "optimizer": opt.state_dict(),
             "scheduler": sched.state_dict(),
             "state": state,
+            "run": run_key,
         }
         with atomic_path(ckpt) as tmp:
             torch.save(payload, tmp)
@@ -298,9 +342,7 @@ def finetune(
     )
     while not state["stopped"] and state["epoch"] < cfg.max_epochs and state["step"] < total:
         epoch = state["epoch"]
-        batches = length_grouped_batches(
-            lengths, cfg.batch_size, cfg.group_size, np.random.default_rng([cfg.seed, epoch])
-        )
+        batches = training_batches(lengths, cfg, np.random.default_rng([cfg.seed, epoch]))
         while state["batch"] < len(batches) and state["step"] < total:
             t0 = time.perf_counter()
             idx, step = batches[state["batch"]], state["step"]
@@ -313,7 +355,8 @@ def finetune(
                 ids.cpu(), mask.cpu(), model.tokenizer, cfg.mlm_probability, gen
             )
             if (labels != -100).any():
-                loss, _ = model.mlm_loss(masked.to(device), mask, labels.to(device), e)
+                with _autocast(device, dtype):
+                    loss, _ = model.mlm_loss(masked.to(device), mask, labels.to(device), e)
                 loss.backward()
                 torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
                 opt.step()
