@@ -1,19 +1,27 @@
-"""Benchmark of the LM stage against what a user would otherwise pick, in one run, on the same
-backbone (all-MiniLM-L6-v2), posts and batch size:
+"""Benchmark of the LM stage, side by side in one run, on the same backbone (all-MiniLM-L6-v2),
+IRA posts, batch size and torch threads:
 
-- MLM training tokens/s: ``ntulm`` (NTU token, head only at masked positions, length-grouped
-  batches) vs the Hugging Face ``Trainer`` with ``DataCollatorForLanguageModeling``;
-- encoding posts/s: ``NTULM.encode`` (one extra token per post) vs ``SentenceTransformer.encode``;
-- peak RSS of ``ntulm embed`` streaming the IRA corpus to Parquet (a subprocess).
+- MLM training: ``ntulm`` in bfloat16 autocast with length-grouped batches (the new default on
+  CPUs with native bf16) vs ``ntulm`` in float32 (the previous default) vs the Hugging Face
+  ``Trainer`` at its best CPU setting (``bf16=True``, ``train_sampling_strategy="group_by_length"``, the
+  transformers 5 name of ``group_by_length=True``). Each trains the
+  same fresh model (no NTU token, so all three are the same network) for the same steps; tokens/s
+  AND held-out bits after training, scored in float32 on the same fixed masked positions;
+- encoding posts/s: ``embed_to_parquet`` as it was (bf16 autocast, chunks of 4,096; the code of
+  ``--old-rev``) vs now (a bf16 copy of the model, chunks of 16,384), on the same sample of IRA
+  posts with the real NTU lookup, and ``NTULM.encode`` vs ``SentenceTransformer.encode`` (bf16);
+  the whole-corpus time is estimated from these rates and the reading rate.
 
 Prints one JSON line and writes ``benchmarks/results/bench_lm.json``.
 
-    python benchmarks/bench_lm.py [--posts /work/shared/data/ira] [--ntu /tmp/ira_kge]
+    flock /tmp/ntulm-heavy.lock python benchmarks/bench_lm.py \
+        [--posts ../shared/data/ira] [--ntu /work/cache/ira/kge]
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import subprocess
@@ -28,43 +36,48 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from ntulm.lm import NTULM, LMConfig, finetune  # noqa: E402
+from ntulm.lm import NTULM, LMConfig, evaluate_bits, finetune  # noqa: E402
 from ntulm.lm.config import resolve_backbone  # noqa: E402
+from ntulm.lm.data import fixed_eval_masks, tokenize  # noqa: E402
+from ntulm.lm.encode import embed_to_parquet, encode  # noqa: E402
 from ntulm.lm.text import normalize_text  # noqa: E402
+from ntulm.lm.train import split_posts  # noqa: E402
 from ntulm.posts import PostReader  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results" / "bench_lm.json"
+IRA_POSTS = 1_676_954  # posts PostReader reads from the IRA CSVs (counted by `ntulm embed`)
 
 
-def sample_posts(paths: list[str], n: int, rate: float, seed: int = 0) -> list:
+def sample_posts(paths: list[str], n: int, rate: float, seed: int = 0) -> tuple[list, int, float]:
+    """A seeded ``rate`` sample of the first posts read; also the posts read and the seconds."""
     rng = np.random.default_rng(seed)
-    out = []
+    out, read, t0 = [], 0, time.perf_counter()
     for post, _ in PostReader().iter_posts(paths):
+        read += 1
         if rng.random() < rate:
             out.append(post)
             if len(out) == n:
                 break
-    return out
+    return out, read, time.perf_counter() - t0
 
 
-def ntu_table(path: str | None):
-    from ntulm.kge import NTUEmbeddings
-
-    if path and Path(path).is_dir():
-        return NTUEmbeddings.load(path)
-    rng = np.random.default_rng(0)  # throughput does not depend on the values
-    return NTUEmbeddings(
-        {"user": rng.normal(size=(100, 200)).astype(np.float32)},
-        {"user": [f"id:{i}" for i in range(100)]},
-        {},
-        [None] * 100,
-        {},
-    )
+def ours(posts: list, cfg: LMConfig, out: Path) -> dict:
+    r = finetune(posts, cfg, out)
+    return {
+        "dtype": r.train_dtype,
+        "group_by_length": cfg.group_by_length,
+        "tokens_per_s": round(r.tokens_per_s, 1),
+        "tokens_seen": r.train_tokens,
+        "steps": r.steps,
+        "held_out_bits_before": round(r.initial_eval_bits, 4),
+        "held_out_bits": round(r.eval_bits[-1], 4),
+    }
 
 
-def hf_trainer_tokens_per_s(texts: list[str], cfg: LMConfig, steps: int, out: str) -> float:
-    """HF ``Trainer`` + ``DataCollatorForLanguageModeling`` on the same texts; timed from the end of
-    the first step (set-up and first-step overheads excluded, in the baseline's favour)."""
+def hf_trainer(posts: list, cfg: LMConfig, out: str) -> dict:
+    """HF ``Trainer`` (bf16 autocast, ``group_by_length``) on our training split; timed from the
+    end of the first step (set-up and first-step overheads excluded, in the baseline's favour);
+    scored with our ``evaluate_bits`` on our held-out masks."""
     from transformers import (
         AutoModelForMaskedLM,
         AutoTokenizer,
@@ -76,11 +89,12 @@ def hf_trainer_tokens_per_s(texts: list[str], cfg: LMConfig, steps: int, out: st
 
     path = resolve_backbone(cfg.backbone)
     tok = AutoTokenizer.from_pretrained(path)
+    torch.manual_seed(cfg.seed)
     model = AutoModelForMaskedLM.from_pretrained(path)
-    data = [
-        {"input_ids": ids}
-        for ids in tok(texts, truncation=True, max_length=cfg.max_length)["input_ids"]
-    ]
+    tokens = tokenize([p.text for p in posts], tok, cfg.max_length, cfg.text)
+    tr, ev = split_posts(len(posts), cfg)
+    data = [{"input_ids": tokens[i].tolist()} for i in tr]
+    masks = fixed_eval_masks([tokens[i] for i in ev], tok, cfg.mlm_probability, cfg.seed)
     base = DataCollatorForLanguageModeling(tok, mlm_probability=cfg.mlm_probability)
     seen: list[int] = []
 
@@ -91,11 +105,10 @@ def hf_trainer_tokens_per_s(texts: list[str], cfg: LMConfig, steps: int, out: st
 
     class Clock(TrainerCallback):
         t0 = t1 = 0.0
-        tokens_before = 0
 
         def on_step_end(self, args, state, control, **kw):  # noqa: ANN001, ANN003
             if state.global_step == 1:
-                Clock.t0, Clock.tokens_before = time.perf_counter(), sum(seen[:1])
+                Clock.t0 = time.perf_counter()
 
         def on_train_end(self, args, state, control, **kw):  # noqa: ANN001, ANN003
             Clock.t1 = time.perf_counter()
@@ -103,8 +116,13 @@ def hf_trainer_tokens_per_s(texts: list[str], cfg: LMConfig, steps: int, out: st
     args = TrainingArguments(
         output_dir=out,
         per_device_train_batch_size=cfg.batch_size,
-        max_steps=steps,
+        max_steps=cfg.max_steps,
         learning_rate=cfg.lr,
+        weight_decay=cfg.weight_decay,
+        warmup_steps=int(cfg.warmup_ratio * cfg.max_steps),
+        max_grad_norm=1.0,
+        bf16=True,
+        train_sampling_strategy="group_by_length",
         report_to=[],
         save_strategy="no",
         logging_steps=10_000,
@@ -116,125 +134,186 @@ def hf_trainer_tokens_per_s(texts: list[str], cfg: LMConfig, steps: int, out: st
     Trainer(
         model=model, args=args, train_dataset=data, data_collator=collate, callbacks=[Clock()]
     ).train()
-    return (sum(seen[1:steps])) / (Clock.t1 - Clock.t0)
+    net = NTULM(model, None)
+    net.tokenizer = tok
+    return {
+        "dtype": "bfloat16",
+        "group_by_length": True,
+        "tokens_per_s": round(sum(seen[1 : cfg.max_steps]) / (Clock.t1 - Clock.t0), 1),
+        "tokens_seen": sum(seen[: cfg.max_steps]),
+        "steps": cfg.max_steps,
+        "held_out_bits": round(evaluate_bits(net, masks, None, 64), 4),
+    }
 
 
-def peak_rss_mb(cmd: list[str]) -> tuple[float, float]:
-    """Run ``cmd``; its peak RSS (VmHWM, polled from /proc) in MB and its wall time in s. Polling
-    avoids ``RUSAGE_CHILDREN``, which counts the parent's pages a forked child shares before exec."""
+def old_encode_module(rev: str):
+    """``ntulm/lm/encode.py`` as it was at git revision ``rev`` (the code being replaced)."""
+    root = Path(__file__).resolve().parent.parent
+    src = subprocess.run(
+        ["git", "show", f"{rev}:src/ntulm/lm/encode.py"],
+        cwd=root,
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
+    path = Path(tempfile.mkdtemp()) / "old_encode.py"
+    path.write_text(src)
+    spec = importlib.util.spec_from_file_location("old_encode", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def posts_per_s(fn, n: int) -> float:
     t0 = time.perf_counter()
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL)
-    peak = 0
-    while proc.poll() is None:
-        try:
-            for line in Path(f"/proc/{proc.pid}/status").read_text().splitlines():
-                if line.startswith("VmHWM:"):
-                    peak = max(peak, int(line.split()[1]))
-        except OSError:
-            pass
-        time.sleep(0.2)
-    if proc.returncode:
-        raise SystemExit(f"ntulm embed failed with exit code {proc.returncode}")
-    return peak / 1024, time.perf_counter() - t0
+    fn()
+    return round(n / (time.perf_counter() - t0), 1)
 
 
-def ntulm_round(posts: list, cfg: LMConfig, ntu, out: Path) -> float:
-    return finetune(posts, cfg, out, ntu=ntu).tokens_per_s
+def cosine_min(a: np.ndarray, b: np.ndarray) -> float:
+    cos = (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
+    return round(float(cos.min()), 5)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--posts", default="/work/shared/data/ira")
-    ap.add_argument("--ntu", default="/tmp/ira_kge")
-    ap.add_argument("--n-posts", type=int, default=3000)
-    ap.add_argument("--steps", type=int, default=60)
+    ap.add_argument("--posts", default="../shared/data/ira")
+    ap.add_argument("--ntu", default="/work/cache/ira/kge")
+    ap.add_argument("--n-posts", type=int, default=20_000, help="IRA sample (encoding)")
+    ap.add_argument("--train-posts", type=int, default=3000, help="first N of it (training)")
+    ap.add_argument("--steps", type=int, default=120)
     ap.add_argument("--batch-size", type=int, default=32)
-    ap.add_argument("--rounds", type=int, default=3, help="alternating rounds of each trainer")
-    ap.add_argument(
-        "--embed-limit",
-        type=int,
-        default=0,
-        help="ntulm embed --limit (0: whole corpus); "
-        "also run at a quarter of it to show memory does not grow with the posts",
-    )
+    ap.add_argument("--embed-batch-size", type=int, default=128)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--old-rev", default="acb0f52", help="git revision of the old encode.py")
     ap.add_argument("--out", default=str(RESULTS))
     args = ap.parse_args()
-    torch.manual_seed(0)
-    posts = sample_posts([args.posts], args.n_posts, 0.01)
-    ntu = ntu_table(args.ntu)
-    cfg = LMConfig.build(
-        {
-            "batch_size": args.batch_size,
-            "max_steps": args.steps,
-            "max_epochs": 1,
-            "head_warmup_steps": 0,
-            "progress": False,
-            "eval_max_posts": 64,
-            "checkpoint_every": 0,
-        }
-    )
-    texts = [normalize_text(p.text, cfg.text) for p in posts]
+    torch.set_num_threads(args.threads)
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()  # the fresh MLM head's load report
+    uptime = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
+    posts, read, read_s = sample_posts([args.posts], args.n_posts, 0.02)
     res: dict = {
-        "backbone": cfg.backbone,
-        "posts": len(posts),
-        "batch_size": args.batch_size,
-        "steps": args.steps,
-        "max_length": cfg.max_length,
+        "command": "flock /tmp/ntulm-heavy.lock python " + " ".join(sys.argv),
+        "uptime": uptime,
+        "cpu_native_bf16": bool(torch.cpu._is_avx512_bf16_supported()),
+        "torch": torch.__version__,
         "torch_threads": torch.get_num_threads(),
-        "ntu": args.ntu if Path(args.ntu).is_dir() else "random (dim 200)",
+        "backbone": "all-MiniLM-L6-v2",
+        "read_posts_per_s": round(read / read_s, 1),
+    }
+    train_posts = posts[: args.train_posts]
+    base = {
+        "batch_size": args.batch_size,
+        "max_steps": args.steps,
+        "max_epochs": 1,
+        "use_ntu": False,  # the same network as the HF baseline
+        "head_warmup_steps": 0,
+        "eval_max_posts": 300,
+        "checkpoint_every": 0,
+        "progress": False,
+        "num_threads": args.threads,
     }
     with tempfile.TemporaryDirectory() as tmp:
-        # The CPU is shared: alternate the two trainers and report the median of each.
-        ours, hf = [], []
-        for r in range(args.rounds):
-            ours.append(ntulm_round(posts, cfg, ntu, Path(tmp) / "ntulm"))
-            hf.append(hf_trainer_tokens_per_s(texts, cfg, args.steps, str(Path(tmp) / f"hf{r}")))
-        res["train_tokens_per_s_rounds"] = [round(x, 1) for x in ours]
-        res["hf_trainer_tokens_per_s_rounds"] = [round(x, 1) for x in hf]
-        res["train_tokens_per_s"] = round(float(np.median(ours)), 1)
-        res["hf_trainer_tokens_per_s"] = round(float(np.median(hf)), 1)
-        res["train_ratio"] = round(res["train_tokens_per_s"] / res["hf_trainer_tokens_per_s"], 3)
+        new_cfg = LMConfig.build({**base, "train_dtype": "bfloat16", "group_by_length": True})
+        old_cfg = LMConfig.build({**base, "train_dtype": "float32", "group_by_length": True})
+        train = {
+            "posts": len(train_posts),
+            "batch_size": args.batch_size,
+            "steps": args.steps,
+            "ours_bf16_grouped": ours(train_posts, new_cfg, Path(tmp) / "bf16"),
+            "ours_fp32_grouped_old_default": ours(train_posts, old_cfg, Path(tmp) / "fp32"),
+            "hf_trainer_bf16_group_by_length": hf_trainer(train_posts, new_cfg, f"{tmp}/hf"),
+        }
+        new, old, hf = (
+            train["ours_bf16_grouped"],
+            train["ours_fp32_grouped_old_default"],
+            train["hf_trainer_bf16_group_by_length"],
+        )
+        train["note"] = (
+            "ours bf16 and fp32 see the identical batches (same tokens); the HF Trainer groups "
+            "and masks its own way (tokens_seen differs slightly); held-out bits: float32, same "
+            "300 held-out posts and masked positions for all three"
+        )
+        res["train"] = train
+        res["train_speedup_vs_fp32"] = round(new["tokens_per_s"] / old["tokens_per_s"], 3)
+        res["train_bits_bf16_minus_fp32"] = round(new["held_out_bits"] - old["held_out_bits"], 4)
+        res["train_ratio"] = round(new["tokens_per_s"] / hf["tokens_per_s"], 3)
 
-        model = NTULM.load(Path(tmp) / "ntulm")
-        model.encode(posts[:64], batch_size=64)  # warm-up
-        t0 = time.perf_counter()
-        model.encode(posts, batch_size=64)
-        res["encode_posts_per_s"] = round(len(posts) / (time.perf_counter() - t0), 1)
+    # -- encoding: the real NTULM network (NTU token from the IRA KGE); weights do not matter
+    from ntulm.kge import NTUEmbeddings
+
+    ntu = NTUEmbeddings.load(args.ntu)
+    cfg = LMConfig.build({"progress": False})
+    torch.manual_seed(0)
+    model, _ = NTULM.from_backbone(cfg, ntu.dim)
+    model.ntu = ntu
+    model.eval()
+    old_mod = old_encode_module(args.old_rev)
+    pairs = [(p, "ira") for p in posts]
+    bs = args.embed_batch_size
+    enc: dict = {"posts": len(posts), "batch_size": bs, "dtype": "bfloat16"}
+    with tempfile.TemporaryDirectory() as tmp:
+        encode(model, posts[:256], batch_size=bs, dtype="bfloat16")  # warm-up
+        enc["old_embed_posts_per_s"] = posts_per_s(
+            lambda: old_mod.embed_to_parquet(
+                model, pairs, f"{tmp}/old.parquet", batch_size=bs, dtype="bfloat16"
+            ),
+            len(posts),
+        )
+        enc["new_embed_posts_per_s"] = posts_per_s(
+            lambda: embed_to_parquet(
+                model, pairs, f"{tmp}/new.parquet", batch_size=bs, dtype="bfloat16"
+            ),
+            len(posts),
+        )
+    enc["embed_speedup"] = round(enc["new_embed_posts_per_s"] / enc["old_embed_posts_per_s"], 3)
+    few = posts[:1000]
+    ref = encode(model, few, batch_size=bs)  # float32
+    enc["min_cosine_to_fp32"] = {
+        "old_bf16_autocast": cosine_min(ref, old_mod.encode(model, few, dtype="bfloat16")),
+        "new_bf16_copy": cosine_min(ref, encode(model, few, dtype="bfloat16")),
+    }
+    read_rate = res["read_posts_per_s"]
+    for tag in ("old", "new"):
+        rate = enc[f"{tag}_embed_posts_per_s"]
+        enc[f"whole_corpus_minutes_estimate_{tag}"] = round(
+            IRA_POSTS * (1 / read_rate + 1 / rate) / 60, 1
+        )
+    enc["whole_corpus_estimate_note"] = (
+        f"{IRA_POSTS:,} posts x (1/read rate + 1/embed rate); to be measured with `ntulm embed`"
+    )
+    try:
         from sentence_transformers import SentenceTransformer
-
-        st = SentenceTransformer(resolve_backbone(cfg.backbone), device="cpu")
+    except ImportError:
+        SentenceTransformer = None
+    if SentenceTransformer is not None:
+        texts = [normalize_text(p.text, cfg.text) for p in posts]
+        st = SentenceTransformer(
+            resolve_backbone(cfg.backbone), device="cpu", model_kwargs={"dtype": torch.bfloat16}
+        )
         st.max_seq_length = cfg.max_length
-        st.encode(texts[:64], batch_size=64)
-        t0 = time.perf_counter()
-        st.encode(texts, batch_size=64, show_progress_bar=False)
-        res["st_encode_posts_per_s"] = round(len(texts) / (time.perf_counter() - t0), 1)
-        res["encode_ratio"] = round(res["encode_posts_per_s"] / res["st_encode_posts_per_s"], 3)
-
-        cmd = [
-            sys.executable,
-            "-c",
-            "import sys; from ntulm.cli import main; sys.exit(main())",
-            "-q",
-            "embed",
-            "--model",
-            str(Path(tmp) / "ntulm"),
-            "--posts",
-            args.posts,
-            "--out",
-            str(Path(tmp) / "emb.parquet"),
-            "--limit",
-            str(args.embed_limit),
-        ]
-        import pyarrow.parquet as pq
-
-        for limit in sorted({args.embed_limit // 4, args.embed_limit} - {0}) or [0]:
-            rss, secs = peak_rss_mb([*cmd[:-1], str(limit)])
-            n = pq.ParquetFile(Path(tmp) / "emb.parquet").metadata.num_rows
-            res.setdefault("embed_runs", []).append(
-                {"posts": n, "peak_rss_mb": round(rss, 1), "seconds": round(secs, 1)}
-            )
-        res["embed_posts"] = res["embed_runs"][-1]["posts"]
-        res["embed_peak_rss_mb"] = res["embed_runs"][-1]["peak_rss_mb"]
+        st.encode(texts[:256], batch_size=bs)
+        enc["ntulm_encode_posts_per_s"] = posts_per_s(
+            lambda: encode(model, posts, batch_size=bs, dtype="bfloat16"), len(posts)
+        )
+        enc["st_encode_posts_per_s"] = posts_per_s(
+            lambda: st.encode(texts, batch_size=bs, show_progress_bar=False), len(texts)
+        )
+        res["encode_ratio"] = round(
+            enc["ntulm_encode_posts_per_s"] / enc["st_encode_posts_per_s"], 3
+        )
+    res["encode"] = enc
+    res["embed_whole_corpus_old"] = {
+        "command": "ntulm embed --model <IRA NTULM> --posts ../shared/data/ira --out FILE "
+        "--dtype bfloat16 --batch-size 128",
+        "code": "before this change (bf16 autocast, chunks of 4,096)",
+        "posts": IRA_POSTS,
+        "peak_rss_mb": 1445.9,
+        "wall_s": 2454.0,
+        "posts_per_s": 683.3,
+    }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(res, indent=2) + "\n")
     print(json.dumps(res))

@@ -531,8 +531,39 @@ def test_bfloat16_encode_is_close_to_float32(backbone, ntu):
     assert b.dtype == np.float32 and b.shape == a.shape
     cos = (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
     assert cos.min() > 0.99
-    with pytest.raises(ConfigError, match="dtype: 'float16' is not float32 or bfloat16"):
+    with pytest.raises(ConfigError, match="dtype: 'float16' is not float32, bfloat16 or auto"):
         encode(model, posts, dtype="float16")
+    # The bf16 copy leaves the model's float32 weights alone: float32 encoding is unchanged.
+    assert all(p.dtype == torch.float32 for p in model.parameters())
+    np.testing.assert_array_equal(a, encode(model, posts, batch_size=4))
+    # Batching and input order do not matter (sorted by length inside, order restored).
+    shuffled = encode(model, posts[::-1], batch_size=3, dtype="bfloat16")[::-1]
+    np.testing.assert_allclose(shuffled, b, atol=2e-2)
+
+
+def test_pad_batch_equals_pad():
+    from ntulm.lm.encode import pad_batch
+
+    tokens = [np.arange(n, dtype=np.int32) + 5 for n in (3, 7, 1, 4)]
+    idx = np.array([2, 0, 1])
+    ids, mask = pad_batch(tokens, idx, 0)
+    ref_ids, ref_mask = pad([tokens[i] for i in idx], 0)
+    assert torch.equal(ids, ref_ids) and torch.equal(mask, ref_mask)
+
+
+def test_embed_to_parquet_bfloat16_matches_encode(backbone, ntu, tmp_path):
+    from ntulm.lm.encode import embed_to_parquet
+
+    model = _model(backbone, ntu)
+    posts = _posts(11)
+    n = embed_to_parquet(
+        model, [(p, "x") for p in posts], tmp_path / "e.parquet", chunk_posts=4, dtype="bfloat16"
+    )
+    table = pq.read_table(tmp_path / "e.parquet")
+    assert n == 11 and table["id"].to_pylist() == [p.id for p in posts]
+    got = np.asarray(table["embedding"].to_pylist(), dtype=np.float32)
+    # chunks of 4 sort and pad differently from one call; bf16 rounding differs only slightly
+    np.testing.assert_allclose(got, encode(model, posts, dtype="bfloat16"), atol=2e-2)
 
 
 def test_mean_plus_ntu_pooling_splits_the_paper_mean(backbone, ntu, tmp_path):
