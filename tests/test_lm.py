@@ -533,7 +533,7 @@ def test_bfloat16_encode_is_close_to_float32(backbone, ntu):
     assert cos.min() > 0.99
     with pytest.raises(ConfigError, match="dtype: 'float16' is not float32, bfloat16 or auto"):
         encode(model, posts, dtype="float16")
-    # The bf16 copy leaves the model's float32 weights alone: float32 encoding is unchanged.
+    # bf16 encoding leaves the model's float32 weights alone: float32 encoding is unchanged.
     assert all(p.dtype == torch.float32 for p in model.parameters())
     np.testing.assert_array_equal(a, encode(model, posts, batch_size=4))
     # Batching and input order do not matter (sorted by length inside, order restored).
