@@ -69,6 +69,20 @@ class EmbeddingTable:
         self.state[uniq] = state
         self.weight[uniq] -= (lr / (state.sqrt() + ADAGRAD_EPS)).unsqueeze(1) * grads
 
+    def dense_grads(self, num_ids: int) -> bool:
+        """Whether a step touching ``num_ids`` ids should use a full-table gradient buffer.
+
+        When the ids cover the table (small tables, big batches) a dense buffer needs no
+        ``unique`` / position lookup and the step is one pass over the table."""
+        return self.num_rows <= 4 * num_ids
+
+    def dense_step(self, grads: torch.Tensor, lr: float) -> None:
+        """Row-wise Adagrad with a full-table gradient (n, d). Rows whose gradient is zero do
+        not move (state += 0, weight -= 0): the same as :meth:`step` on the touched rows."""
+        # ‖g_i‖² / d instead of g.pow(2).mean(1): no (n, d) temporary.
+        self.state += torch.linalg.vector_norm(grads, dim=1).square_().div_(grads.shape[1])
+        self.weight.addcdiv_(grads, (self.state.sqrt() + ADAGRAD_EPS).unsqueeze(1), value=-lr)
+
     def update(self, ids: torch.Tensor, grads: torch.Tensor, lr: float) -> None:
         """Sum ``grads`` (k, d) of possibly repeated ``ids`` (k,) per row and take one step."""
         uniq = self.unique(ids)
@@ -135,11 +149,14 @@ def _side_grad(
     scores.index_put_(mask_idx, scores.new_tensor(-float("inf")))
     if loss_fn == "logistic":
         # -log σ(-s) = softplus(s); d/ds = σ(s). The positive term is added once, by the caller.
-        # bf16 scores: sum in bf16 (fp32 accumulation inside, half the memory traffic of an fp32
-        # sum; the loss is only reported, never differentiated).
-        per_edge = F.softplus(scores).sum(dim=2).to(w.dtype)  # (C, B)
-        loss = (per_edge * w).sum() * neg_scale
+        # softplus(s) = max(s, 0) - log σ(|s|) and σ(|s|) = 0.5 + |σ(s) - 0.5|: the loss comes
+        # from the σ(s) the gradient needs anyway, instead of a second transcendental pass
+        # (F.softplus) over the (C, B, K) scores; as exact (log of a number in [0.5, 1]).
+        # bf16 scores: sums in bf16 (fp32 accumulation inside; the loss is only reported).
+        per_edge = scores.clamp(min=0).sum(dim=2).to(w.dtype)  # (C, B)
         torch.sigmoid(scores, out=scores)
+        log_sig_abs = (scores - 0.5).abs_().add_(0.5).log_().sum(dim=2).to(w.dtype)
+        loss = ((per_edge - log_sig_abs) * w).sum() * neg_scale
         scores.mul_((w * neg_scale).unsqueeze(2).to(scores.dtype))
         return float(loss), None
     # softmax (PBG): -log softmax of the positive among [pos, negatives], per side.
@@ -196,7 +213,8 @@ def chunk_grads(
         d_pos = dpos_r + dpos_l
     # s_r, s_l now hold d loss / d scores.
     d_lhs_aug = torch.bmm(s_r, cand_r_aug).to(dt)  # (C, B, d+1)
-    d_cand_r = torch.bmm(s_r.transpose(1, 2), lhs_aug)[:, :, :d].to(dt)  # (C, K, d)
+    # Contiguous (C, K, d) (not a slice of the (d+1)-wide product): it is scattered next.
+    d_cand_r = torch.bmm(s_r.transpose(1, 2), lhs.to(cd)).to(dt)  # (C, K, d)
     d_q = torch.bmm(s_l, cand_l_c).to(dt)  # (C, B, d)
     d_cand_l = torch.bmm(s_l.transpose(1, 2), q_c).to(dt)  # (C, K, d)
     d_lhs_rows, g_r_sum = d_lhs_aug[:, :, :d], d_lhs_aug[:, :, d:]  # g_r_sum: (C, B, 1)
