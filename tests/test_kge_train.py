@@ -157,3 +157,45 @@ def test_cli_broken_graph_artifact(graph, tmp_path, capsys):
     rc = main(["-q", "train-kge", "--graph", str(broken), "--out", str(tmp_path / "o")])
     assert rc == 2
     assert "edges.parquet" in capsys.readouterr().err
+
+
+def _crash_after_one_epoch(graph_dir, out, cfg):
+    def crash(epoch: int) -> None:
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train_kge(graph_dir, out, cfg, progress=False, evaluate=False, on_epoch_end=crash)
+    return out / "checkpoints"
+
+
+def test_checkpoint_is_safetensors_and_truncation_is_named_corrupt(graph, tmp_path):
+    cfg = KGEConfig(num_epochs=2, **TINY)
+    ckdir = _crash_after_one_epoch(graph[0], tmp_path / "o", cfg)
+    (ckpt,) = ckdir.iterdir()
+    assert ckpt.name == "epoch_0001.safetensors"  # no pickle anywhere in a checkpoint
+    data = ckpt.read_bytes()
+    ckpt.write_bytes(data[: len(data) // 2])
+    with pytest.raises(ArtifactError, match=r"epoch_0001\.safetensors: corrupt checkpoint"):
+        train_kge(graph[0], tmp_path / "o", cfg, resume=True, progress=False, evaluate=False)
+
+
+def test_resume_removes_orphan_checkpoint_tmp(graph, tmp_path):
+    cfg = KGEConfig(num_epochs=2, **TINY)
+    ckdir = _crash_after_one_epoch(graph[0], tmp_path / "o", cfg)
+    orphan = ckdir / ".epoch_0002.safetensors.abc123.tmp"  # a run killed mid-write
+    orphan.write_bytes(b"partial")
+    _, metrics = train_kge(graph[0], tmp_path / "o", cfg, resume=True, progress=False)
+    assert metrics["train"]["epochs"] == 2
+    assert not orphan.exists()
+    assert [p.name for p in ckdir.iterdir()] == ["epoch_0002.safetensors"]
+
+
+def test_zero_epochs_rejected_at_validation(graph, tmp_path, capsys):
+    with pytest.raises(ValueError, match="num_epochs"):
+        KGEConfig(num_epochs=0)
+    rc = main(
+        ["-q", "train-kge", "--graph", str(graph[0]), "--out", str(tmp_path / "o")]
+        + ["num_epochs=0"]
+    )
+    assert rc == 2
+    assert "num_epochs" in capsys.readouterr().err

@@ -35,7 +35,7 @@ class KGEConfig(StageConfig):
     relation_lr: float | None = Field(
         None, gt=0, description="Adagrad learning rate of the relation vectors (default: lr)"
     )
-    num_epochs: int = Field(10, ge=0, description="passes over the training edges")
+    num_epochs: int = Field(10, ge=1, description="passes over the training edges")
     batch_size: int = Field(100_000, ge=1, description="edges per optimizer step")
     num_batch_negs: int = Field(
         500, ge=1, description="chunk size: edges of a chunk serve as each other's negatives"

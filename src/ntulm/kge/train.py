@@ -9,6 +9,7 @@ A checkpoint is written atomically after every ``checkpoint_every`` epochs.
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections.abc import Callable
@@ -16,6 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
 from ntulm.artifacts import DONE, atomic_path, fingerprint, mark_done, write_json
@@ -199,22 +202,56 @@ class KGETrainer:
         self.state = TrainState(**sd["state"])
 
     def save_checkpoint(self, out_dir: Path) -> Path:
+        """Tensors in safetensors, the counters and config fingerprint as JSON in its metadata:
+        nothing in a checkpoint is executable (no pickle)."""
         ckdir = out_dir / CHECKPOINTS
         ckdir.mkdir(parents=True, exist_ok=True)
-        path = ckdir / f"epoch_{self.state.epoch:04d}.pt"
+        path = ckdir / f"epoch_{self.state.epoch:04d}.safetensors"
+        sd = self.state_dict()
+        tensors = {f"relations.{k}": v for k, v in sd["relations"].items()}
+        for t, tab in sd["tables"].items():
+            tensors.update({f"table.{t}.{k}": v for k, v in tab.items()})
+        meta = {"state": json.dumps(sd["state"]), "config_fingerprint": sd["config_fingerprint"]}
         with atomic_path(path) as tmp:
-            torch.save(self.state_dict(), tmp)
-        for old in ckdir.glob("epoch_*.pt"):  # keep the latest only
+            save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp), metadata=meta)
+        for old in ckdir.glob("epoch_*"):  # keep the latest only
             if old != path:
                 old.unlink()
         return path
 
     def resume(self, out_dir: Path) -> bool:
-        found = sorted((out_dir / CHECKPOINTS).glob("epoch_*.pt"))
+        ckdir = out_dir / CHECKPOINTS
+        for orphan in ckdir.glob(".epoch_*.tmp"):  # left by a run killed while writing
+            log.info("removing unfinished checkpoint %s", orphan)
+            orphan.unlink()
+        if sorted(ckdir.glob("epoch_*.pt")):
+            raise ArtifactError(
+                f"{ckdir}: holds a checkpoint of an older ntulm (epoch_*.pt, pickle); "
+                "it is not loaded: delete it to start over"
+            )
+        found = sorted(ckdir.glob("epoch_*.safetensors"))
         if not found:
             return False
-        self.load_state_dict(torch.load(found[-1], weights_only=False))
-        log.info("resumed from %s (epoch %d done)", found[-1], self.state.epoch)
+        path = found[-1]
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                meta = f.metadata() or {}
+                tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118
+            sd = {
+                "tables": {
+                    t: {k: tensors[f"table.{t}.{k}"] for k in ("weight", "state")}
+                    for t in self.tables
+                },
+                "relations": {k: tensors[f"relations.{k}"] for k in ("weight", "state")},
+                "state": json.loads(meta["state"]),
+                "config_fingerprint": meta["config_fingerprint"],
+            }
+        except Exception as exc:  # safetensors raises its own error types for damaged files
+            raise ArtifactError(
+                f"{path}: corrupt checkpoint ({type(exc).__name__}: {exc}); delete it to start over"
+            ) from None
+        self.load_state_dict(sd)
+        log.info("resumed from %s (epoch %d done)", path, self.state.epoch)
         return True
 
     def embeddings(self, graph: GraphData) -> NTUEmbeddings:
