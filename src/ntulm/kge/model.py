@@ -134,7 +134,7 @@ class ChunkGrads:
     loss: float
     d_lhs: torch.Tensor  # (C, K, d): grads of the lhs candidates (chunk rows, then uniform)
     d_rhs: torch.Tensor  # (C, K, d): grads of the rhs candidates
-    d_rel: torch.Tensor  # (C, B, d): grads of each edge's relation vector
+    d_rel: torch.Tensor  # (R, d): grads of the relation vectors, summed over the group
 
 
 def _side_grad(
@@ -172,7 +172,8 @@ def _side_grad(
 def chunk_grads(
     cand_lhs: torch.Tensor,  # (C, K, d) lhs rows: the chunk's B edges, then U uniform negatives
     cand_rhs: torch.Tensor,  # (C, K, d) rhs rows, same layout
-    rel: torch.Tensor,  # (C, B, d) relation vector of each edge
+    rel_ids: torch.Tensor,  # (C, B) relation of each edge
+    rel_table: torch.Tensor,  # (R, d) relation vectors
     cand_lhs_ids: torch.Tensor,  # (C, K) node ids, for masking positive-equal candidates
     cand_rhs_ids: torch.Tensor,  # (C, K)
     weight: torch.Tensor,  # (C, B) loss weight of each edge
@@ -182,21 +183,34 @@ def chunk_grads(
 ) -> ChunkGrads:
     """Loss (to minimise: minus Eq. 2 for logistic) and gradients for a group of chunks.
 
-    Edge ``i`` of chunk ``c`` is (cand_lhs[c, i], rel[c, i], cand_rhs[c, i]); every candidate
-    of the chunk (K = B + U per side) corrupts every edge of the chunk."""
-    C, B, d = rel.shape
-    K = cand_lhs.shape[1]
-    dt, cd = rel.dtype, compute_dtype
-    lhs, rhs = cand_lhs[:, :B], cand_rhs[:, :B]  # (C, B, d)
+    Edge ``i`` of chunk ``c`` is (cand_lhs[c, i], rel_table[rel_ids[c, i]], cand_rhs[c, i]);
+    every candidate of the chunk (K = B + U per side) corrupts every edge of the chunk.
+
+    The in-batch blocks of the two sides share one product: with l, v the chunk's lhs / rhs
+    rows, r_i the relation of edge i and M = l·vᵀ (B, B),
+
+        rhs corruption  s_r[i, j] = l_i·v_j + l_i·r_i = M[i, j] + l_i·r_i
+        lhs corruption  s_l[i, j] = (v_i + r_i)·l_j = M[j, i] + r_i·l_j
+
+    and in the backward pass their score gradients meet in H = G_r + G_lᵀ (B, B): dl = H·v + ...,
+    dv = Hᵀ·l + .... So the in-batch part costs 3 (B, B, d) matmuls instead of 6, a quarter of
+    all the matmul work at B = U. The r-terms go through the R relation vectors (R ≪ B)."""
+    C, B = rel_ids.shape
+    K, d = cand_lhs.shape[1:]
+    R = rel_table.shape[0]
+    dt, cd = cand_lhs.dtype, compute_dtype
+    onehot = F.one_hot(rel_ids, R).to(dt)  # (C, B, R)
+    rel = rel_table[rel_ids]  # (C, B, d)
+    lhs, uni_l = cand_lhs[:, :B], cand_lhs[:, B:]  # (C, B, d), (C, U, d)
+    rhs, uni_r = cand_rhs[:, :B], cand_rhs[:, B:]
     q = rhs + rel  # (C, B, d) translated rhs: f = lhs · q
     pos = (lhs * q).sum(dim=2)  # (C, B)
-    # rhs corruption: f(u, r, v') = u·v' + u·r = [u, u·r]·[v', 1], so one matmul gives the
-    # scores with the u·r term, and its backward gives Σ_j g_ij in the extra column for free.
-    lhs_aug = torch.cat([lhs, (lhs * rel).sum(dim=2, keepdim=True)], dim=2).to(cd)  # (C, B, d+1)
-    cand_r_aug = torch.cat([cand_rhs, cand_rhs.new_ones(C, K, 1)], dim=2).to(cd)  # (C, K, d+1)
-    q_c, cand_l_c = q.to(cd), cand_lhs.to(cd)
-    s_r = torch.bmm(lhs_aug, cand_r_aug.transpose(1, 2))  # (C, B, K)
-    s_l = torch.bmm(q_c, cand_l_c.transpose(1, 2))  # (C, B, K) lhs corruption: f = u'·q
+    lhs_c, rhs_c, q_c, ul_c, ur_c = (x.to(cd) for x in (lhs, rhs, q, uni_l, uni_r))
+    m = torch.bmm(lhs_c, rhs_c.transpose(1, 2))  # (C, B, B) M[i, j] = l_i·v_j
+    lr = (lhs * rel).sum(dim=2).to(cd).unsqueeze(2)  # (C, B, 1) l_i·r_i
+    r_dot_l = torch.bmm(onehot.to(cd), rel_table.to(cd) @ lhs_c.transpose(1, 2))  # r_i·l_j
+    s_r = torch.cat([m, torch.bmm(lhs_c, ur_c.transpose(1, 2))], dim=2).add_(lr)  # (C, B, K)
+    s_l = torch.cat([m.transpose(1, 2) + r_dot_l, torch.bmm(q_c, ul_c.transpose(1, 2))], dim=2)
 
     neg_scale = 1.0 / K if loss_fn == "logistic" and neg_reduction == "mean" else 1.0
     mask_r = positive_equal(cand_rhs_ids, B)
@@ -211,19 +225,27 @@ def chunk_grads(
         d_pos = -torch.sigmoid(-pos) * weight
     else:
         d_pos = dpos_r + dpos_l
-    # s_r, s_l now hold d loss / d scores.
-    d_lhs_aug = torch.bmm(s_r, cand_r_aug).to(dt)  # (C, B, d+1)
-    # Contiguous (C, K, d) (not a slice of the (d+1)-wide product): it is scattered next.
-    d_cand_r = torch.bmm(s_r.transpose(1, 2), lhs.to(cd)).to(dt)  # (C, K, d)
-    d_q = torch.bmm(s_l, cand_l_c).to(dt)  # (C, B, d)
-    d_cand_l = torch.bmm(s_l.transpose(1, 2), q_c).to(dt)  # (C, K, d)
-    d_lhs_rows, g_r_sum = d_lhs_aug[:, :, :d], d_lhs_aug[:, :, d:]  # g_r_sum: (C, B, 1)
-    d_lhs_rows = d_lhs_rows + g_r_sum * rel + d_pos.unsqueeze(2) * q
-    d_q += d_pos.unsqueeze(2) * lhs
-    d_rel = d_q + g_r_sum * lhs  # q = v + r
-    d_cand_l[:, :B] += d_lhs_rows
-    d_cand_r[:, :B] += d_q  # dv = dq
-    return ChunkGrads(loss=loss, d_lhs=d_cand_l, d_rhs=d_cand_r, d_rel=d_rel)
+    # s_r, s_l now hold d loss / d scores: G_r, G_l.
+    g_r_in, g_r_u = s_r[:, :, :B], s_r[:, :, B:]
+    g_l_in, g_l_u = s_l[:, :, :B], s_l[:, :, B:]
+    h = g_r_in + g_l_in.transpose(1, 2)  # (C, B, B)
+    g_r_sum = s_r.sum(dim=2).to(dt).unsqueeze(2)  # (C, B, 1) d loss / d (l_i·r_i)
+    d_pos = d_pos.unsqueeze(2)
+    # lhs rows: as edge lhs (s_r: Σ_j G_r[i, j] (v_j + r_i)) and as in-batch lhs candidates
+    # (s_l: Σ_i G_l[i, j] (v_i + r_i)).
+    d_l = torch.baddbmm(torch.bmm(h, rhs_c), g_r_u, ur_c).to(dt)  # (C, B, d)
+    gl_t_onehot = torch.bmm(g_l_in.transpose(1, 2), onehot.to(cd)).to(dt)  # (C, B, R)
+    d_l += gl_t_onehot @ rel_table + g_r_sum * rel + d_pos * q
+    # rhs rows: as edge rhs (through q) and as in-batch rhs candidates (s_r).
+    p = torch.bmm(g_l_u, ul_c).to(dt)  # (C, B, d) uniform part of d loss / d q_i
+    d_r = torch.bmm(h.transpose(1, 2), lhs_c).to(dt) + p + d_pos * lhs
+    # relation vectors: d r_i = d q_i + G_r-row-sum_i · l_i; d q_i = (G_l_in · l)_i + p_i + ...
+    oh_t = onehot.transpose(1, 2)  # (C, R, B)
+    d_rel = torch.bmm(torch.bmm(oh_t.to(cd), g_l_in), lhs_c).to(dt)  # (C, R, d)
+    d_rel += torch.bmm(oh_t, p + (d_pos + g_r_sum) * lhs)
+    d_cand_r = torch.cat([d_r, torch.bmm(g_r_u.transpose(1, 2), lhs_c).to(dt)], dim=1)
+    d_cand_l = torch.cat([d_l, torch.bmm(g_l_u.transpose(1, 2), q_c).to(dt)], dim=1)
+    return ChunkGrads(loss=loss, d_lhs=d_cand_l, d_rhs=d_cand_r, d_rel=d_rel.sum(dim=0))
 
 
 def positive_equal(cand_ids: torch.Tensor, B: int) -> tuple[torch.Tensor, ...]:

@@ -128,7 +128,6 @@ class KGETrainer:
         else:
             grad_r, pos_r, uniq_r = self._grad_buffer(rt, n_r, [rhs, uni_r])
         d_rel = torch.zeros_like(self.rel.weight)
-        rel_ids = torch.arange(len(self.relations)).unsqueeze(1)  # (R, 1)
         per_group = max(1, GROUP_EDGES // B)
         groups = [(s, min(s + per_group, n_full)) for s in range(0, n_full, per_group)]
         if n_full < len(chunks):
@@ -144,7 +143,8 @@ class KGETrainer:
             g = chunk_grads(
                 lt.weight.index_select(0, flat_l).view(c, -1, d),
                 rt.weight.index_select(0, flat_r).view(c, -1, d),
-                self.rel.weight.index_select(0, relid.reshape(-1)).view(c, bb, d),
+                relid,
+                self.rel.weight,
                 ids_l,
                 ids_r,
                 weight[batch[e0:e1]].view(c, bb),
@@ -155,9 +155,7 @@ class KGETrainer:
             loss += g.loss
             grad_l.index_add_(0, pos_l(flat_l), g.d_lhs.reshape(-1, d))
             grad_r.index_add_(0, pos_r(flat_r), g.d_rhs.reshape(-1, d))
-            # Few relations: a (R, c*bb) one-hot matmul beats a scatter into R rows.
-            onehot = (relid.reshape(1, -1) == rel_ids).to(g.d_rel.dtype)
-            d_rel += onehot @ g.d_rel.reshape(-1, d)
+            d_rel += g.d_rel
         for tab, grad, uniq in ((lt, grad_l, uniq_l), (rt, grad_r, uniq_r)):
             if uniq is None:
                 tab.dense_step(grad, cfg.lr)
