@@ -9,7 +9,7 @@ import torch.nn.functional as F
 import ntulm.kge.train as kge_train
 from ntulm.kge import KGEConfig
 from ntulm.kge.data import load_graph, loss_weights, split_edges
-from ntulm.kge.model import EmbeddingTable, _side_grad
+from ntulm.kge.model import EmbeddingTable, _side_grad, chunk_grads
 from ntulm.kge.synthetic import write_planted_graph
 
 CFG = dict(
@@ -85,3 +85,25 @@ def test_logistic_loss_from_sigmoid_is_exact_at_extreme_scores():
     loss, _ = _side_grad(s.clone(), torch.zeros(1, 1), (empty,) * 3, w, "logistic", 1.0)
     expected = float(F.softplus(s.double()).sum()) * 1.5
     assert loss == pytest.approx(expected, rel=1e-6)
+
+
+@pytest.mark.parametrize("loss_fn", ["logistic", "softmax"])
+def test_bfloat16_matmuls_track_float32(loss_fn):
+    # compute_dtype=bfloat16 runs every product of chunk_grads in bf16 (tables stay float32):
+    # same gradients as float32 up to bf16 rounding, no dtype mix-ups on any path.
+    gen = torch.Generator().manual_seed(0)
+    C, B, U, d, n = 3, 6, 4, 8, 12
+    lhs, rhs = torch.randn(n, d, generator=gen), torch.randn(n, d, generator=gen)
+    rel = torch.randn(2, d, generator=gen)
+    ids_l, ids_r = (
+        torch.randint(n, (C, B + U), generator=gen),
+        torch.randint(n, (C, B + U), generator=gen),
+    )
+    rel_ids, w = torch.randint(2, (C, B), generator=gen), torch.rand(C, B, generator=gen)
+    args = (lhs[ids_l], rhs[ids_r], rel_ids, rel, ids_l, ids_r, w, loss_fn, "mean")
+    full = chunk_grads(*args, compute_dtype=torch.float32)
+    half = chunk_grads(*args, compute_dtype=torch.bfloat16)
+    assert half.d_lhs.dtype == half.d_rhs.dtype == half.d_rel.dtype == torch.float32
+    assert half.loss == pytest.approx(full.loss, rel=2e-2)
+    for a, b in ((half.d_lhs, full.d_lhs), (half.d_rhs, full.d_rhs), (half.d_rel, full.d_rel)):
+        assert float((a - b).norm() / b.norm()) < 3e-2
