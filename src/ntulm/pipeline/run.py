@@ -47,6 +47,7 @@ from ntulm.lm.encode import encode, output_dim
 from ntulm.lm.model import NTULM
 from ntulm.lm.train import CHECKPOINT, finetune
 from ntulm.pipeline.config import PipelineConfig, VariantSpec
+from ntulm.pipeline.progress import StageLog
 from ntulm.posts import Post
 from ntulm.posts.rows import PostsTable
 
@@ -78,6 +79,7 @@ class Pipeline:
         self.ran: list[str] = []
         self.timings: dict[str, float] = {}
         self._memo: dict[str, dict[tuple, np.ndarray]] = {}
+        self.stage = StageLog(enabled=progress)
 
     # -- data and tasks --------------------------------------------------------------------
     def read_corpus(self) -> PostsTable:
@@ -189,7 +191,8 @@ class Pipeline:
             t = time.perf_counter()
             # resume a crashed fine-tune from its checkpoint; a fresh one starts quietly
             resume = (d / CHECKPOINT).exists()
-            res = finetune(sample, lcfg, d, ntu=emb if v.use_ntu else None, resume=resume)
+            quiet = lcfg.model_copy(update={"progress": lcfg.progress and self.progress})
+            res = finetune(sample, quiet, d, ntu=emb if v.use_ntu else None, resume=resume)
             self.timings[f"finetune {v.name}{suffix}"] = time.perf_counter() - t
             _mark(d, fp, result=res.to_json())
             self.ran.append(f"finetune {v.name}{suffix}")
@@ -256,7 +259,13 @@ class Pipeline:
     ) -> list[dict[str, Any]]:
         """Every variant on every task and seed; ``models`` maps model variants to (model, fp)."""
         runs = []
-        for v in self.cfg.variants:
+        for k, v in enumerate(self.cfg.variants):
+            self.stage(
+                f"evaluate {v.name}: embed and train the MLPs on {len(tasks)} task(s) x "
+                f"{len(seeds)} seed(s)",
+                "evaluate",
+                len(self.cfg.variants) - k - 1,
+            )
             model, fp = models[v.post_concat_of or v.model_of or v.name]
             for spec, task in tasks:
                 arrays = self.embeddings(v, model, fp, task, emb)
@@ -269,6 +278,13 @@ class Pipeline:
                         variant=v.name, family=_family(spec, task), finetune_seed=finetune_seed
                     )
                     runs.append(res)
+            # free the encoder memo of a model and pooling no later variant embeds with
+            later = {
+                f"{models[u.post_concat_of or u.model_of or u.name][1]}:{u.pooling}"
+                for u in self.cfg.variants[k + 1 :]
+            }
+            for key in [key for key in self._memo if key not in later]:
+                del self._memo[key]
         return runs
 
     def _encode(
@@ -314,11 +330,18 @@ def run_pipeline(
     p.out.mkdir(parents=True, exist_ok=True)
     write_text(p.out / "config.json", cfg.to_json() + "\n")
     t0 = time.perf_counter()
+    ft_seeds = cfg.seeds if cfg.finetune_per_seed else [cfg.lm.seed]
+    n_ft, n_ev = len(cfg.model_variants()) * len(ft_seeds), len(cfg.variants) * len(ft_seeds)
+    p.stage.n = 5 + n_ft + n_ev
+    p.stage("posts: reading the corpus into the posts table")
     table = p.read_corpus()
+    p.stage("tasks: building the downstream tasks")
     tasks = p.build_tasks(table)
     exclude = sorted({i for _, t in tasks for i in t.exclude_from_graph})
     edges = sorted({e for _, t in tasks for e in t.exclude_edges}, key=str)
+    p.stage("graph: building the NTU graph from the posts table")
     graph_fp = p.graph(exclude, edges)
+    p.stage(f"kge: training NTU embeddings ({cfg.kge.num_epochs} epochs)")
     emb, kge_fp = p.kge(graph_fp)
 
     sample = finetune_sample(table, tasks, cfg)
@@ -326,12 +349,16 @@ def run_pipeline(
     overlap_types = cfg.overlap_types()
     flags = overlap_flags(tasks, emb, overlap_types)
 
-    ft_seeds = cfg.seeds if cfg.finetune_per_seed else [cfg.lm.seed]
     runs: list[dict[str, Any]] = []
     lm_results: dict[str, list[dict]] = {}
     for ft_seed in ft_seeds:
         models: dict[str, tuple[NTULM, str]] = {}
         for v in cfg.model_variants():
+            n_ft -= 1
+            steps = (
+                f"{cfg.lm.max_steps} steps" if cfg.lm.max_steps else f"{cfg.lm.max_epochs} epochs"
+            )
+            p.stage(f"fine-tune {v.name} (seed {ft_seed}, {steps})", "fine-tune", n_ft)
             d, fp, res = p.finetune(v, ft_seed, sample, emb, kge_fp)
             lm_results.setdefault(v.name, []).append(res)
             models[v.name] = (NTULM.load(d, ntu=emb), fp)
@@ -354,7 +381,9 @@ def run_pipeline(
         },
         "seconds": round(time.perf_counter() - t0, 1),
     }
+    p.stage("report")
     write_report(results, p.out)
+    p.stage.close()
     return results
 
 
