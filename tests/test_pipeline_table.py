@@ -99,3 +99,28 @@ def test_embedding_cache_key_follows_every_split_post(corpus):
     t.val.append(t.train.pop())  # a post moved from one split to another
     seen.add(task_content_key(t))
     assert len(seen) == 8
+
+
+def test_stage_log_counts_stages_and_estimates_what_is_left(caplog, monkeypatch):
+    import logging
+
+    from ntulm.pipeline import progress
+
+    clock = iter([0.0, 0.0, 30.0, 30.0, 41.0, 41.0] + [50.0] * 4)
+    monkeypatch.setattr(progress.time, "perf_counter", lambda: next(clock))
+    with caplog.at_level(logging.INFO, logger="ntulm.pipeline"):
+        stages = progress.StageLog(3)
+        stages("fine-tune A", "fine-tune", 1)
+        stages("fine-tune B", "fine-tune", 0)
+        stages("report")
+    lines = [r.getMessage() for r in caplog.records]
+    assert lines[0].startswith("stage 1/3: fine-tune A (0 s elapsed)")
+    assert (
+        lines[1]
+        == "stage 2/3: fine-tune B (30 s elapsed; ~30 s for this and 0 more fine-tune stage(s))"
+    )
+    assert lines[2].startswith("stage 3/3: report")
+    quiet = progress.StageLog(3, enabled=False)
+    caplog.clear()
+    quiet("x")
+    assert not caplog.records
