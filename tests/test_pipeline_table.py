@@ -69,7 +69,8 @@ def test_tasks_from_the_table_equal_tasks_from_posts(corpus, spec):
         assert set(np.bincount(y).tolist()) == {spec["per_class"]}
         assert all(b.classes[y] not in p.hashtags for p, y in zip(b.test, b.y_test, strict=True))
     if spec["type"] == "retrieval":
-        assert len(b.test) == spec["max_test"] and not b.train and b.info["train_posts_unused"] > 0
+        assert len(b.test) == len(b.train) == spec["max_test"]
+        assert b.info["train_posts_total"] > spec["max_test"]
 
 
 def test_finetune_sample_skips_val_and_test_posts(corpus):

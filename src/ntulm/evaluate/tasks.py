@@ -129,7 +129,7 @@ def _split_task(
     max_test: int = 0,
 ) -> Task:
     """Split the posts at ``kept`` and turn only the ones a split keeps into posts. Retrieval
-    (``max_test``) keeps at most that many test posts (sampled) and no train posts (unused)."""
+    (``max_test``) keeps at most that many test posts and that many train posts (sampled)."""
     strata: list[str] = [labels[i] for i in kept]  # type: ignore[misc]
     authors = None
     if split_by == "author":
@@ -140,12 +140,14 @@ def _split_task(
     index = {c: i for i, c in enumerate(classes)}
     y = np.array([index[s] for s in strata], dtype=np.int64)
     info = {**info, "label": label, "split_by": split_by, "posts_dropped_in_split": dropped}
-    if kind == "retrieval":
-        info["train_posts_unused"] = len(train)
-        train = train[:0]
-        if max_test and len(test) > max_test:
+    if kind == "retrieval" and max_test:
+        if len(test) > max_test:
             rng = np.random.default_rng(seed)
             test = test[np.sort(rng.choice(len(test), max_test, replace=False))]
+        info["train_posts_total"] = len(train)
+        if len(train) > max_test:  # unused by the MLP; kept for design queries (protocol.py)
+            rng = np.random.default_rng([seed, 1])
+            train = train[np.sort(rng.choice(len(train), max_test, replace=False))]
     pos = np.asarray(kept, dtype=np.int64)
     parts = [pos[train], pos[val], pos[test]]
     posts = take(src, np.concatenate(parts))
@@ -215,8 +217,9 @@ def retrieval_task(
     """The Topic task's shape: each test post ranks the other test posts by cosine similarity of
     their embeddings; relevant = same label; MAP. No model is trained.
 
-    Only the test posts are kept, at most ``max_test`` of them (sampled); the size of the unused
-    train split is ``info["train_posts_unused"]``. Split by author, candidates by the query's own
+    At most ``max_test`` test posts (sampled) are ranked. The MLP does not use the train split:
+    a sample of ``max_test`` of its posts is kept (for design queries, ``validation_task``), its
+    full size is ``info["train_posts_total"]``. Split by author, candidates by the query's own
     author are left out of its ranking, so author identity cannot score."""
     src = as_source(posts)
     labels = labels_of(src, label)
