@@ -11,6 +11,7 @@ import yaml
 from transformers import AutoTokenizer, BertConfig, BertForMaskedLM
 
 from ntulm.cli import main
+from ntulm.graph import build as graph_build
 from ntulm.pipeline import paper_variants
 from ntulm.synthetic import write_corpus
 
@@ -41,7 +42,7 @@ def _tweeteval(root):
         (d / f"{split}_labels.txt").write_text("\n".join(str(i % 2) for i in range(n)) + "\n")
 
 
-def test_run_end_to_end_and_reuse(tmp_path, tiny_backbone, capsys):
+def test_run_end_to_end_and_reuse(tmp_path, tiny_backbone, capsys, monkeypatch):
     posts = write_corpus(tmp_path / "posts.jsonl", n_posts=500, users_per_community=8, seed=3)
     _tweeteval(tmp_path / "tweeteval")
     cfg = {
@@ -68,8 +69,14 @@ def test_run_end_to_end_and_reuse(tmp_path, tiny_backbone, capsys):
     }  # fmt: skip
     (tmp_path / "cfg.yaml").write_text(yaml.safe_dump(cfg))
     out = tmp_path / "run"
+    reads = []  # the corpus files are read once, into the table the graph and tasks share
+    real = graph_build.write_posts_table
+    monkeypatch.setattr(
+        graph_build, "write_posts_table", lambda *a, **k: reads.append(a[2]) or real(*a, **k)
+    )
     assert main(["run", "--config", str(tmp_path / "cfg.yaml"), "--out", str(out), "-q"]) == 0
     first = capsys.readouterr().out
+    assert reads == [out / "posts"]
     assert "Table 2" in first and "Traceback" not in first
     res = json.loads((out / "results.json").read_text())
     variants = {r["variant"] for r in res["runs"]}
@@ -120,7 +127,7 @@ def test_run_end_to_end_and_reuse(tmp_path, tiny_backbone, capsys):
     # a second run reuses every stage and gives the same numbers
     assert main(["run", "--config", str(tmp_path / "cfg.yaml"), "--out", str(out), "-q"]) == 0
     second = capsys.readouterr().out
-    assert "stages run: none;" in second
+    assert "stages run: none;" in second and len(reads) == 1
     res2 = json.loads((out / "results.json").read_text())
     assert [r["metrics"] for r in res2["runs"]] == [r["metrics"] for r in res["runs"]]
     # graph/ and kge/ copied into another output directory are reused there (the hashtag

@@ -14,11 +14,10 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from collections import Counter
-from collections.abc import Iterable
 
 import numpy as np
 
+from ntulm.evaluate.source import PostSource, as_source, hashtag_counts, tagged, take
 from ntulm.evaluate.splits import split_indices
 from ntulm.evaluate.tasks import Task
 from ntulm.posts import Post, normalize_hashtag
@@ -56,7 +55,7 @@ def _without(post: Post, tag: str) -> Post:
 
 
 def hashtag_task(
-    posts: Iterable[Post],
+    posts: PostSource,
     top_k: int = 1000,
     per_class: int = 100,
     seed: int = 13,
@@ -74,17 +73,18 @@ def hashtag_task(
     is split train/val/test on its own (``val_frac``, ``test_frac``), so every split is balanced.
     ``exclusion`` is ``"posts"`` (the validation and test posts give no graph edges) or
     ``"strict"`` (also no (test author, removed hashtag) edge; see the module docstring).
+    ``posts`` is a list of posts or a :class:`~ntulm.posts.rows.PostsTable` (the same task).
     """
     if exclusion not in ("posts", "strict"):
         raise ValueError(f"exclusion: {exclusion!r} is not 'posts' or 'strict'")
-    posts = list(posts)
-    counts = Counter(h for p in posts for h in p.hashtags)
+    src = as_source(posts)
+    counts = hashtag_counts(src)
     top = [h for h, _ in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))[:top_k]]
     top_set = set(top)
     candidates: dict[str, list[int]] = {h: [] for h in top}
-    for i, p in enumerate(posts):
-        for h in p.hashtags:
-            if h in top_set and remove_hashtag(p.text, h):
+    for i, text, tags in tagged(src, top):
+        for h in tags:
+            if h in top_set and remove_hashtag(text, h):
                 candidates[h].append(i)
     rng = np.random.default_rng(seed)
     used: set[int] = set()
@@ -98,20 +98,15 @@ def hashtag_task(
         pick = sorted(int(i) for i in rng.choice(free, per_class, replace=False))
         chosen[h] = pick
         used.update(pick)
-    if short:
-        log.warning(
-            "hashtag task: dropped %d of %d top hashtags with < %d usable posts",
-            len(short),
-            len(top),
-            per_class,
-        )
     classes = sorted(chosen)
     if len(classes) < 2:
         raise ValueError(
             f"hashtag task: {len(classes)} hashtag(s) have {per_class} usable posts; "
             "lower per_class or add posts"
         )
-    examples = [_without(posts[i], h) for h in classes for i in chosen[h]]
+    order = [(h, i) for h in classes for i in chosen[h]]
+    originals = take(src, [i for _, i in order])  # only the chosen posts become objects
+    examples = [_without(p, h) for (h, _), p in zip(order, originals, strict=True)]
     strata = [p.labels["hashtag"] for p in examples]
     train, val, test, _ = split_indices(examples, strata, "post", val_frac, test_frac, seed)
     index = {c: k for k, c in enumerate(classes)}

@@ -63,6 +63,20 @@ def split_indices(
     gets about the same label mix. By author, an author's stratum is their most frequent label,
     and a label held by a single author is dropped (it cannot be both trained on and tested).
     """
+    authors = [author_key(p) for p in posts] if split_by == "author" else None
+    return split_keys(authors, strata, split_by, val_frac, test_frac, seed)
+
+
+def split_keys(
+    authors: Sequence[str | None] | None,
+    strata: Sequence[str],
+    split_by: SplitBy,
+    val_frac: float,
+    test_frac: float,
+    seed: int,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+    """:func:`split_indices` on columns: ``authors[i]`` is post i's :func:`author_key` (needed
+    only by author), ``strata[i]`` its label."""
     if not 0.0 <= val_frac < 1.0 or not 0.0 < test_frac < 1.0 or val_frac + test_frac >= 1.0:
         raise ValueError(f"bad split fractions: val_frac={val_frac}, test_frac={test_frac}")
     rng = np.random.default_rng(seed)
@@ -79,8 +93,9 @@ def split_indices(
                 splits[split].append(int(i))
     elif split_by == "author":
         by_author: dict[str, list[int]] = defaultdict(list)
-        for i, post in enumerate(posts):
-            key = author_key(post)
+        if authors is None:
+            raise ValueError("split by author: author keys needed")
+        for i, key in enumerate(authors):
             if key is None:
                 dropped += 1
             else:

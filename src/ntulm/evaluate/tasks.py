@@ -9,15 +9,16 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import numpy as np
 
 from ntulm.evaluate.metrics import is_known_metric
-from ntulm.evaluate.splits import SplitBy, author_key, split_indices
+from ntulm.evaluate.source import PostSource, as_source, authors_of, labels_of, take
+from ntulm.evaluate.splits import SplitBy, author_key, split_keys
 from ntulm.posts import Post
+from ntulm.posts.rows import PostsTable
 
 log = logging.getLogger(__name__)
 
@@ -79,31 +80,33 @@ class Task:
 
 
 def _labelled(
-    posts: Iterable[Post], label: str, min_class_count: int, max_per_class: int, seed: int
-) -> tuple[list[Post], list[str], dict[str, Any]]:
-    """Posts that carry ``label``, classes too small dropped, each class capped (sampled)."""
-    kept = [p for p in posts if p.labels.get(label)]
+    labels: list[str | None], label: str, min_class_count: int, max_per_class: int, seed: int
+) -> tuple[list[int], list[str], dict[str, Any]]:
+    """Positions of the posts that carry ``label``, classes too small dropped, each class capped
+    (sampled), in corpus order; the classes; what was dropped."""
+    kept = [i for i, y in enumerate(labels) if y]
     if not kept:
         raise ValueError(f"no post has the label {label!r}")
-    counts = Counter(p.labels[label] for p in kept)
+    counts = Counter(labels[i] for i in kept)
     small = sorted(c for c, n in counts.items() if n < min_class_count)
     if small:
         log.warning("label %r: dropped classes with < %d posts: %s", label, min_class_count, small)
-        kept = [p for p in kept if p.labels[label] not in small]
+        drop = set(small)
+        kept = [i for i in kept if labels[i] not in drop]
     if max_per_class:
         rng = np.random.default_rng(seed)
         by_class: dict[str, list[int]] = {}
-        for i, p in enumerate(kept):
-            by_class.setdefault(p.labels[label], []).append(i)
+        for k, i in enumerate(kept):
+            by_class.setdefault(labels[i], []).append(k)  # type: ignore[arg-type]
         keep = sorted(
-            int(i)
+            int(k)
             for idx in by_class.values()
-            for i in (
+            for k in (
                 rng.choice(idx, max_per_class, replace=False) if len(idx) > max_per_class else idx
             )
         )
-        kept = [kept[i] for i in keep]
-    classes = sorted({p.labels[label] for p in kept})
+        kept = [kept[k] for k in keep]
+    classes = sorted({labels[i] for i in kept})  # type: ignore[type-var]
     if len(classes) < 2:
         raise ValueError(f"label {label!r}: fewer than 2 classes with >= {min_class_count} posts")
     return kept, classes, {"classes_dropped": small}
@@ -112,7 +115,9 @@ def _labelled(
 def _split_task(
     name: str,
     kind: TaskKind,
-    posts: list[Post],
+    src: list[Post] | PostsTable,
+    kept: list[int],
+    labels: list[str | None],
     label: str,
     classes: list[str],
     split_by: SplitBy,
@@ -121,30 +126,50 @@ def _split_task(
     seed: int,
     metrics: list[str],
     info: dict[str, Any],
+    max_test: int = 0,
 ) -> Task:
-    strata = [p.labels[label] for p in posts]
-    train, val, test, dropped = split_indices(posts, strata, split_by, val_frac, test_frac, seed)
+    """Split the posts at ``kept`` and turn only the ones a split keeps into posts. Retrieval
+    (``max_test``) keeps at most that many test posts and that many train posts (sampled)."""
+    strata: list[str] = [labels[i] for i in kept]  # type: ignore[misc]
+    authors = None
+    if split_by == "author":
+        every = authors_of(src)
+        authors = [every[i] for i in kept]
+        del every
+    train, val, test, dropped = split_keys(authors, strata, split_by, val_frac, test_frac, seed)
     index = {c: i for i, c in enumerate(classes)}
     y = np.array([index[s] for s in strata], dtype=np.int64)
-    pick = lambda idx: [posts[i] for i in idx]  # noqa: E731
+    info = {**info, "label": label, "split_by": split_by, "posts_dropped_in_split": dropped}
+    if kind == "retrieval" and max_test:
+        if len(test) > max_test:
+            rng = np.random.default_rng(seed)
+            test = test[np.sort(rng.choice(len(test), max_test, replace=False))]
+        info["train_posts_total"] = len(train)
+        if len(train) > max_test:  # unused by the MLP; kept for design queries (protocol.py)
+            rng = np.random.default_rng([seed, 1])
+            train = train[np.sort(rng.choice(len(train), max_test, replace=False))]
+    pos = np.asarray(kept, dtype=np.int64)
+    parts = [pos[train], pos[val], pos[test]]
+    posts = take(src, np.concatenate(parts))
+    cut = np.cumsum([len(x) for x in parts])
     return Task(
         name=name,
         kind=kind,
-        train=pick(train),
-        val=pick(val),
-        test=pick(test),
+        train=posts[: cut[0]],
+        val=posts[cut[0] : cut[1]],
+        test=posts[cut[1] :],
         y_train=y[train],
         y_val=y[val],
         y_test=y[test],
         classes=classes,
         metrics=metrics,
         exclude_same_author=kind == "retrieval" and split_by == "author",
-        info={**info, "label": label, "split_by": split_by, "posts_dropped_in_split": dropped},
+        info=info,
     )
 
 
 def classification_task(
-    posts: Iterable[Post],
+    posts: PostSource,
     label: str,
     split_by: SplitBy = "post",
     val_frac: float = 0.1,
@@ -157,12 +182,17 @@ def classification_task(
     """Predict ``post.labels[label]`` from the post embedding (macro-F1 first).
 
     Classes with fewer than ``min_class_count`` posts are dropped; ``max_per_class`` caps each
-    class by sampling (0: no cap). Split stratified by label, by post or by author."""
-    kept, classes, info = _labelled(posts, label, min_class_count, max_per_class, seed)
+    class by sampling (0: no cap). Split stratified by label, by post or by author. ``posts``
+    is a list of posts or a :class:`~ntulm.posts.rows.PostsTable` (the same task either way)."""
+    src = as_source(posts)
+    labels = labels_of(src, label)
+    kept, classes, info = _labelled(labels, label, min_class_count, max_per_class, seed)
     return _split_task(
         name or label,
         "classification",
+        src,
         kept,
+        labels,
         label,
         classes,
         split_by,
@@ -175,7 +205,7 @@ def classification_task(
 
 
 def retrieval_task(
-    posts: Iterable[Post],
+    posts: PostSource,
     label: str,
     split_by: SplitBy = "post",
     seed: int = 13,
@@ -187,14 +217,19 @@ def retrieval_task(
     """The Topic task's shape: each test post ranks the other test posts by cosine similarity of
     their embeddings; relevant = same label; MAP. No model is trained.
 
-    The train split is kept (a supervised projection could use it) but :func:`evaluate_task` only
-    reads the test posts, at most ``max_test`` of them (sampled). Split by author, candidates by
-    the query's own author are left out of its ranking, so author identity cannot score."""
-    kept, classes, info = _labelled(posts, label, min_class_count, 0, seed)
+    At most ``max_test`` test posts (sampled) are ranked. The MLP does not use the train split:
+    a sample of ``max_test`` of its posts is kept (for design queries, ``validation_task``), its
+    full size is ``info["train_posts_total"]``. Split by author, candidates by the query's own
+    author are left out of its ranking, so author identity cannot score."""
+    src = as_source(posts)
+    labels = labels_of(src, label)
+    kept, classes, info = _labelled(labels, label, min_class_count, 0, seed)
     task = _split_task(
         name or f"{label}_retrieval",
         "retrieval",
+        src,
         kept,
+        labels,
         label,
         classes,
         split_by,
@@ -203,12 +238,8 @@ def retrieval_task(
         seed,
         ["map"],
         info,
+        max_test=max_test,
     )
-    if len(task.test) > max_test:
-        rng = np.random.default_rng(seed)
-        keep = np.sort(rng.choice(len(task.test), max_test, replace=False))
-        task.test = [task.test[i] for i in keep]
-        task.y_test = task.y_test[keep]
     if task.exclude_same_author:
         missing = sum(author_key(p) is None for p in task.test)
         if missing:
@@ -216,8 +247,9 @@ def retrieval_task(
     return task
 
 
-def build_tasks(spec: Any, posts: list[Post] | None, seed: int) -> list[Task]:
-    """Tasks for one :class:`~ntulm.evaluate.config.TaskSpec` (``posts`` unused for tweeteval)."""
+def build_tasks(spec: Any, posts: list[Post] | PostsTable | None, seed: int) -> list[Task]:
+    """Tasks for one :class:`~ntulm.evaluate.config.TaskSpec` from a list of posts or a posts
+    table (``posts`` unused for tweeteval)."""
     from ntulm.evaluate.hashtag import hashtag_task
     from ntulm.evaluate.tweeteval import tweeteval_tasks
 

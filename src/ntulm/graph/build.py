@@ -93,14 +93,40 @@ def build_graph(
     config = config or GraphConfig()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "DONE.json").unlink(missing_ok=True)
-    write_text(out / "config.json", config.to_json() + "\n")
+    (out / "DONE.json").unlink(missing_ok=True)  # unfinished until the tables are written
     t0 = time.perf_counter()
     work = Path(tempfile.mkdtemp(prefix=".work-", dir=out))
     try:
         report = read_posts_table(posts, config, work / "posts", out / "rejected.jsonl", progress)
-        table = work / "posts"
         t_read = time.perf_counter() - t0
+        return build_graph_from_table(
+            work / "posts", out, config, posts_report=report.to_json(), read_seconds=t_read, t0=t0
+        )
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def build_graph_from_table(
+    table: str | Path,
+    out_dir: str | Path,
+    config: GraphConfig | None = None,
+    *,
+    posts_report: dict[str, Any] | None = None,
+    read_seconds: float = 0.0,
+    t0: float | None = None,
+) -> dict[str, Any]:
+    """Build the graph artifact from a posts table already written (``posts/table.py``), e.g. the
+    one ``ntulm run`` also builds its tasks from; the posts are not read again. ``posts_report``
+    (the reader's counts) goes into ``stats.json``."""
+    config = config or GraphConfig()
+    t0 = time.perf_counter() if t0 is None else t0
+    table = Path(table)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "DONE.json").unlink(missing_ok=True)
+    write_text(out / "config.json", config.to_json() + "\n")
+    work = Path(tempfile.mkdtemp(prefix=".spill-", dir=out))
+    try:
         con = connect(config, work)
         excluded = _exclude(con, config)
         excluded_pairs = _exclude_edges(con, config)
@@ -116,8 +142,8 @@ def build_graph(
         con.close()
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    stats["posts"] = report.to_json()
-    stats["seconds"] = {"read": round(t_read, 2), "total": round(time.perf_counter() - t0, 2)}
+    stats["posts"] = posts_report or {}
+    stats["seconds"] = {"read": round(read_seconds, 2), "total": round(time.perf_counter() - t0, 2)}
     stats["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
     write_json(out / "stats.json", stats)
     write_json(

@@ -140,11 +140,12 @@ def evaluate_saved(
     if any(v.post_concat_of for v in cfg.variants) and emb is None:
         raise ConfigError("--post-concat needs NTU embeddings: give --ntu KGE_DIR")
 
-    posts = p.read_corpus() if cfg.posts else []
-    if not cfg.posts:
+    table = p.read_corpus() if cfg.posts else None
+    if table is None:
         p.read_report = {"read": 0, "accepted": 0, "rejected": 0}
-    tasks = p.build_tasks(posts)
-    del posts
+    tasks = p.build_tasks(table)
+    if table is not None:
+        table.close()
     overlap_types = cfg.overlap_types()
     flags = overlap_flags(tasks, emb, overlap_types)
     runs = p.evaluate(tasks, loaded, emb, flags, cfg.seeds)

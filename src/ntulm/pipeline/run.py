@@ -24,7 +24,10 @@ Choices (documented in the report):
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -37,14 +40,16 @@ from ntulm.evaluate.config import TaskSpec
 from ntulm.evaluate.controls import control_ntus
 from ntulm.evaluate.runner import evaluate_task
 from ntulm.evaluate.tasks import Task, build_tasks
-from ntulm.graph.build import build_graph, edge_exclusion_lines
+from ntulm.graph.build import build_graph_from_table, edge_exclusion_lines, read_posts_table
 from ntulm.kge import NTUEmbeddings, train_kge
 from ntulm.lm.data import ntu_vectors
 from ntulm.lm.encode import encode, output_dim
 from ntulm.lm.model import NTULM
 from ntulm.lm.train import CHECKPOINT, finetune
 from ntulm.pipeline.config import PipelineConfig, VariantSpec
-from ntulm.posts import Post, PostReader
+from ntulm.pipeline.progress import StageLog
+from ntulm.posts import Post
+from ntulm.posts.rows import PostsTable
 
 log = logging.getLogger(__name__)
 MARK = "PIPELINE.json"
@@ -74,20 +79,39 @@ class Pipeline:
         self.ran: list[str] = []
         self.timings: dict[str, float] = {}
         self._memo: dict[str, dict[tuple, np.ndarray]] = {}
+        self.stage = StageLog(enabled=progress)
 
     # -- data and tasks --------------------------------------------------------------------
-    def read_corpus(self) -> list[Post]:
+    def read_corpus(self) -> PostsTable:
+        """The corpus as a Parquet posts table under ``posts/``, read once and reused: the graph,
+        the tasks and the fine-tuning sample are all built from it."""
         g = self.cfg.graph
-        reader = PostReader(
-            format=g.format, strict=g.strict, max_text_chars=g.max_text_chars,
-            quarantine_path=self.out / "rejected.jsonl",
-        )  # fmt: skip
-        posts = [p for p, _ in reader.iter_posts(self.cfg.posts)]
-        self.read_report = reader.report.to_json()
-        log.info("corpus: %d posts (%d rejected)", len(posts), reader.report.rejected)
-        return posts
+        d = self.out / "posts"
+        reader_cfg = {
+            k: g.model_dump(mode="json")[k] for k in ("format", "strict", "max_text_chars")
+        }
+        fp = fingerprint([self.cfg.posts, reader_cfg])
+        if _fresh(d, fp):
+            self.reused.append("posts")
+            self.read_report = read_json(d / MARK)["report"]
+        else:
+            t = time.perf_counter()
+            if d.exists():
+                shutil.rmtree(d)
+            report = read_posts_table(self.cfg.posts, g, d, d / "rejected.jsonl", self.progress)
+            self.read_report = report.to_json()
+            self.timings["posts"] = time.perf_counter() - t
+            _mark(d, fp, report=self.read_report)
+            self.ran.append("posts")
+        self.posts_fp = fp
+        log.info(
+            "corpus: %d posts (%d rejected)",
+            self.read_report["accepted"],
+            self.read_report["rejected"],
+        )
+        return PostsTable(d, memory_limit=g.memory_limit, threads=g.threads)
 
-    def build_tasks(self, posts: list[Post]) -> list[tuple[TaskSpec, Task]]:
+    def build_tasks(self, posts: PostsTable | list[Post] | None) -> list[tuple[TaskSpec, Task]]:
         tasks = []
         for spec in self.cfg.eval.tasks:
             for task in build_tasks(
@@ -105,6 +129,7 @@ class Pipeline:
 
     # -- stages ------------------------------------------------------------------------------
     def graph(self, exclude: list[str], edges: list[tuple] | None = None) -> str:
+        """The graph, from the posts table :meth:`read_corpus` wrote (not from the files again)."""
         d = self.out / "graph"
         exclude_file = self.out / "exclude_posts.txt"
         write_text(exclude_file, "".join(f"{i}\n" for i in exclude))
@@ -123,7 +148,7 @@ class Pipeline:
             self.reused.append("graph")
         else:
             t = time.perf_counter()
-            build_graph(self.cfg.posts, d, cfg, progress=self.progress)
+            build_graph_from_table(self.out / "posts", d, cfg, posts_report=self.read_report)
             self.timings["graph"] = time.perf_counter() - t
             _mark(d, fp)
             self.ran.append("graph")
@@ -166,7 +191,8 @@ class Pipeline:
             t = time.perf_counter()
             # resume a crashed fine-tune from its checkpoint; a fresh one starts quietly
             resume = (d / CHECKPOINT).exists()
-            res = finetune(sample, lcfg, d, ntu=emb if v.use_ntu else None, resume=resume)
+            quiet = lcfg.model_copy(update={"progress": lcfg.progress and self.progress})
+            res = finetune(sample, quiet, d, ntu=emb if v.use_ntu else None, resume=resume)
             self.timings[f"finetune {v.name}{suffix}"] = time.perf_counter() - t
             _mark(d, fp, result=res.to_json())
             self.ran.append(f"finetune {v.name}{suffix}")
@@ -190,8 +216,7 @@ class Pipeline:
                 v.model_dump(mode="json"),
                 self.cfg.eval.embed_dtype,
                 task.name,
-                [p.id for p in task.test][:50],
-                len(task.train),
+                task_content_key(task),
             ]
         )
         if _fresh(d, fingerprint([fp, "dir"])) and path.exists():
@@ -234,7 +259,13 @@ class Pipeline:
     ) -> list[dict[str, Any]]:
         """Every variant on every task and seed; ``models`` maps model variants to (model, fp)."""
         runs = []
-        for v in self.cfg.variants:
+        for k, v in enumerate(self.cfg.variants):
+            self.stage(
+                f"evaluate {v.name}: embed and train the MLPs on {len(tasks)} task(s) x "
+                f"{len(seeds)} seed(s)",
+                "evaluate",
+                len(self.cfg.variants) - k - 1,
+            )
             model, fp = models[v.post_concat_of or v.model_of or v.name]
             for spec, task in tasks:
                 arrays = self.embeddings(v, model, fp, task, emb)
@@ -247,6 +278,13 @@ class Pipeline:
                         variant=v.name, family=_family(spec, task), finetune_seed=finetune_seed
                     )
                     runs.append(res)
+            # free the encoder memo of a model and pooling no later variant embeds with
+            later = {
+                f"{models[u.post_concat_of or u.model_of or u.name][1]}:{u.pooling}"
+                for u in self.cfg.variants[k + 1 :]
+            }
+            for key in [key for key in self._memo if key not in later]:
+                del self._memo[key]
         return runs
 
     def _encode(
@@ -292,24 +330,35 @@ def run_pipeline(
     p.out.mkdir(parents=True, exist_ok=True)
     write_text(p.out / "config.json", cfg.to_json() + "\n")
     t0 = time.perf_counter()
-    posts = p.read_corpus()
-    tasks = p.build_tasks(posts)
+    ft_seeds = cfg.seeds if cfg.finetune_per_seed else [cfg.lm.seed]
+    n_ft, n_ev = len(cfg.model_variants()) * len(ft_seeds), len(cfg.variants) * len(ft_seeds)
+    p.stage.n = 5 + n_ft + n_ev
+    p.stage("posts: reading the corpus into the posts table")
+    table = p.read_corpus()
+    p.stage("tasks: building the downstream tasks")
+    tasks = p.build_tasks(table)
     exclude = sorted({i for _, t in tasks for i in t.exclude_from_graph})
     edges = sorted({e for _, t in tasks for e in t.exclude_edges}, key=str)
+    p.stage("graph: building the NTU graph from the posts table")
     graph_fp = p.graph(exclude, edges)
+    p.stage(f"kge: training NTU embeddings ({cfg.kge.num_epochs} epochs)")
     emb, kge_fp = p.kge(graph_fp)
 
-    sample = finetune_sample(posts, tasks, cfg)
-    del posts
+    sample = finetune_sample(table, tasks, cfg)
+    table.close()
     overlap_types = cfg.overlap_types()
     flags = overlap_flags(tasks, emb, overlap_types)
 
-    ft_seeds = cfg.seeds if cfg.finetune_per_seed else [cfg.lm.seed]
     runs: list[dict[str, Any]] = []
     lm_results: dict[str, list[dict]] = {}
     for ft_seed in ft_seeds:
         models: dict[str, tuple[NTULM, str]] = {}
         for v in cfg.model_variants():
+            n_ft -= 1
+            steps = (
+                f"{cfg.lm.max_steps} steps" if cfg.lm.max_steps else f"{cfg.lm.max_epochs} epochs"
+            )
+            p.stage(f"fine-tune {v.name} (seed {ft_seed}, {steps})", "fine-tune", n_ft)
             d, fp, res = p.finetune(v, ft_seed, sample, emb, kge_fp)
             lm_results.setdefault(v.name, []).append(res)
             models[v.name] = (NTULM.load(d, ntu=emb), fp)
@@ -332,19 +381,44 @@ def run_pipeline(
         },
         "seconds": round(time.perf_counter() - t0, 1),
     }
+    p.stage("report")
     write_report(results, p.out)
+    p.stage.close()
     return results
 
 
 def finetune_sample(
-    posts: list[Post], tasks: list[tuple[TaskSpec, Task]], cfg: PipelineConfig
+    posts: PostsTable | list[Post], tasks: list[tuple[TaskSpec, Task]], cfg: PipelineConfig
 ) -> list[Post]:
     """The MLM fine-tuning sample: ``cfg.lm_posts`` corpus posts (seeded by ``cfg.lm.seed``)
-    that no task validates or tests on, in corpus order."""
-    held = {q.id for _, t in tasks for q in (*t.val, *t.test)}
-    pool = [q for q in posts if q.id not in held]
+    that no task validates or tests on, in corpus order. Over a posts table, only the sampled
+    posts become objects."""
+    held = sorted({q.id for _, t in tasks for q in (*t.val, *t.test)})
+    if isinstance(posts, PostsTable):
+        posts.con.execute("CREATE OR REPLACE TEMP TABLE _held AS SELECT unnest($1) AS id", [held])
+        out = posts.con.execute("SELECT rid FROM posts SEMI JOIN _held USING (id)").fetchnumpy()
+        pool = np.setdiff1d(np.arange(len(posts), dtype=np.int64), out["rid"])
+    else:
+        held_set = set(held)
+        pool = np.array([i for i, q in enumerate(posts) if q.id not in held_set], dtype=np.int64)
     take = np.random.default_rng(cfg.lm.seed).permutation(len(pool))[: cfg.lm_posts]
-    return [pool[i] for i in sorted(take)]
+    rids = pool[np.sort(take)]
+    if isinstance(posts, PostsTable):
+        return posts.take(rids)
+    return [posts[int(i)] for i in rids]
+
+
+def task_content_key(task: Task) -> str:
+    """A hash of every post that goes into each split (id, text, hashtags, author, in order):
+    cached embeddings are reused only for exactly the posts they were computed from."""
+    h = hashlib.sha256()
+    for split in ("train", "val", "test"):
+        h.update(f"\x00{split}\x00".encode())
+        for q in getattr(task, split):
+            author = q.author.key if q.author is not None else ""
+            h.update(json.dumps([q.id, q.text, q.hashtags, author]).encode())
+            h.update(b"\n")
+    return h.hexdigest()[:32]
 
 
 def overlap_flags(
