@@ -18,6 +18,7 @@ import json
 import logging
 import os
 import re
+import sys
 import zlib
 from collections import Counter
 from collections.abc import Iterable, Iterator
@@ -26,6 +27,7 @@ from pathlib import Path
 from typing import IO, Any
 
 import ijson
+import pyarrow as pa
 
 from ntulm.errors import InputError
 from ntulm.posts.formats import (
@@ -37,10 +39,11 @@ from ntulm.posts.formats import (
     parse_jsonl,
     parse_twitter_v1,
 )
-from ntulm.posts.schema import Post
+from ntulm.posts.schema import POSTS_SCHEMA, Post, posts_to_columns
 
 log = logging.getLogger(__name__)
 
+ENGINES = ("fast", "python")
 GZIP_MAGIC = b"\x1f\x8b"
 _SNIFF_BYTES = 1 << 16
 _MAX_RAW_IN_QUARANTINE = 4000
@@ -119,9 +122,12 @@ class PostReader:
     strict: bool = False
     max_text_chars: int = 10_000
     quarantine_path: str | Path | None = None
+    engine: str = "fast"
     report: ReadReport = field(default_factory=ReadReport)
 
     def __post_init__(self) -> None:
+        if self.engine not in ENGINES:
+            raise InputError("reader", None, f"unknown reader {self.engine!r}; use fast or python")
         if self.format != "auto" and self.format not in FORMATS:
             raise InputError(
                 "--format",
@@ -164,21 +170,33 @@ class PostReader:
         finally:
             q.close()
 
-    def _iter_file(self, path: Path, q: Quarantine) -> Iterator[tuple[Post, str]]:
+    def _detect(self, path: Path) -> tuple[str, str | None] | None:
+        """``(format, layout)`` of a file, or ``None`` when it is skipped (counted as such)."""
         name = str(path)
         try:
             fmt, layout = (self.format, None) if self.format != "auto" else sniff_format(path)
         except InputError as exc:
             self._skip_file(name, exc.problem)
-            return
+            return None
         except OSError as exc:
             self._skip_file(name, f"cannot read: {exc}")
-            return
+            return None
         if fmt is None:
             self._skip_file(name, layout or "unknown format")
-            return
+            return None
         self.report.files[name] = fmt
         log.info("%s: reading as %s", name, fmt)
+        return fmt, layout
+
+    def _iter_file(self, path: Path, q: Quarantine) -> Iterator[tuple[Post, str]]:
+        detected = self._detect(path)
+        if detected is not None:
+            yield from self._iter_detected(path, *detected, q)
+
+    def _iter_detected(
+        self, path: Path, fmt: str, layout: str | None, q: Quarantine
+    ) -> Iterator[tuple[Post, str]]:
+        name = str(path)
         try:
             for post, line, raw in self._records(path, fmt, layout, q):
                 problem = self._check(post)
@@ -196,6 +214,59 @@ class PostReader:
             self._reject(q, name, None, f"truncated or corrupt gzip: {exc}", "")
         except OSError as exc:
             self._reject(q, name, None, f"read error: {exc}", "")
+
+    # -- tables (the fast path) -------------------------------------------------------------
+    def iter_tables(
+        self, paths: Iterable[str | Path], batch_size: int = 50_000, threads: int | None = None
+    ) -> Iterator[pa.Table]:
+        """The accepted posts of every file under ``paths`` as :data:`POSTS_SCHEMA` tables (at
+        most ``batch_size`` rows each), in the order :meth:`iter_posts` yields them, with the same
+        counts and quarantine. With ``engine="fast"`` the formats that have a fast reader skip
+        the per-record Python parsing (see ``docs/posts.md``)."""
+        files = list(expand_paths(paths))
+        q = Quarantine(self.quarantine_path)
+        try:
+            for path in files:
+                detected = self._detect(path)
+                if detected is None:
+                    continue
+                fast = self._fast_tables(path, *detected, q, threads)
+                if fast is not None:
+                    for table in fast:
+                        for start in range(0, table.num_rows, batch_size):
+                            yield table.slice(start, batch_size)
+                    continue
+                posts: list[Post] = []
+                sources: list[str] = []
+                for post, src in self._iter_detected(path, *detected, q):
+                    posts.append(post)
+                    sources.append(src)
+                    if len(posts) >= batch_size:
+                        yield _to_table(posts, sources)
+                if posts:
+                    yield _to_table(posts, sources)
+        finally:
+            q.close()
+
+    def _fast_tables(
+        self, path: Path, fmt: str, layout: str | None, q: Quarantine, threads: int | None
+    ) -> list[pa.Table] | None:
+        """The file's tables from a fast reader, or ``None`` to read it with the reference."""
+        if self.engine != "fast" or fmt != "ira_csv":
+            return None
+        from ntulm.posts.fast_ira import NotPlain, ira_tables
+
+        try:
+            return list(ira_tables(self, path, q, threads=threads))
+        except NotPlain:
+            return None
+        except InputError:
+            if self.strict:
+                raise
+            self._skip_file(str(path), sys.exc_info()[1].problem)  # type: ignore[union-attr]
+            return []
+        except (EOFError, gzip.BadGzipFile, zlib.error, OSError):
+            return None  # the reference reader keeps the posts before the damage and reports it
 
     def _records(
         self, path: Path, fmt: str, layout: str | None, q: Quarantine
@@ -427,3 +498,10 @@ def _document(path: Path) -> Iterator[tuple[int, Any, Any]]:
             _Bad(f"malformed JSON: {exc.msg} at line {exc.lineno} column {exc.colno}"),
             "",
         )
+
+
+def _to_table(posts: list[Post], sources: list[str]) -> pa.Table:
+    table = pa.Table.from_pydict(posts_to_columns(posts, sources), schema=POSTS_SCHEMA)
+    posts.clear()
+    sources.clear()
+    return table

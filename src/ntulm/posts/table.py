@@ -2,8 +2,9 @@
 groups, so memory stays bounded whatever the number of posts. Later relational steps (the graph,
 NTU statistics) run in DuckDB over this table, out of core.
 
-Parsing is Python and CPU-bound, so several input files are read in parallel processes, one
-Parquet part per file; a single file is read in this process.
+Several input files are read in parallel processes, one Parquet part per file; a single file is
+read in this process. The reader's ``engine`` picks the fast readers (pyarrow + DuckDB) or the
+Python reference ones; the table is the same.
 """
 
 from __future__ import annotations
@@ -17,13 +18,12 @@ from collections.abc import Iterable
 from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, wait
 from pathlib import Path
 
-import pyarrow as pa
 import pyarrow.parquet as pq
 from tqdm.auto import tqdm
 
 from ntulm.artifacts import atomic_path
 from ntulm.posts.readers import PostReader, ReadReport, expand_paths
-from ntulm.posts.schema import POSTS_SCHEMA, Post, posts_to_columns
+from ntulm.posts.schema import POSTS_SCHEMA
 
 log = logging.getLogger(__name__)
 
@@ -56,29 +56,28 @@ def write_posts_table(
 
 
 def _write_part(
-    reader: PostReader, files: list[Path], out_path: Path, batch_size: int, progress: bool
+    reader: PostReader,
+    files: list[Path],
+    out_path: Path,
+    batch_size: int,
+    progress: bool,
+    threads: int | None = None,
 ) -> ReadReport:
-    posts: list[Post] = []
-    sources: list[str] = []
     bar = tqdm(desc="reading posts", unit=" posts", disable=not progress, mininterval=1.0)
     with (
         atomic_path(out_path) as tmp,
         pq.ParquetWriter(tmp, POSTS_SCHEMA, compression="zstd") as writer,
     ):
-        for post, src in reader.iter_posts(files):
-            posts.append(post)
-            sources.append(src)
-            if len(posts) >= batch_size:
-                bar.update(len(posts))
-                _flush(writer, posts, sources)
-        bar.update(len(posts))
-        _flush(writer, posts, sources)
+        for table in reader.iter_tables(files, batch_size, threads=threads):
+            writer.write_table(table, row_group_size=batch_size)
+            bar.update(table.num_rows)
     bar.close()
     return reader.report
 
 
 def _read_one(reader: PostReader, file: Path, out_path: Path, batch_size: int) -> ReadReport:
-    return _write_part(reader, [file], out_path, batch_size, progress=False)
+    # Files are read in parallel processes: one thread each for the fast reader's engines.
+    return _write_part(reader, [file], out_path, batch_size, progress=False, threads=1)
 
 
 def _write_parallel(
@@ -121,11 +120,3 @@ def _write_parallel(
                     with open(part, "rb") as src:
                         shutil.copyfileobj(src, dst)
                     part.unlink()
-
-
-def _flush(writer: pq.ParquetWriter, posts: list[Post], sources: list[str]) -> None:
-    if not posts:
-        return
-    writer.write_table(pa.Table.from_pydict(posts_to_columns(posts, sources), schema=POSTS_SCHEMA))
-    posts.clear()
-    sources.clear()
