@@ -167,6 +167,7 @@ def read_posts_table(
         strict=config.strict,
         max_text_chars=config.max_text_chars,
         quarantine_path=quarantine,
+        engine=config.reader,
     )
     return write_posts_table(
         reader,

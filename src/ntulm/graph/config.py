@@ -75,6 +75,11 @@ class GraphConfig(StageConfig):
         ge=1,
         description="processes reading input files in parallel (default: one per core)",
     )
+    reader: Literal["fast", "python"] = Field(
+        default="fast",
+        description="fast: vectorized readers (pyarrow, DuckDB) with the Python reference for the "
+        "records they cannot decide; python: the reference readers only (same table, slower)",
+    )
 
     @field_validator("relations")
     @classmethod

@@ -81,8 +81,11 @@ def _read_bytes(path: Path) -> bytes:
 
 def _render(col: pa.Array) -> pa.Array:
     """Fields as Python's ``csv.writer`` (QUOTE_MINIMAL) writes them."""
+    needs = pc.match_substring_regex(col, '[",\r\n]')
+    if not pc.any(needs).as_py():
+        return col
     quoted = pc.binary_join_element_wise('"', pc.replace_substring(col, '"', '""'), '"', "")
-    return pc.if_else(pc.match_substring_regex(col, '[",\r\n]'), quoted, col)
+    return pc.if_else(needs, quoted, col)
 
 
 def _arrow_rows(data: bytes, header: list[str], threads: bool) -> pa.Table | None:
@@ -177,24 +180,32 @@ def _q(s: str) -> str:
 
 
 def _dedupe(expr: str) -> str:
-    return f"list_filter({expr}, lambda x, i: list_position({expr}, x) = i)"
-
-
-def _domain(x: str) -> str:
-    """SQL for :func:`~ntulm.posts.extract.url_domain` of a URL that matches ``_SIMPLE_URL``."""
-    hh = f"rtrim(lower(regexp_extract({x}, '^(?i:https?://)?([^/?#]*)', 1)), '.')"
+    """Distinct items of a list in order of first appearance."""
     return (
-        f"CASE WHEN contains({hh}, '.') THEN "
-        f"CASE WHEN starts_with({hh}, 'www.') THEN ({hh})[5:] ELSE {hh} END END"
+        f"CASE WHEN len({expr}) < 2 THEN {expr} "
+        f"ELSE list_filter({expr}, lambda x, i: list_position({expr}, x) = i) END"
+    )
+
+
+def _domains(urls: str) -> str:
+    """SQL for :func:`~ntulm.posts.extract.url_domain` of each URL (all match ``_SIMPLE_URL``)."""
+    hosts = (
+        f"list_transform({urls}, lambda x: "
+        f"rtrim(lower(regexp_extract(x, '^(?i:https?://)?([^/?#]*)', 1)), '.'))"
+    )
+    return (
+        f"list_transform({hosts}, lambda h: CASE WHEN contains(h, '.') THEN "
+        f"CASE WHEN starts_with(h, 'www.') THEN h[5:] ELSE h END END)"
     )
 
 
 _NO_USERS = "[]::STRUCT(id VARCHAR, handle VARCHAR)[]"
+_CONTROL = r"[\x{00}-\x{08}\x{0B}\x{0C}\x{0E}-\x{1F}\x{7F}]"
 
 
 def _fast_sql(header: list[str], stem: str, name: str, max_chars: int) -> str:
-    """SQL over table ``rows`` (the CSV columns, ``_i``, ``_line``): temp table ``plain`` with an
-    ``ok`` flag per row, then the posts of the ``ok`` rows in :data:`POSTS_SCHEMA` order."""
+    """SQL over table ``rows`` (the CSV columns and ``_line``): every row with ``ok`` (plain: the
+    SQL rules are the reference's) and the columns of :data:`POSTS_SCHEMA`."""
     names = (*IRA_COLUMNS, *IRA_LABELS, "retweet", "language")
     col = {c: '"' + c.replace('"', '""') + '"' if c in header else "NULL::VARCHAR" for c in names}
     meta = " || chr(9) || ".join(f"coalesce({col[c]}, '')" for c in col if c != "content")
@@ -204,79 +215,99 @@ def _fast_sql(header: list[str], stem: str, name: str, max_chars: int) -> str:
         f"{{'key': {_q(k)}, 'value': trim(coalesce({col[k]}, ''), {ws})}}" for k in IRA_LABELS
     )
     handle = "lower(CASE WHEN starts_with(h0, '@') THEN h0[2:] ELSE h0 END)"
-    plain = f"""
-    CREATE OR REPLACE TEMP TABLE plain AS
+    content = col["content"]
+    plain_chars = f"[\\x{{20}}-\\x{{7E}}\\t\\n\\r\\x{{A0}}\\x{{2026}}{inert_class()}]*"
+    return f"""
     WITH r0 AS (
-      SELECT *, {_UNESCAPE.format(c=col["content"])} AS content_,
-        regexp_full_match({col["content"]}, '(?:[^&]|&(?:amp|lt|gt|quot);)*') AS entities_ok
+      SELECT _line, {content} AS content, {col["author"]} AS author,
+        {col["external_author_id"]} AS external_author_id, {col["publish_date"]} AS publish_date,
+        {col["retweet"]} AS retweet, {col["language"]} AS language, {meta} AS meta,
+        {", ".join(f"{col[k]} AS {k}" for k in IRA_LABELS)},
+        CASE WHEN contains({content}, '&') THEN {_UNESCAPE.format(c=content)}
+             ELSE {content} END AS content_,
+        NOT contains({content}, '&')
+          OR regexp_full_match({content}, '(?:[^&]|&(?:amp|lt|gt|quot);)*') AS entities_ok
       FROM rows
     ), r AS (
       SELECT *,
-        list_transform(regexp_extract_all(content_, {_q(_URL)}),
-                       lambda x: regexp_replace(x, {_q(_TRAIL)}, '')) AS trimmed,
-        trim({col["author"]}, {ws}) AS h0,
-        trim({col["external_author_id"]}, {ws}) AS uid
+        regexp_extract_all(content_, {_q(_URL)}) AS raw_urls,
+        trim(author, {ws}) AS h0,
+        trim(external_author_id, {ws}) AS uid
       FROM r0
-    )
-    SELECT *,
-      regexp_full_match(content_, '[\\x{{20}}-\\x{{7E}}\\t\\n\\r\\x{{A0}}\\x{{2026}}{inert_class()}]*')
-      AND regexp_full_match({meta}, '[\\x{{20}}-\\x{{7E}}\\t]*')
-      AND entities_ok
-      AND NOT regexp_full_match(content_, '[ \\t\\n\\r\\x{{A0}}]*')
-      AND length(content_) <= {max_chars}
-      AND length({handle}) > 0
-      AND (list_bool_and(list_transform(trimmed, lambda x:
-            NOT regexp_matches(x, '[)\\]}}]$')
-            AND regexp_full_match(x, {_q(_SIMPLE_URL)})
-            AND (starts_with(lower(x), 'http') OR NOT contains(x, '://'))))
-           IS NOT FALSE) AS ok
-    FROM r
-    """
-    posts = f"""
-    WITH d AS (
-      SELECT *, list_filter(trimmed, lambda x: length(x) > 4) AS urls0,
-        regexp_replace(regexp_replace(content_, {_q(_URL)}, ' ', 'g'), {_q(_EMAIL)}, ' ', 'g')
-          AS scrubbed
-      FROM plain WHERE ok
+    ), d AS (
+      SELECT *,
+        list_transform(raw_urls, lambda x: regexp_replace(x, {_q(_TRAIL)}, '')) AS trimmed,
+        CASE WHEN len(raw_urls) = 0 THEN content_
+             ELSE regexp_replace(content_, {_q(_URL)}, ' ', 'g') END AS scrubbed0
+      FROM r
+    ), d2 AS (
+      SELECT *,
+        CASE WHEN strlen(content_) = length(content_)
+             THEN NOT regexp_matches(content_, {_q(_CONTROL)})
+             ELSE regexp_full_match(content_, '{plain_chars}') END
+        AND regexp_full_match(meta, '[\\x{{20}}-\\x{{7E}}\\t]*')
+        AND entities_ok
+        AND NOT regexp_full_match(content_, '[ \\t\\n\\r\\x{{A0}}]*')
+        AND length(content_) <= {max_chars}
+        AND length({handle}) > 0
+        AND (list_bool_and(list_transform(trimmed, lambda x:
+              NOT regexp_matches(x, '[)\\]}}]$')
+              AND regexp_full_match(x, {_q(_SIMPLE_URL)})
+              AND (starts_with(lower(x), 'http') OR NOT contains(x, '://'))))
+             IS NOT FALSE) AS ok,
+        list_filter(trimmed, lambda x: length(x) > 4) AS urls0,
+        CASE WHEN contains(scrubbed0, '@')
+             THEN regexp_replace(scrubbed0, {_q(_EMAIL)}, ' ', 'g') ELSE scrubbed0 END AS scrubbed
+      FROM d
     ), e AS (
       SELECT *,
-        list_transform(urls0, lambda x: contains(x, 'twi') AND ({_domain("x")}) IN ({hosts}))
-          AS is_media,
-        list_transform(list_filter(regexp_extract_all(scrubbed, {_q(_HASHTAG)}, 1),
-                       lambda x: regexp_matches(x, '[A-Za-z]')), lambda x: lower(x)) AS tags0,
-        list_transform(list_filter(regexp_extract_all(scrubbed, {_q(_MENTION)}, 1),
-                       lambda x: NOT ends_with(x, '@') AND length(x) <= 15),
-                       lambda x: lower(x)) AS handles0,
-        trim(coalesce({col["retweet"]}, ''), {ws}) = '1' AS is_rt,
-        CASE WHEN trim(coalesce({col["retweet"]}, ''), {ws}) = '1' THEN
-          lower(nullif(regexp_extract(content_, '^RT @([A-Za-z0-9_]{{1,15}}):', 1), '')) END AS rt
-      FROM d
+        {_domains("urls0")} AS domains0,
+        CASE WHEN contains(scrubbed, '#') THEN
+          list_transform(list_filter(regexp_extract_all(scrubbed, {_q(_HASHTAG)}, 1),
+                         lambda x: regexp_matches(x, '[A-Za-z]')), lambda x: lower(x))
+          ELSE [] END AS tags0,
+        CASE WHEN contains(scrubbed, '@') THEN
+          list_transform(list_filter(regexp_extract_all(scrubbed, {_q(_MENTION)}, 1),
+                         lambda x: NOT ends_with(x, '@') AND length(x) <= 15),
+                         lambda x: lower(x))
+          ELSE [] END AS handles0,
+        trim(coalesce(retweet, ''), {ws}) = '1' AS is_rt
+      FROM d2
     ), f AS (
       SELECT *,
-        list_transform(list_filter(list_zip(urls0, is_media), lambda p: NOT p[2]),
-                       lambda p: p[1]) AS links0,
-        list_transform(list_filter(list_zip(urls0, is_media), lambda p: p[2]),
-                       lambda p: p[1]) AS media0
+        list_transform(list_zip(urls0, domains0), lambda p:
+          contains(p[1], 'twi') AND coalesce(p[2] IN ({hosts}), false)) AS is_media,
+        CASE WHEN is_rt THEN
+          lower(nullif(regexp_extract(content_, '^RT @([A-Za-z0-9_]{{1,15}}):', 1), '')) END AS rt
       FROM e
     ), g AS (
-      SELECT *, {_dedupe("links0")} AS links, {_dedupe("media0")} AS media_,
-        {_dedupe("tags0")} AS tags, {_dedupe("handles0")} AS handles
+      SELECT *,
+        list_filter(list_zip(urls0, domains0, is_media), lambda p: NOT p[3]) AS links_d,
+        list_transform(list_filter(list_zip(urls0, is_media), lambda p: p[2]),
+                       lambda p: p[1]) AS media0
       FROM f
+    ), g2 AS (
+      SELECT *,
+        {_dedupe("list_transform(links_d, lambda p: p[1])")} AS links,
+        list_filter(links_d, lambda p, i:
+          list_position(list_transform(links_d, lambda q: q[1]), p[1]) = i) AS links_u,
+        {_dedupe("media0")} AS media_, {_dedupe("tags0")} AS tags, {_dedupe("handles0")} AS handles
+      FROM g
     )
     SELECT
+      ok,
       _line,
       {_q(stem + ":")} || _line AS id,
       content_ AS text,
       {{'id': CASE WHEN regexp_full_match(uid, '[0-9]+')
                    AND NOT regexp_full_match(uid, '[0-9]{{6,}}0{{6}}') THEN uid END,
         'handle': {handle}}} AS author,
-      nullif(replace({col["publish_date"]}, ' ', 'T'), '') AS created_at,
+      nullif(replace(publish_date, ' ', 'T'), '') AS created_at,
       tags AS hashtags,
       list_transform(list_filter(handles, lambda h: rt IS NULL OR h <> rt),
                      lambda h: {{'id': NULL::VARCHAR, 'handle': h}}) AS mentions,
       links AS urls,
-      list_filter(list_transform(links, lambda x: {_domain("x")}), lambda x: x IS NOT NULL)
-        AS url_domains,
+      list_filter(list_transform(links_u, lambda p: p[2]), lambda x: x IS NOT NULL) AS url_domains,
       media_ AS media,
       {_NO_USERS} AS favorited_by, {_NO_USERS} AS retweeted_by, {_NO_USERS} AS replied_by,
       is_rt AS is_retweet,
@@ -284,12 +315,12 @@ def _fast_sql(header: list[str], stem: str, name: str, max_chars: int) -> str:
       CASE WHEN rt IS NOT NULL THEN {{'id': NULL::VARCHAR, 'handle': rt}} END AS retweet_of_author,
       NULL::VARCHAR AS reply_to_id,
       NULL::STRUCT(id VARCHAR, handle VARCHAR) AS reply_to_user,
-      CASE WHEN lower({col["language"]}) = 'english' THEN 'en' ELSE {col["language"]} END AS lang,
+      CASE WHEN lower(language) = 'english' THEN 'en' ELSE language END AS lang,
       map_from_entries(list_filter([{labels}], lambda x: x.value <> '')) AS labels,
       {_q(name + ":")} || _line AS source
-    FROM g
+    FROM g2
+    ORDER BY _line
     """
-    return plain, posts
 
 
 class NotPlain(Exception):
@@ -348,13 +379,11 @@ def ira_tables(
         table = table.rename_columns(header)
         starts = np.asarray(starts_l, dtype=np.int64)
     table = table.append_column("_line", pa.array(starts, pa.int64()))
-    table = table.append_column("_i", pa.array(range(table.num_rows), pa.int64()))
     fast, slow_idx = _extract(table, header, stem, name, reader.max_text_chars, threads)
     slow_posts, slow_sources, slow_lines = [], [], []
     if len(slow_idx):
         for row in table.take(slow_idx).to_pylist():
             line = row.pop("_line")
-            row.pop("_i")
             raw = ",".join(row[h] for h in header)
             try:
                 post = parse_ira_row(row, f"{stem}:{line}")
@@ -396,21 +425,18 @@ def _is_utf8(data: bytes) -> bool:
 
 def _extract(
     table: pa.Table, header: list[str], stem: str, name: str, max_chars: int, threads: int | None
-) -> tuple[pa.Table, Any]:
+) -> tuple[pa.Table, pa.Array]:
     """``(posts of the plain rows with _line, row indices for the reference parser)``."""
-    plain_sql, posts_sql = _fast_sql(header, stem, name, max_chars)
     con = duckdb.connect()
     try:
         if threads:
             con.execute(f"SET threads = {int(threads)}")
-        con.register("rows", table)
-        con.execute(plain_sql)
-        slow = con.sql("SELECT _i FROM plain WHERE NOT ok ORDER BY _i").to_arrow_table().column(0)
-        fast = con.sql(posts_sql).to_arrow_table()
+        con.register("rows", table.select([*header, "_line"]))
+        out = con.sql(_fast_sql(header, stem, name, max_chars)).to_arrow_table()
     finally:
         con.close()
-    if isinstance(fast, pa.RecordBatchReader):
-        fast = fast.read_all()
-    fast = fast.select(["_line", *POSTS_SCHEMA.names])
+    ok = out.column("ok")
+    slow = pc.indices_nonzero(pc.invert(ok))
+    fast = out.filter(ok).select(["_line", *POSTS_SCHEMA.names])
     schema = pa.schema([pa.field("_line", pa.int64()), *POSTS_SCHEMA])
     return fast.cast(schema), slow
