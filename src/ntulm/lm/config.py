@@ -38,6 +38,43 @@ class LMConfig(StageConfig):
     ntu_layernorm: bool = Field(
         True, description="pass the projected NTU vector through the embedding LayerNorm"
     )
+    ntu_tokens: Literal["mean", "per_type"] = Field(
+        "mean",
+        description="'mean': one token, the projected mean NTU vector (the paper); 'per_type': "
+        "one token per NTU type, each with its own projection plus a learned type embedding",
+    )
+    ntu_absent: Literal["unknown", "drop"] = Field(
+        "unknown",
+        description="per_type: a type with no known NTU in the post gets a learned 'unknown' "
+        "vector of its type ('unknown') or no token at all ('drop', masked out of attention)",
+    )
+    ntu_dropout: float = Field(
+        0.0,
+        ge=0.0,
+        lt=1.0,
+        description="fine-tuning only: probability that a post's NTUs (per_type: one type's) are "
+        "hidden (mean: replaced by the table mean; per_type: treated as absent), seeded per step",
+    )
+    social_weight: float = Field(
+        0.0,
+        ge=0.0,
+        description="lambda of L = L_MLM + lambda * L_social (TwHIN-BERT); 0: MLM only (the paper)",
+    )
+    social_temperature: float = Field(0.1, gt=0.0, description="tau of the NT-Xent loss")
+    social_k: int = Field(
+        5, ge=1, description="social positives mined per post (nearest by cosine)"
+    )
+    social_exact_max: int = Field(
+        20_000,
+        ge=1,
+        description="pair mining: exact top-k with torch up to this many posts, above it a faiss "
+        "HNSW index (approximate)",
+    )
+    pooling_gate: bool = Field(
+        False,
+        description="learn a gate g = sigmoid(w [mean_words; z_ntu]) for encode(pooling='gate'), "
+        "trained by the social loss (needs use_ntu and social_weight > 0)",
+    )
     text: TextNormConfig = Field(default_factory=TextNormConfig, description="text normalisation")
     max_length: int = Field(64, ge=8, le=512, description="word pieces per post incl. [CLS]/[SEP]")
     mlm_probability: float = Field(0.15, gt=0.0, lt=1.0, description="fraction of tokens masked")
@@ -94,6 +131,10 @@ class LMConfig(StageConfig):
     def _consistent(self) -> LMConfig:
         if self.max_length < 3:
             raise ValueError("max_length: must leave room for [CLS], one token and [SEP]")
+        if self.pooling_gate and not (self.use_ntu and self.social_weight > 0):
+            raise ValueError("pooling_gate: needs use_ntu=true and social_weight > 0 to train it")
+        if not self.use_ntu and (self.ntu_tokens != "mean" or self.ntu_dropout > 0):
+            raise ValueError("ntu_tokens/ntu_dropout: need use_ntu=true")
         return self
 
 
