@@ -30,6 +30,7 @@ from ntulm.lm.social import (  # noqa: E402
     topk_exact,
     topk_faiss,
 )
+from ntulm.pipeline.config import PipelineConfig, VariantSpec  # noqa: E402
 from ntulm.posts import Post, UserRef  # noqa: E402
 
 TEXTS = ["the cat sat on the mat", "vote today #maga", "breaking news tonight", "hello"]
@@ -403,3 +404,66 @@ _OLD_LM_FIELDS = (
     "eval_fraction eval_max_posts max_posts sample_rate checkpoint_every group_by_length "
     "group_size train_dtype seed num_threads progress device"
 ).split()
+
+
+def test_encode_refuses_ntu_rows_of_the_wrong_shape(backbone, ntu):
+    model = _model(backbone, ntu, ntu_tokens="per_type")
+    with pytest.raises(ConfigError, match="per-type"):
+        encode(model, _posts(2), ntus=np.zeros((2, 8), dtype=np.float32))
+
+
+def test_default_config_dump_is_unchanged_so_fingerprints_and_caches_are():
+    assert set(LMConfig().model_dump(mode="json")) == set(_OLD_LM_FIELDS)
+    cfg = LMConfig.build({"ntu_tokens": "per_type", "social_weight": 0.5})
+    dump = cfg.model_dump(mode="json")
+    assert dump["ntu_tokens"] == "per_type" and "ntu_dropout" not in dump
+    assert LMConfig.build(dump) == cfg
+    assert "lm" not in VariantSpec(name="x").model_dump()
+
+
+# ---------------------------------------------------------------------------- pipeline variants
+def test_pipeline_variant_sets_its_own_lm_fields():
+    base = {"posts": ["x"], "eval": {"tasks": [{"type": "hashtag"}]}, "lm": {"max_steps": 7}}
+    lm = {"ntu_tokens": "per_type", "social_weight": 0.5, "pooling_gate": True}
+    cfg = PipelineConfig.build({**base, "variants": [
+        {"name": "BERT", "use_ntu": False},
+        {"name": "N", "ntu_types": ["author"]},
+        {"name": "F", "lm": lm},
+        {"name": "F gate", "model_of": "F", "pooling": "gate"},
+    ]})  # fmt: skip
+    f = cfg.lm_config(cfg.variants[2], 5)
+    assert (f.ntu_tokens, f.social_weight, f.pooling_gate, f.max_steps, f.seed) == (
+        "per_type",
+        0.5,
+        True,
+        7,
+        5,
+    )
+    # A variant without lm fields gets exactly what the pipeline built before.
+    n = cfg.variants[1]
+    old = cfg.lm.model_copy(update={"use_ntu": n.use_ntu, "ntu_types": n.ntu_types, "seed": 5})
+    assert cfg.lm_config(n, 5).model_dump() == old.model_dump()
+    for variants, needle in (
+        ([{"name": "N", "lm": {"seed": 3}}], "not in lm"),
+        ([{"name": "N", "lm": {"pooling_gate": True}}], "pooling_gate"),
+        ([{"name": "N"}, {"name": "N g", "model_of": "N", "pooling": "gate"}], "pooling 'gate'"),
+        ([{"name": "N", "lm": {"nope": 1}}], "nope"),
+        (
+            [
+                {"name": "N", "lm": {"ntu_tokens": "per_type"}},
+                {"name": "N m", "model_of": "N", "control": "mean"},
+            ],
+            "per_type",
+        ),
+    ):
+        with pytest.raises(ConfigError, match=needle):
+            PipelineConfig.build(
+                {**base, "variants": [{"name": "BERT", "use_ntu": False}, *variants]}
+            )
+
+
+def test_mining_above_the_exact_threshold_uses_faiss_and_agrees():
+    emb, posts = _planted()
+    exact = mine_pairs(posts, emb, ["author"], k=2)
+    approx = mine_pairs(posts, emb, ["author"], k=2, exact_max=2)
+    assert [set(r) for r in exact] == [set(r) for r in approx]

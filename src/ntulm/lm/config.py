@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_serializer, model_validator
 
 from ntulm.config import StageConfig
 from ntulm.posts import NTU_TYPES
@@ -24,6 +24,21 @@ class TextNormConfig(StageConfig):
     urls: str | None = Field("http", description="replace links by this (null: keep)")
     unescape_html: bool = Field(True, description="&amp; -> &, &lt; -> <, ...")
     collapse_whitespace: bool = Field(True, description="runs of whitespace -> one space")
+
+
+# Options beyond the paper (lm/fusion.py, lm/social.py). While at their defaults they are left out
+# of the dumped config, so the saved config and the fingerprints (resume, pipeline caches) of the
+# paper's models are the same as before these options existed.
+FUSION_FIELDS = (
+    "ntu_tokens",
+    "ntu_absent",
+    "ntu_dropout",
+    "social_weight",
+    "social_temperature",
+    "social_k",
+    "social_exact_max",
+    "pooling_gate",
+)
 
 
 class LMConfig(StageConfig):
@@ -126,6 +141,14 @@ class LMConfig(StageConfig):
         if not v:
             raise ValueError("at least one NTU type (or use_ntu=false)")
         return list(dict.fromkeys(v))
+
+    @model_serializer(mode="wrap")
+    def _dump(self, handler):  # noqa: ANN001, ANN202 (pydantic's serializer protocol)
+        data = handler(self)
+        for name in FUSION_FIELDS:
+            if name in data and getattr(self, name) == type(self).model_fields[name].default:
+                del data[name]
+        return data
 
     @model_validator(mode="after")
     def _consistent(self) -> LMConfig:

@@ -56,6 +56,10 @@ def post_ntus(
         ntus = np.asarray(ntus, dtype=np.float32)
         if ntus.shape[0] != n:
             raise ValueError(f"ntus: {ntus.shape[0]} rows for {n} posts")
+        want = 3 if model.typed is not None else 2
+        if ntus.ndim != want:
+            shape = "(N, K, D) per-type" if want == 3 else "(N, D) mean"
+            raise ConfigError(f"ntus: this model takes {shape} NTU rows, got shape {ntus.shape}")
         return ntus, np.ones(n, dtype=bool)
     if model.ntu is None:
         if need:
