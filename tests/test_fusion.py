@@ -463,7 +463,17 @@ def test_pipeline_variant_sets_its_own_lm_fields():
 
 
 def test_mining_above_the_exact_threshold_uses_faiss_and_agrees():
-    emb, posts = _planted()
-    exact = mine_pairs(posts, emb, ["author"], k=2)
-    approx = mine_pairs(posts, emb, ["author"], k=2, exact_max=2)
-    assert [set(r) for r in exact] == [set(r) for r in approx]
+    rng = np.random.default_rng(3)
+    emb = NTUEmbeddings(
+        tables={"user": rng.normal(size=(12, 6)).astype(np.float32)},
+        keys={"user": [f"id:{i}" for i in range(12)]},
+        relations={},
+        user_handles=[None] * 12,
+    )
+    posts = [Post(id=str(i), text="t", author=UserRef(id=str(i % 13))) for i in range(80)]
+    exact = mine_pairs(posts, emb, ["author"], k=10)  # ~6 posts per author: crosses authors
+    approx = mine_pairs(posts, emb, ["author"], k=10, exact_max=10)
+    author = np.append(np.arange(80) % 13, -1)  # index -1 (no positive) -> author -1
+    # One author's posts have one vector and tie: compare the neighbours' authors, rank by rank.
+    np.testing.assert_array_equal(author[exact], author[approx])
+    assert (exact[12::13] == -1).all() and (author[exact] != (np.arange(80) % 13)[:, None]).all()
