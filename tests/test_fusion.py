@@ -185,6 +185,30 @@ def test_dropped_type_is_invisible_to_the_words(backbone, ntu, tokenizer):
     assert not torch.allclose(h3[:, :T], h4[:, :T])
 
 
+@pytest.mark.parametrize("absent", ["unknown", "drop"])
+def test_per_type_encode_is_padding_invariant_and_trains_each_projection(
+    backbone, ntu, tokenizer, absent
+):
+    kw = {"ntu_tokens": "per_type", "ntu_types": ["author", "hashtag"], "ntu_absent": absent}
+    model = _model(backbone, ntu, **kw)
+    posts = _posts(7)
+    for pooling in ("mean", "mean+ntu"):
+        np.testing.assert_allclose(
+            encode(model, posts, batch_size=1, pooling=pooling),
+            encode(model, posts, batch_size=7, pooling=pooling),
+            rtol=1e-4,
+            atol=1e-5,
+        )
+    model.train()
+    ids, mask = pad(tokenize([p.text for p in posts], tokenizer, 16, TextNormConfig()), 0)
+    labels = torch.where(mask.bool(), ids, -100)
+    e = torch.from_numpy(ntu_type_vectors(posts, ntu, ["author", "hashtag"])[0])
+    loss, _ = model.mlm_loss(ids, mask, labels, e)
+    loss.backward()
+    grad = model.typed.weight.grad
+    assert torch.isfinite(grad).all() and (grad.flatten(1).abs().sum(1) > 0).all()
+
+
 # ---------------------------------------------------------------------------- NTU dropout
 def test_ntu_dropout_rate_is_realised_and_seeded(ntu):
     mean = ntu.mean
