@@ -4,6 +4,9 @@ A BERT-style masked LM with one extra input position, the projected mean NTU emb
 post (:func:`~ntulm.lm.model.inject_ntu`); MLM fine-tuning (:func:`~ntulm.lm.train.finetune`),
 its no-NTU "BERT" baseline (``use_ntu=False``) and post embeddings
 (:func:`~ntulm.lm.encode.encode`, ``concat_ntu=True`` for BERT-post-concat).
+
+Beyond the paper, all off by default: per-type NTU tokens, NTU dropout and a learned pooling gate
+(``lm/fusion.py``), and the TwHIN-BERT social contrastive objective (``lm/social.py``).
 """
 
 from ntulm.lm.config import LMConfig, TextNormConfig

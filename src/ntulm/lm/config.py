@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_serializer, model_validator
 
 from ntulm.config import StageConfig
 from ntulm.posts import NTU_TYPES
@@ -26,6 +26,21 @@ class TextNormConfig(StageConfig):
     collapse_whitespace: bool = Field(True, description="runs of whitespace -> one space")
 
 
+# Options beyond the paper (lm/fusion.py, lm/social.py). While at their defaults they are left out
+# of the dumped config, so the saved config and the fingerprints (resume, pipeline caches) of the
+# paper's models are the same as before these options existed.
+FUSION_FIELDS = (
+    "ntu_tokens",
+    "ntu_absent",
+    "ntu_dropout",
+    "social_weight",
+    "social_temperature",
+    "social_k",
+    "social_exact_max",
+    "pooling_gate",
+)
+
+
 class LMConfig(StageConfig):
     """MLM fine-tuning of a BERT-style backbone with (or without) the NTU token."""
 
@@ -37,6 +52,43 @@ class LMConfig(StageConfig):
     ntu_types: list[str] = Field(["author", "hashtag"], description="NTU types averaged into e_ntu")
     ntu_layernorm: bool = Field(
         True, description="pass the projected NTU vector through the embedding LayerNorm"
+    )
+    ntu_tokens: Literal["mean", "per_type"] = Field(
+        "mean",
+        description="'mean': one token, the projected mean NTU vector (the paper); 'per_type': "
+        "one token per NTU type, each with its own projection plus a learned type embedding",
+    )
+    ntu_absent: Literal["unknown", "drop"] = Field(
+        "unknown",
+        description="per_type: a type with no known NTU in the post gets a learned 'unknown' "
+        "vector of its type ('unknown') or no token at all ('drop', masked out of attention)",
+    )
+    ntu_dropout: float = Field(
+        0.0,
+        ge=0.0,
+        lt=1.0,
+        description="fine-tuning only: probability that a post's NTUs (per_type: one type's) are "
+        "hidden (mean: replaced by the table mean; per_type: treated as absent), seeded per step",
+    )
+    social_weight: float = Field(
+        0.0,
+        ge=0.0,
+        description="lambda of L = L_MLM + lambda * L_social (TwHIN-BERT); 0: MLM only (the paper)",
+    )
+    social_temperature: float = Field(0.1, gt=0.0, description="tau of the NT-Xent loss")
+    social_k: int = Field(
+        5, ge=1, description="social positives mined per post (nearest by cosine)"
+    )
+    social_exact_max: int = Field(
+        20_000,
+        ge=1,
+        description="pair mining: exact top-k with torch up to this many posts, above it a faiss "
+        "HNSW index (approximate)",
+    )
+    pooling_gate: bool = Field(
+        False,
+        description="learn a gate g = sigmoid(w [mean_words; z_ntu]) for encode(pooling='gate'), "
+        "trained by the social loss (needs use_ntu and social_weight > 0)",
     )
     text: TextNormConfig = Field(default_factory=TextNormConfig, description="text normalisation")
     max_length: int = Field(64, ge=8, le=512, description="word pieces per post incl. [CLS]/[SEP]")
@@ -90,10 +142,22 @@ class LMConfig(StageConfig):
             raise ValueError("at least one NTU type (or use_ntu=false)")
         return list(dict.fromkeys(v))
 
+    @model_serializer(mode="wrap")
+    def _dump(self, handler):  # noqa: ANN001, ANN202 (pydantic's serializer protocol)
+        data = handler(self)
+        for name in FUSION_FIELDS:
+            if name in data and getattr(self, name) == type(self).model_fields[name].default:
+                del data[name]
+        return data
+
     @model_validator(mode="after")
     def _consistent(self) -> LMConfig:
         if self.max_length < 3:
             raise ValueError("max_length: must leave room for [CLS], one token and [SEP]")
+        if self.pooling_gate and not (self.use_ntu and self.social_weight > 0):
+            raise ValueError("pooling_gate: needs use_ntu=true and social_weight > 0 to train it")
+        if not self.use_ntu and (self.ntu_tokens != "mean" or self.ntu_dropout > 0):
+            raise ValueError("ntu_tokens/ntu_dropout: need use_ntu=true")
         return self
 
 

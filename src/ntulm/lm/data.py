@@ -50,6 +50,33 @@ def ntu_vectors(
     return np.asarray(vecs, dtype=np.float32).reshape(-1, dim), np.asarray(known, dtype=bool)
 
 
+def ntu_type_vectors(
+    posts: Iterable[Post], ntu: NTUEmbeddings, types: Sequence[str]
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per-type e_ntu (``ntu_tokens=per_type``): (N, K, D) float32, row k the mean of the post's
+    *known* NTUs of ``types[k]``, NaN where it has none (absent); and the overlap flag, (N,) bool."""
+    out = []
+    for post in posts:
+        vecs = np.full((len(types), ntu.dim), np.nan, dtype=np.float32)  # (K, D)
+        for k, t in enumerate(types):
+            known = [ntu.tables[tb][i] for tb, i in post_ntu_rows(post, ntu, [t]) if i is not None]
+            if known:
+                vecs[k] = np.mean(known, axis=0, dtype=np.float64)
+        out.append(vecs)
+    e = np.stack(out) if out else np.zeros((0, len(types), ntu.dim), dtype=np.float32)
+    return e, ~np.isnan(e).all(axis=(1, 2))
+
+
+def ntu_inputs(
+    posts: Iterable[Post], ntu: NTUEmbeddings, cfg: LMConfig
+) -> tuple[np.ndarray, np.ndarray]:
+    """The model's NTU input per post: :func:`ntu_vectors` (N, D) for ``ntu_tokens=mean``,
+    :func:`ntu_type_vectors` (N, K, D) for ``per_type``; and the overlap flag."""
+    if cfg.ntu_tokens == "per_type":
+        return ntu_type_vectors(posts, ntu, cfg.ntu_types)
+    return ntu_vectors(posts, ntu, cfg.ntu_types)
+
+
 def tokenize(
     texts: Sequence[str], tokenizer: Any, max_length: int, norm: TextNormConfig
 ) -> list[np.ndarray]:

@@ -8,6 +8,9 @@ states ``[z_0 .. z_n, z_ntu]`` over the valid tokens and the NTU token, with the
   z_ntu]``, 2H wide: in the mean the NTU token weighs 1/(n+1), and on IRA the NTU slot's final
   state alone carries far more of the author signal than the pooled mean
   (``benchmarks/diagnose_ntu.py``);
+- ``pooling="gate"`` (models fine-tuned with ``pooling_gate``): a learned sigmoid gate mixing the
+  word-piece mean and the NTU state, H wide (:func:`pool`; with per-type tokens the NTU state is
+  the mean of the attended NTU slots);
 - :func:`embed_to_parquet` streams posts from files into a Parquet file of
   ``(id, embedding, overlap)`` chunk by chunk, so memory does not grow with the number of posts.
 
@@ -34,7 +37,7 @@ from tqdm.auto import tqdm
 from ntulm.artifacts import atomic_path
 from ntulm.errors import ConfigError
 from ntulm.lm.config import resolve_dtype
-from ntulm.lm.data import length_grouped_batches, ntu_vectors, tokenize
+from ntulm.lm.data import length_grouped_batches, ntu_inputs, tokenize
 from ntulm.posts import Post
 
 if TYPE_CHECKING:
@@ -53,6 +56,10 @@ def post_ntus(
         ntus = np.asarray(ntus, dtype=np.float32)
         if ntus.shape[0] != n:
             raise ValueError(f"ntus: {ntus.shape[0]} rows for {n} posts")
+        want = 3 if model.typed is not None else 2
+        if ntus.ndim != want:
+            shape = "(N, K, D) per-type" if want == 3 else "(N, D) mean"
+            raise ConfigError(f"ntus: this model takes {shape} NTU rows, got shape {ntus.shape}")
         return ntus, np.ones(n, dtype=bool)
     if model.ntu is None:
         if need:
@@ -62,7 +69,7 @@ def post_ntus(
         return None, np.zeros(n, dtype=bool)
     recs = [p if isinstance(p, Post) else Post(id="", text=p) for p in posts]
     assert model.cfg is not None
-    return ntu_vectors(recs, model.ntu, model.cfg.ntu_types)
+    return ntu_inputs(recs, model.ntu, model.cfg)
 
 
 DTYPES = ("float32", "bfloat16", "auto")
@@ -107,8 +114,8 @@ def encode(
     row directly, (N, ntu_dim). With ``return_overlap`` also returns the overlap flags, (N,) bool.
     ``dtype="bfloat16"`` runs the encoder under bfloat16 autocast: about 3x faster than float32
     on CPUs with native bf16 (cosine to float32 above 0.999); ``"auto"`` picks bfloat16 there and
-    float32 elsewhere. The output stays float32. ``pooling`` is ``"mean"`` (the paper) or ``"mean+ntu"`` (see the
-    module docstring).
+    float32 elsewhere. The output stays float32. ``pooling`` is ``"mean"`` (the paper),
+    ``"mean+ntu"`` or ``"gate"`` (see :func:`pool`).
     """
     check_pooling(model, pooling)
     assert model.cfg is not None and model.tokenizer is not None
@@ -129,22 +136,41 @@ def encode(
             hidden, full_mask = model.hidden_states(
                 ids.to(device), mask.to(device), e
             )  # (B, T+1, H)
-        hidden = hidden.float()
-        m = full_mask.unsqueeze(-1).to(hidden.dtype)  # (B, T+1, 1): real tokens and the NTU token
-        if pooling == "mean+ntu":
-            t = ids.shape[1]  # word pieces; the NTU token is at position t
-            words = (hidden[:, :t] * m[:, :t]).sum(1) / m[:, :t].sum(1).clamp(min=1)
-            pooled = torch.cat([words, hidden[:, t]], dim=1)
-        else:
-            pooled = (hidden * m).sum(1) / m.sum(1).clamp(min=1)
+        pooled = pool(model, hidden.float(), full_mask, ids.shape[1], pooling)
         out[idx] = pooled.float().cpu().numpy()
     if concat_ntu:
         assert e_ntu is not None
+        if e_ntu.ndim != 2:
+            raise ConfigError("concat_ntu: needs a model with mean NTU vectors (not per_type)")
         out = np.concatenate([out, e_ntu], axis=1)
     return (out, overlap) if return_overlap else out
 
 
-POOLINGS = ("mean", "mean+ntu")
+POOLINGS = ("mean", "mean+ntu", "gate")
+
+
+def pool(
+    model: NTULM,
+    hidden: torch.Tensor,  # (B, T+K, H) final hidden states
+    mask: torch.Tensor,  # (B, T+K): real word pieces, then the attended NTU tokens
+    t: int,  # number of word-piece slots; NTU tokens sit at t .. t+K-1
+    pooling: str = "mean",
+) -> torch.Tensor:
+    """Post embedding: ``mean`` over all attended slots (the paper), (B, H); ``mean+ntu`` =
+    [word-piece mean ; NTU state], (B, 2H); ``gate`` = the model's learned gate of the two, (B, H).
+    The NTU state is the mean of the attended NTU slots (the one NTU token's state in the paper's
+    design); a post without attended NTU tokens gets its word-piece mean there."""
+    m = mask.unsqueeze(-1).to(hidden.dtype)  # (B, T+K, 1)
+    if pooling == "mean":
+        return (hidden * m).sum(1) / m.sum(1).clamp(min=1)
+    words = (hidden[:, :t] * m[:, :t]).sum(1) / m[:, :t].sum(1).clamp(min=1)  # (B, H)
+    n_ntu = m[:, t:].sum(1)  # (B, 1)
+    ntu_state = (hidden[:, t:] * m[:, t:]).sum(1) / n_ntu.clamp(min=1)
+    ntu_state = torch.where(n_ntu > 0, ntu_state, words)
+    if pooling == "mean+ntu":
+        return torch.cat([words, ntu_state], dim=1)
+    assert model.gate is not None
+    return model.gate(words, ntu_state)
 
 
 def check_pooling(model: NTULM, pooling: str) -> None:
@@ -153,6 +179,8 @@ def check_pooling(model: NTULM, pooling: str) -> None:
         raise ConfigError(f"pooling: {pooling!r} is not one of {', '.join(POOLINGS)}")
     if pooling == "mean+ntu" and not model.use_ntu:
         raise ConfigError("pooling: 'mean+ntu' needs a model with the NTU token (not a no-NTU one)")
+    if pooling == "gate" and model.gate is None:
+        raise ConfigError("pooling: 'gate' needs a model fine-tuned with pooling_gate=true")
 
 
 def output_dim(model: NTULM, pooling: str = "mean", concat_ntu: bool = False) -> int:

@@ -14,6 +14,11 @@ putting it right after each post's last real token; the mask makes padding invis
 The projected vector goes through the embedding LayerNorm (``ntu_layernorm``, default on) so that
 it enters the pretrained encoder on the same scale as the word pieces, whatever the scale of the
 KGE vectors; the paper says only "no position or type embedding".
+
+Beyond the paper (all off by default, ``lm/fusion.py``): ``ntu_tokens=per_type`` injects K NTU
+tokens, one per type, at slots ``T .. T+K-1`` with their own attention mask (an absent type can be
+masked out); ``pooling_gate`` adds a learned pooling; ``hidden_states(text_only=True)`` runs the
+encoder without NTU tokens (the text view of the social objective, ``lm/social.py``).
 """
 
 from __future__ import annotations
@@ -34,6 +39,7 @@ from transformers.utils import logging as hf_logging
 from ntulm.artifacts import atomic_path, read_json, write_json
 from ntulm.errors import ArtifactError, ConfigError
 from ntulm.lm.config import LMConfig, resolve_backbone
+from ntulm.lm.fusion import GatePooling, TypedNTUTokens
 
 if TYPE_CHECKING:
     import numpy as np
@@ -44,7 +50,8 @@ log = logging.getLogger(__name__)
 
 MODEL_DIR = "model"  # save_pretrained of the masked LM and its tokenizer
 PROJECTION = "ntu_projection.safetensors"
-LM_META = "lm.json"  # NTU configuration: use_ntu, ntu_dim, ntu_types, ntu_layernorm
+FUSION = "ntu_fusion.safetensors"  # per-type NTU tokens and/or the pooling gate, if any
+LM_META = "lm.json"  # NTU configuration: use_ntu, ntu_dim, ntu_types, ntu_layernorm, fusion
 LM_CONFIG = "lm_config.json"  # the resolved LMConfig
 NTU_DIR = "ntu"  # a copy of the NTU embeddings, so the model directory is self-contained
 
@@ -53,18 +60,24 @@ def inject_ntu(
     embeddings: nn.Module,
     input_ids: torch.Tensor,  # (B, T)
     attention_mask: torch.Tensor,  # (B, T)
-    s_ntu: torch.Tensor | None,  # (B, H) projected e_ntu, or None for the no-NTU baseline
+    s_ntu: torch.Tensor | None,  # (B, H) projected e_ntu, (B, K, H) per-type tokens, or None
     layernorm: bool = True,
+    ntu_mask: torch.Tensor | None = None,  # (B, K): which NTU tokens are attended (default all)
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """``S = [s_0 .. s_n, s_ntu]`` and its attention mask: (B, T+1, H), (B, T+1)."""
+    """``S = [s_0 .. s_n, s_ntu]`` and its attention mask: (B, T+1, H), (B, T+1) (T+K for K
+    per-type tokens)."""
     words = embeddings(input_ids=input_ids)  # (B, T, H): word + position + type, LayerNorm, dropout
     if s_ntu is None:
         return words, attention_mask
+    if s_ntu.dim() == 2:
+        s_ntu = s_ntu[:, None, :]  # (B, 1, H): the paper's one NTU token
     if layernorm:
         s_ntu = embeddings.LayerNorm(s_ntu)
     s_ntu = embeddings.dropout(s_ntu)  # no position embedding, no token-type embedding
-    x = torch.cat([words, s_ntu[:, None, :]], dim=1)  # (B, T+1, H)
-    mask = torch.cat([attention_mask, attention_mask.new_ones(attention_mask.shape[0], 1)], dim=1)
+    x = torch.cat([words, s_ntu], dim=1)  # (B, T+K, H)
+    if ntu_mask is None:
+        ntu_mask = attention_mask.new_ones(s_ntu.shape[:2])
+    mask = torch.cat([attention_mask, ntu_mask.to(attention_mask.dtype)], dim=1)  # (B, T+K)
     return x, mask
 
 
@@ -94,9 +107,18 @@ def _mlm_head(mlm: PreTrainedModel) -> tuple[str, nn.Module]:
 
 
 class NTULM(nn.Module):
-    """Masked LM + NTU projection. ``projection`` is None for the no-NTU ("BERT") baseline."""
+    """Masked LM + NTU projection. ``projection`` is None for the no-NTU ("BERT") baseline and for
+    per-type tokens (``typed``, K types); ``gate`` is the optional learned pooling."""
 
-    def __init__(self, mlm: PreTrainedModel, ntu_dim: int | None, ntu_layernorm: bool = True):
+    def __init__(
+        self,
+        mlm: PreTrainedModel,
+        ntu_dim: int | None,
+        ntu_layernorm: bool = True,
+        n_types: int = 0,  # > 0: per-type NTU tokens instead of the one projection
+        ntu_absent: str = "unknown",
+        pooling_gate: bool = False,
+    ):
         super().__init__()
         self.mlm = mlm
         if not hasattr(self.base, "embeddings") or not hasattr(self.base, "encoder"):
@@ -105,7 +127,10 @@ class NTULM(nn.Module):
             )
         self.head_name, _ = _mlm_head(mlm)
         hidden = mlm.config.hidden_size
-        self.projection = nn.Linear(ntu_dim, hidden) if ntu_dim else None
+        typed = bool(ntu_dim and n_types)
+        self.projection = nn.Linear(ntu_dim, hidden) if ntu_dim and not typed else None
+        self.typed = TypedNTUTokens(n_types, ntu_dim, hidden, ntu_absent) if typed else None
+        self.gate = GatePooling(hidden) if pooling_gate else None
         self.ntu_layernorm = ntu_layernorm
         self.tokenizer: Any = None  # set by from_backbone / load
         self.cfg: LMConfig | None = None
@@ -126,20 +151,36 @@ class NTULM(nn.Module):
 
     @property
     def use_ntu(self) -> bool:
-        return self.projection is not None
+        return self.projection is not None or self.typed is not None
+
+    @property
+    def ntu_dim(self) -> int | None:
+        for m in (self.projection, self.typed):
+            if m is not None:
+                return m.in_features
+        return None
 
     # ------------------------------------------------------------------ forward
     def hidden_states(
-        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, e_ntu: torch.Tensor | None
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        e_ntu: torch.Tensor | None,  # (B, D); per-type: (B, K, D), NaN rows for absent types
+        text_only: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Final hidden states and their mask: (B, T+1, H), (B, T+1) (T without the NTU token)."""
-        s_ntu = None
-        if self.projection is not None:
+        """Final hidden states and their mask: (B, T+1, H), (B, T+1) (T+K with K per-type tokens;
+        T without NTU tokens: the no-NTU baseline, or ``text_only``)."""
+        s_ntu, ntu_mask = None, None
+        if self.use_ntu and not text_only:
             if e_ntu is None:
                 raise ValueError("this model injects NTUs: pass e_ntu")
-            s_ntu = self.projection(e_ntu.to(self.projection.weight.dtype))  # (B, H)
+            if self.typed is not None:
+                s_ntu, ntu_mask = self.typed(e_ntu)  # (B, K, H), (B, K)
+            else:
+                assert self.projection is not None
+                s_ntu = self.projection(e_ntu.to(self.projection.weight.dtype))  # (B, H)
         x, mask = inject_ntu(
-            self.base.embeddings, input_ids, attention_mask, s_ntu, self.ntu_layernorm
+            self.base.embeddings, input_ids, attention_mask, s_ntu, self.ntu_layernorm, ntu_mask
         )
         mask4d = create_bidirectional_mask(
             config=self.base.config, inputs_embeds=x, attention_mask=mask
@@ -178,7 +219,14 @@ class NTULM(nn.Module):
             raise ConfigError(
                 f"backbone: cannot load {cfg.backbone!r}: {str(exc).splitlines()[0]}"
             ) from None
-        model = cls(mlm, ntu_dim if cfg.use_ntu else None, cfg.ntu_layernorm)
+        model = cls(
+            mlm,
+            ntu_dim if cfg.use_ntu else None,
+            cfg.ntu_layernorm,
+            n_types=len(cfg.ntu_types) if cfg.ntu_tokens == "per_type" else 0,
+            ntu_absent=cfg.ntu_absent,
+            pooling_gate=cfg.pooling_gate,
+        )
         head_new = any(k.startswith(model.head_name + ".") for k in info.get("missing_keys", ()))
         if head_new:
             mlm.tie_weights()  # decoder = word embeddings
@@ -195,10 +243,14 @@ class NTULM(nn.Module):
         self.tokenizer.save_pretrained(out / MODEL_DIR)
         meta: dict[str, Any] = {
             "use_ntu": self.use_ntu,
-            "ntu_dim": self.projection.in_features if self.projection is not None else None,
+            "ntu_dim": self.ntu_dim,
             "ntu_types": self.cfg.ntu_types if self.cfg else None,
             "ntu_layernorm": self.ntu_layernorm,
             "hidden_size": self.hidden_size,
+            "ntu_tokens": "per_type" if self.typed is not None else "mean",
+            "n_types": int(self.typed.weight.shape[0]) if self.typed is not None else 0,
+            "ntu_absent": self.typed.absent if self.typed is not None else "unknown",
+            "pooling_gate": self.gate is not None,
         }
         if self.projection is not None:
             with atomic_path(out / PROJECTION) as tmp:
@@ -207,6 +259,15 @@ class NTULM(nn.Module):
                     for k, v in self.projection.state_dict().items()
                 }
                 save_file(state, str(tmp))
+        fusion = {
+            f"{name}.{k}": v.detach().contiguous().cpu()
+            for name in ("typed", "gate")
+            if getattr(self, name) is not None
+            for k, v in getattr(self, name).state_dict().items()
+        }
+        if fusion:
+            with atomic_path(out / FUSION) as tmp:
+                save_file(fusion, str(tmp))
         if self.ntu is not None:
             self.ntu.save(out / NTU_DIR)
         if self.cfg is not None:
@@ -225,9 +286,25 @@ class NTULM(nn.Module):
         cfg = LMConfig.build(read_json(out / LM_CONFIG), source=str(out / LM_CONFIG))
         with _quiet_transformers(cfg.progress):
             mlm = AutoModelForMaskedLM.from_pretrained(out / MODEL_DIR)
-        model = cls(mlm, meta["ntu_dim"] if meta["use_ntu"] else None, meta["ntu_layernorm"])
+        model = cls(  # a model saved before the fusion options has none of their keys
+            mlm,
+            meta["ntu_dim"] if meta["use_ntu"] else None,
+            meta["ntu_layernorm"],
+            n_types=meta.get("n_types", 0),
+            ntu_absent=meta.get("ntu_absent", "unknown"),
+            pooling_gate=meta.get("pooling_gate", False),
+        )
         if model.projection is not None:
             model.projection.load_state_dict(load_file(str(out / PROJECTION)))
+        if model.typed is not None or model.gate is not None:
+            state = load_file(str(out / FUSION))
+            for name in ("typed", "gate"):
+                module = getattr(model, name)
+                if module is not None:
+                    pre = name + "."
+                    module.load_state_dict(
+                        {k[len(pre) :]: v for k, v in state.items() if k.startswith(pre)}
+                    )
         model.tokenizer = AutoTokenizer.from_pretrained(out / MODEL_DIR)
         model.cfg = cfg
         if ntu is None and (out / NTU_DIR).exists():

@@ -11,6 +11,11 @@
 - an atomic checkpoint every ``checkpoint_every`` steps and per epoch. Batch order, masking and
   dropout are seeded per epoch / per step, so ``resume=True`` reaches the same weights. The
   checkpoint holds tensors and plain values only and is loaded with ``weights_only=True``.
+
+Beyond the paper (off by default): ``ntu_dropout`` hides NTUs per step (seeded by the step, so
+resume stays exact); ``social_weight > 0`` adds the NT-Xent loss of ``lm/social.py`` over mined
+positive partners of the batch's posts (text-only view; with ``pooling_gate`` also the gated
+view, which is what trains the gate).
 """
 
 from __future__ import annotations
@@ -37,12 +42,15 @@ from ntulm.lm.data import (
     fixed_eval_masks,
     length_grouped_batches,
     mask_tokens,
-    ntu_vectors,
+    ntu_inputs,
     pad,
     tokenize,
     training_batches,
 )
+from ntulm.lm.encode import pool
+from ntulm.lm.fusion import drop_ntus
 from ntulm.lm.model import NTULM
+from ntulm.lm.social import mine_pairs, nt_xent, pick_partners, text_embeddings
 
 if TYPE_CHECKING:
     from ntulm.kge import NTUEmbeddings
@@ -72,6 +80,7 @@ class FinetuneResult:
     overlap_train: float = 0.0  # fraction of posts with at least one known NTU
     overlap_eval: float = 0.0
     train_dtype: str = "float32"  # the resolved compute dtype of the fine-tuning steps
+    social_posts: float = 0.0  # fraction of training posts with mined positives (social_weight)
 
     @property
     def tokens_per_s(self) -> float:
@@ -192,6 +201,35 @@ def _head_warmup(
     bar.close()
 
 
+def _social_loss(
+    model: NTULM,
+    cfg: LMConfig,
+    pairs: np.ndarray,
+    idx: np.ndarray,
+    tokens: Sequence[np.ndarray],
+    e_ntu: np.ndarray | None,
+    rng: np.random.Generator,
+    device: torch.device,
+) -> torch.Tensor | None:
+    """NT-Xent over the batch's posts and one mined positive each (None under two pairs): on the
+    text-only embeddings, plus on the gated embeddings when the model has a pooling gate."""
+    anchors, partners = pick_partners(pairs, idx, rng)
+    if len(anchors) < 2:
+        return None
+    both = np.concatenate([anchors, partners])
+    ids, mask, e = _batch(model, [tokens[i] for i in both], None, device)
+    z = text_embeddings(model, ids, mask)  # (2B, H)
+    n = len(anchors)
+    loss = nt_xent(z[:n], z[n:], cfg.social_temperature)
+    if model.gate is not None:
+        assert e_ntu is not None
+        ids, mask, e = _batch(model, [tokens[i] for i in both], e_ntu[both], device)
+        hidden, full = model.hidden_states(ids, mask, e)
+        g = pool(model, hidden, full, ids.shape[1], "gate")
+        loss = loss + nt_xent(g[:n], g[n:], cfg.social_temperature)
+    return loss
+
+
 def _run_key(cfg: LMConfig, dtype: str) -> str:
     """What a checkpoint must match to be resumed: the config (less display and thread
     settings) and the resolved dtype."""
@@ -216,6 +254,8 @@ def finetune(
         return FinetuneResult(**saved)
     if cfg.use_ntu and ntu is None:
         raise ConfigError("use_ntu=true needs NTU embeddings (--ntu DIR), or use --no-ntu")
+    if cfg.social_weight > 0 and ntu is None:
+        raise ConfigError("social_weight > 0 needs NTU embeddings (--ntu DIR) to mine pairs")
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)
     device = torch.device(
@@ -236,13 +276,20 @@ def finetune(
     posts = list(posts[: cfg.max_posts] if cfg.max_posts else posts)
     tokens = tokenize([p.text for p in posts], model.tokenizer, cfg.max_length, cfg.text)
     if ntu is not None:
-        e_all, overlap = ntu_vectors(posts, ntu, cfg.ntu_types)
+        e_all, overlap = ntu_inputs(posts, ntu, cfg)
     else:
         e_all, overlap = None, np.zeros(len(posts), dtype=bool)
     tr, ev = split_posts(len(posts), cfg)
     train_tok = [tokens[i] for i in tr]
     e_tr = e_all[tr] if e_all is not None else None
     e_ev = e_all[ev] if e_all is not None else None
+    pairs = None
+    if cfg.social_weight > 0:
+        assert ntu is not None
+        pairs = mine_pairs(
+            [posts[i] for i in tr], ntu, cfg.ntu_types, cfg.social_k, cfg.social_exact_max
+        )
+    ntu_mean = np.asarray(ntu.mean, dtype=np.float32) if ntu is not None else None
     eval_masks = fixed_eval_masks(
         [tokens[i] for i in ev], model.tokenizer, cfg.mlm_probability, cfg.seed
     )
@@ -254,6 +301,7 @@ def finetune(
         overlap_train=float(overlap[tr].mean()),
         overlap_eval=float(overlap[ev].mean()),
         train_dtype=dtype,
+        social_posts=float((pairs[:, 0] >= 0).mean()) if pairs is not None and len(tr) else 0.0,
     )
     log.info(
         "%d training posts, %d held out; NTU overlap %.1f%% / %.1f%%",
@@ -347,9 +395,11 @@ def finetune(
             t0 = time.perf_counter()
             idx, step = batches[state["batch"]], state["step"]
             torch.manual_seed(cfg.seed * 1_000_003 + step)  # dropout, reproducible on resume
-            ids, mask, e = _batch(
-                model, [train_tok[i] for i in idx], e_tr[idx] if e_tr is not None else None, device
-            )
+            e_np = e_tr[idx] if e_tr is not None else None
+            if e_np is not None and cfg.ntu_dropout > 0:
+                rng = np.random.default_rng([cfg.seed, 17, step])
+                e_np = drop_ntus(e_np, cfg.ntu_dropout, rng, ntu_mean)
+            ids, mask, e = _batch(model, [train_tok[i] for i in idx], e_np, device)
             gen = torch.Generator().manual_seed(cfg.seed * 7_919 + step)
             masked, labels = mask_tokens(
                 ids.cpu(), mask.cpu(), model.tokenizer, cfg.mlm_probability, gen
@@ -357,6 +407,11 @@ def finetune(
             if (labels != -100).any():
                 with _autocast(device, dtype):
                     loss, _ = model.mlm_loss(masked.to(device), mask, labels.to(device), e)
+                    if pairs is not None:
+                        rng = np.random.default_rng([cfg.seed, 23, step])
+                        social = _social_loss(model, cfg, pairs, idx, train_tok, e_tr, rng, device)
+                        if social is not None:
+                            loss = loss + cfg.social_weight * social
                 loss.backward()
                 torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
                 opt.step()

@@ -7,11 +7,12 @@ as the stage commands, plus ``posts`` (the corpus), ``variants`` (the models com
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_serializer, model_validator
 
 from ntulm.config import StageConfig
+from ntulm.errors import ConfigError
 from ntulm.evaluate.config import EvalConfig
 from ntulm.graph.config import GraphConfig
 from ntulm.kge.config import KGEConfig
@@ -34,11 +35,26 @@ class VariantSpec(StageConfig):
         description="no model of its own: embed with the named model variant's fine-tuned model "
         "(to compare poolings); its use_ntu and ntu_types are taken from that variant",
     )
-    pooling: Literal["mean", "mean+ntu"] = Field(
+    pooling: Literal["mean", "mean+ntu", "gate"] = Field(
         "mean",
-        description="post embedding: 'mean' of word pieces and NTU token (the paper), or "
-        "'mean+ntu' = [word-piece mean ; NTU token state] (NTU models only)",
+        description="post embedding: 'mean' of word pieces and NTU token (the paper), "
+        "'mean+ntu' = [word-piece mean ; NTU token state] (NTU models only), or 'gate' = the "
+        "learned gate of the two (models fine-tuned with lm.pooling_gate=true)",
     )
+    lm: dict[str, Any] = Field(
+        default_factory=dict,
+        description="this variant's own LMConfig fields over the shared lm section, e.g. "
+        "{ntu_tokens: per_type, ntu_dropout: 0.1, social_weight: 0.5} (not use_ntu, ntu_types "
+        "or seed: those are the variant's and the run's)",
+    )
+
+    @model_serializer(mode="wrap")
+    def _dump(self, handler):  # noqa: ANN001, ANN202 (pydantic's serializer protocol)
+        data = handler(self)
+        if not self.lm:  # as before the field existed: same fingerprints, same caches
+            data.pop("lm", None)
+        return data
+
     control: Literal["shuffled", "mean"] | None = Field(
         None,
         description="negative control of the model_of NTU model: 'shuffled' feeds each post "
@@ -125,6 +141,17 @@ class PipelineConfig(StageConfig):
         if self.baseline not in names:
             raise ValueError(f"baseline: {self.baseline!r} is not a variant ({', '.join(names)})")
         own = {v.name: v for v in self.model_variants()}
+        for v in self.variants:
+            fixed = sorted({"use_ntu", "ntu_types", "seed"} & set(v.lm))
+            if fixed:
+                raise ValueError(f"variants: {v.name!r} lm: set {fixed} on the variant, not in lm")
+            if v.lm and v.name not in own:
+                raise ValueError(f"variants: {v.name!r} lm: only a variant with its own model")
+            if v.name in own:
+                try:
+                    self.lm_config(v, self.seeds[0])
+                except ConfigError as exc:
+                    raise ValueError(f"variants: {v.name!r}: {exc}") from None
         for i, v in enumerate(self.variants):
             if v.post_concat_of is not None and v.model_of is not None:
                 raise ValueError(f"variants: {v.name!r} has both post_concat_of and model_of")
@@ -146,6 +173,21 @@ class PipelineConfig(StageConfig):
                 self.variants[i] = v
             if v.pooling == "mean+ntu" and not v.use_ntu:
                 raise ValueError(f"variants: {v.name!r} pooling 'mean+ntu' needs an NTU model")
+            per_type = v.model_of in own and (
+                self.lm_config(own[v.model_of], self.seeds[0]).ntu_tokens != "mean"
+            )
+            if v.control is not None and per_type:
+                raise ValueError(
+                    f"variants: {v.name!r} controls substitute mean NTU vectors: not for "
+                    "a per_type model"
+                )
+            if v.pooling == "gate":
+                base = own.get(v.model_of or v.name)
+                if base is None or not self.lm_config(base, self.seeds[0]).pooling_gate:
+                    raise ValueError(
+                        f"variants: {v.name!r} pooling 'gate' needs a model variant with "
+                        "lm: {pooling_gate: true}"
+                    )
             if v.control is not None and (v.model_of is None or not v.use_ntu):
                 raise ValueError(
                     f"variants: {v.name!r} control needs model_of naming an NTU model variant"
@@ -153,6 +195,18 @@ class PipelineConfig(StageConfig):
         if not self.eval.tasks:
             raise ValueError("eval.tasks: at least one task")
         return self
+
+    def lm_config(self, v: VariantSpec, seed: int) -> LMConfig:
+        """The fine-tuning config of model variant ``v``: the shared ``lm`` section, the variant's
+        ``lm`` fields, its ``use_ntu`` and ``ntu_types``, and ``seed``."""
+        data = {
+            **self.lm.model_dump(mode="json"),
+            **v.lm,
+            "use_ntu": v.use_ntu,
+            "ntu_types": v.ntu_types,
+            "seed": seed,
+        }
+        return LMConfig.build(data, source=f"variants[{v.name}].lm")
 
     def overlap_types(self) -> list[str]:
         """NTU types behind the overlap flags (Table 4): those any variant injects or concatenates."""
