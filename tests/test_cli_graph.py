@@ -121,3 +121,17 @@ def test_unwritable_output_is_one_line(capsys, lines, tmp_path):
         capsys, "build-graph", "--posts", str(posts), "--out", str(blocker / "g"), "-q"
     )
     assert code == 2 and "error:" in err and len(err.strip().splitlines()) == 1
+
+
+def test_help_and_graph_commands_do_not_import_torch():
+    """`ntulm --help` and the parser of every command stay instant: torch and transformers
+    (seconds of start-up) are imported only by the commands that run a model."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; from ntulm.cli import build_parser; build_parser(); "
+        "print(sorted(m for m in ('torch', 'transformers') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"

@@ -130,15 +130,17 @@ def register(sub: argparse._SubParsersAction) -> None:
     e.add_argument("--limit", type=int, default=0, help="stop after N posts (0: all)")
     e.add_argument(
         "--dtype",
-        choices=("float32", "bfloat16"),
+        choices=("auto", "float32", "bfloat16"),
         default="float32",
-        help="encoder precision; bfloat16 autocast is about 3x faster on CPUs with native bf16",
+        help="encoder precision; bfloat16 autocast is about 3x faster on CPUs with native bf16 "
+        "(auto: bfloat16 where the CPU has it natively)",
     )
     e.add_argument(
         "--pooling",
-        choices=("mean", "mean+ntu"),
+        choices=("mean", "mean+ntu", "gate"),
         default="mean",
         help="mean: the paper's mean over word pieces and the NTU token; mean+ntu: [word-piece "
-        "mean ; NTU token state], 2x wide, keeps the NTU signal undiluted (NTULM models only)",
+        "mean ; NTU token state], 2x wide, keeps the NTU signal undiluted (NTULM models only); "
+        "gate: the learned gate of a model fine-tuned with pooling_gate",
     )
     e.set_defaults(func=cmd_embed)

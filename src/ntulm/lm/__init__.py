@@ -7,13 +7,29 @@ its no-NTU "BERT" baseline (``use_ntu=False``) and post embeddings
 
 Beyond the paper, all off by default: per-type NTU tokens, NTU dropout and a learned pooling gate
 (``lm/fusion.py``), and the TwHIN-BERT social contrastive objective (``lm/social.py``).
+
+The names below are imported on first use (PEP 562): ``ntulm.lm.config`` is read by the CLI to
+build its help, and must not pull in torch and transformers (seconds of start-up) to do so.
 """
 
-from ntulm.lm.config import LMConfig, TextNormConfig
-from ntulm.lm.encode import embed_to_parquet, encode
-from ntulm.lm.model import NTULM, inject_ntu
-from ntulm.lm.text import normalize_text
-from ntulm.lm.train import FinetuneResult, evaluate_bits, finetune
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+# public name -> the module that defines it
+_EXPORTS = {
+    "LMConfig": "ntulm.lm.config",
+    "TextNormConfig": "ntulm.lm.config",
+    "normalize_text": "ntulm.lm.text",
+    "embed_to_parquet": "ntulm.lm.encode",
+    "encode": "ntulm.lm.encode",
+    "NTULM": "ntulm.lm.model",
+    "inject_ntu": "ntulm.lm.model",
+    "FinetuneResult": "ntulm.lm.train",
+    "evaluate_bits": "ntulm.lm.train",
+    "finetune": "ntulm.lm.train",
+}
 
 __all__ = [
     "NTULM",
@@ -27,3 +43,19 @@ __all__ = [
     "inject_ntu",
     "normalize_text",
 ]
+
+if TYPE_CHECKING:
+    from ntulm.lm.config import LMConfig, TextNormConfig
+    from ntulm.lm.encode import embed_to_parquet, encode
+    from ntulm.lm.model import NTULM, inject_ntu
+    from ntulm.lm.text import normalize_text
+    from ntulm.lm.train import FinetuneResult, evaluate_bits, finetune
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'ntulm.lm' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value  # later look-ups skip this function
+    return value

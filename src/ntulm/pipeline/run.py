@@ -173,15 +173,16 @@ class Pipeline:
     def finetune(
         self, v: VariantSpec, seed: int, sample: list[Post], emb: NTUEmbeddings, kge_fp: str
     ) -> tuple[Path, str, dict]:
-        lcfg = self.cfg.lm.model_copy(
-            update={"use_ntu": v.use_ntu, "ntu_types": v.ntu_types, "seed": seed}
-        )
+        lcfg = self.cfg.lm_config(v, seed)
+        # the social objective mines its post pairs from the NTU embeddings, even for a model
+        # that does not inject NTUs
+        needs_ntu = v.use_ntu or lcfg.social_weight > 0
         suffix = f"-s{seed}" if self.cfg.finetune_per_seed else ""
         d = self.out / "lm" / f"{_slug(v.name)}{suffix}"
         fp = fingerprint(
             [
                 lcfg.model_dump(mode="json"),
-                kge_fp if v.use_ntu else None,
+                kge_fp if needs_ntu else None,
                 fingerprint([p.id for p in sample]),
             ]
         )
@@ -192,7 +193,7 @@ class Pipeline:
             # resume a crashed fine-tune from its checkpoint; a fresh one starts quietly
             resume = (d / CHECKPOINT).exists()
             quiet = lcfg.model_copy(update={"progress": lcfg.progress and self.progress})
-            res = finetune(sample, quiet, d, ntu=emb if v.use_ntu else None, resume=resume)
+            res = finetune(sample, quiet, d, ntu=emb if needs_ntu else None, resume=resume)
             self.timings[f"finetune {v.name}{suffix}"] = time.perf_counter() - t
             _mark(d, fp, result=res.to_json())
             self.ran.append(f"finetune {v.name}{suffix}")
