@@ -135,3 +135,18 @@ def test_help_and_graph_commands_do_not_import_torch():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_lazy_lm_package_keeps_its_public_functions():
+    """`ntulm.lm` re-exports lazily; importing the submodule `ntulm.lm.encode` must not turn
+    `ntulm.lm.encode` (the function) into the module."""
+    import subprocess
+    import sys
+
+    code = (
+        "import ntulm.lm.encode, ntulm.lm.train; from ntulm.lm import encode, finetune, NTULM; "
+        "import types; print(isinstance(encode, types.FunctionType), callable(finetune), "
+        "NTULM.__name__)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["True", "True", "NTULM"]

@@ -15,6 +15,8 @@ build its help, and must not pull in torch and transformers (seconds of start-up
 from __future__ import annotations
 
 import importlib
+import sys
+import types
 from typing import TYPE_CHECKING, Any
 
 # public name -> the module that defines it
@@ -59,3 +61,18 @@ def __getattr__(name: str) -> Any:
     value = getattr(importlib.import_module(module), name)
     globals()[name] = value  # later look-ups skip this function
     return value
+
+
+class _Package(types.ModuleType):
+    """Importing a submodule binds its name on the package: ``import ntulm.lm.encode`` would
+    make ``ntulm.lm.encode`` the module, hiding the function :func:`encode` of the same name
+    (the eager imports this package had before rebound the function afterwards). Keep the
+    public function in that case."""
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if isinstance(value, types.ModuleType) and _EXPORTS.get(name) == value.__name__:
+            value = getattr(value, name)
+        super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _Package
