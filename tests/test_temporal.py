@@ -236,3 +236,17 @@ def test_run_temporal_graph_kge_and_sample_see_only_pre_cutoff_posts(tmp_path, t
     assert "graph" in again["stages"]["reused"] and "kge" in again["stages"]["reused"]
     moved = run_pipeline(PipelineConfig.build({**cfg, "cutoff": "2022-06-09"}), out, progress=False)
     assert {"graph", "kge", "finetune N", "finetune BERT"} <= set(moved["stages"]["ran"])
+
+
+def test_protocols_and_the_temporal_preset():
+    from pathlib import Path
+    from typing import get_args
+
+    from ntulm.evaluate.protocol import PROTOCOLS
+
+    assert get_args(PipelineConfig.model_fields["protocol"].annotation) == PROTOCOLS
+    bench = Path(__file__).parents[1] / "benchmarks"
+    t = PipelineConfig.from_sources(bench / "paper_cpu_temporal.yaml", []).model_dump()
+    p = PipelineConfig.from_sources(bench / "paper_cpu.yaml", []).model_dump()
+    assert t["protocol"] == "temporal" and 0 < t["cutoff_quantile"] < 1
+    assert {k for k in t if t[k] != p[k]} == {"name", "protocol", "cutoff_quantile"}
