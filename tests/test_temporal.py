@@ -167,7 +167,11 @@ def test_finetune_sample_is_before_the_cutoff(corpus):
 def test_config_validation():
     base = {"posts": ["x"], "eval": {"tasks": TASKS[1:2]}}
     ok = PipelineConfig.build({**base, "protocol": "temporal", "cutoff": "2017-01-01"})
-    assert ok.cutoff.isoformat() == "2017-01-01" and ok.train_from == "before"
+    assert resolve_cutoff([], ok.cutoff) == "2017-01-01 00:00:00" and ok.train_from == "before"
+    east = PipelineConfig.build(
+        {**base, "protocol": "temporal", "cutoff": "2017-01-01T00:00+01:00"}
+    )
+    assert resolve_cutoff([], east.cutoff) == "2016-12-31 23:00:00"  # the offset is kept
     assert PipelineConfig.build({**base, "protocol": "temporal", "cutoff_quantile": 0.8})
     bad = [
         ({"protocol": "temporal"}, "exactly one of cutoff"),
@@ -236,6 +240,8 @@ def test_run_temporal_graph_kge_and_sample_see_only_pre_cutoff_posts(tmp_path, t
     assert "graph" in again["stages"]["reused"] and "kge" in again["stages"]["reused"]
     moved = run_pipeline(PipelineConfig.build({**cfg, "cutoff": "2022-06-09"}), out, progress=False)
     assert {"graph", "kge", "finetune N", "finetune BERT"} <= set(moved["stages"]["ran"])
+    with pytest.raises(ConfigError, match="no post at or after the cutoff 2030-01-01"):
+        run_pipeline(PipelineConfig.build({**cfg, "cutoff": "2030-01-01"}), out, progress=False)
 
 
 def test_protocols_and_the_temporal_preset():

@@ -128,7 +128,7 @@ class PipelineConfig(StageConfig):
         "posts strictly before the cutoff, every corpus task validates and tests on posts at or "
         "after it (evaluate/temporal.py); TweetEval keeps its own splits",
     )
-    cutoff: date | datetime | None = Field(
+    cutoff: datetime | date | None = Field(
         None,
         description="temporal protocol: the cutoff time (a date is its midnight; UTC unless an "
         "offset is given), e.g. 2017-01-01; or give cutoff_quantile",

@@ -123,8 +123,23 @@ class Pipeline:
         c = self.cfg
         if c.protocol != "temporal":
             return {"protocol": c.protocol}
-        self.temporal = temporal(posts, c.cutoff, c.cutoff_quantile, c.train_from)
+        try:
+            self.temporal = temporal(posts, c.cutoff, c.cutoff_quantile, c.train_from)
+        except ValueError as exc:
+            raise ConfigError(f"protocol temporal: {exc}") from None
         rec = self.temporal.to_json()
+        for side, words in (("before", "before"), ("after", "at or after")):
+            if not rec[f"posts_{side}"]:
+                raise ConfigError(
+                    f"protocol temporal: no post {words} the cutoff {rec['cutoff']} "
+                    f"({rec['posts_before']} before, {rec['posts_after']} at or after)"
+                )
+        if rec["posts_without_time"]:
+            log.warning(
+                "temporal protocol: %d posts without a readable created_at are left out of the "
+                "graph, the fine-tuning sample and every task",
+                rec["posts_without_time"],
+            )
         log.info(
             "temporal protocol: cutoff %s (%s); %d posts before, %d at or after, %d without time "
             "(left out)",
