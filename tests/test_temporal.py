@@ -235,6 +235,7 @@ def test_run_temporal_graph_kge_and_sample_see_only_pre_cutoff_posts(tmp_path, t
     report = (out / "report.md").read_text()
     assert "Protocol: temporal, cutoff 2022-06-10 00:00:00 UTC" in report
     assert "17 without a time" in report and "TweetEval has no times" in report
+    assert "| community | " in report.split("Temporal protocol, per corpus task")[1]
     # another cutoff re-runs the graph and everything after it; the same one reuses them
     again = run_pipeline(PipelineConfig.build(cfg), out, progress=False)
     assert "graph" in again["stages"]["reused"] and "kge" in again["stages"]["reused"]

@@ -393,6 +393,23 @@ def write_report(results: dict[str, Any], out: Path) -> None:
         lines.append(
             f"| {name} | {t['family']} | {t['n_train']:,} | {t['n_val']:,} | {t['n_test']:,} | {t['n_classes']} | {', '.join(t['metrics'])} | {excl} |"
         )
+    timed = {n: t for n, t in results["tasks"].items() if "posts_after_cutoff" in t}
+    if timed:
+        lines += [
+            "",
+            "Temporal protocol, per corpus task (posts it could use): before the cutoff / at or "
+            "after / without a time; post-cutoff posts of the training split dropped "
+            "(train_from: before); pre-cutoff posts of validation and test authors dropped.",
+            "",
+            "| task | before | after | no time | after-cutoff train dropped | val/test authors' earlier posts dropped |",
+            "|---|---|---|---|---|---|",
+        ]
+        for name, t in timed.items():
+            lines.append(
+                f"| {name} | {t['posts_before_cutoff']:,} | {t['posts_after_cutoff']:,} | "
+                f"{t['posts_without_time']:,} | {t['after_cutoff_train_posts_dropped']:,} | "
+                f"{t.get('before_cutoff_posts_of_val_test_authors_dropped', 0):,} |"
+            )
     kge = results.get("kge") or {}
     if kge:
         lines += ["", "## NTU embeddings: link prediction on held-out edges", "", kge_table(kge)]
