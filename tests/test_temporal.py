@@ -257,3 +257,18 @@ def test_protocols_and_the_temporal_preset():
     p = PipelineConfig.from_sources(bench / "paper_cpu.yaml", []).model_dump()
     assert t["protocol"] == "temporal" and 0 < t["cutoff_quantile"] < 1
     assert {k for k in t if t[k] != p[k]} == {"name", "protocol", "cutoff_quantile"}
+
+
+def test_saved_models_refuse_the_temporal_protocol(tmp_path):
+    from ntulm.pipeline.evaluate import evaluate_saved
+
+    cfg = PipelineConfig.build(
+        {
+            "posts": ["x"],
+            "protocol": "temporal",
+            "cutoff": "2017-01-01",
+            "eval": {"tasks": TASKS[1:2]},
+        }  # fmt: skip
+    )
+    with pytest.raises(ConfigError, match="protocol temporal: saved models"):
+        evaluate_saved(cfg, {}, tmp_path / "out")
