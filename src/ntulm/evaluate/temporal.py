@@ -85,9 +85,9 @@ def _check_ts(at: str) -> str:
 
 
 def _con(src: PostsTable | Sequence[Post]) -> duckdb.DuckDBPyConnection:
-    """A connection with a view ``t(rid, created_at)`` over the source, in corpus order."""
+    """A connection with a view ``_times(rid, created_at)`` over the source, in corpus order."""
     if isinstance(src, PostsTable):
-        src.con.execute("CREATE OR REPLACE TEMP VIEW t AS SELECT rid, created_at FROM posts")
+        src.con.execute("CREATE OR REPLACE TEMP VIEW _times AS SELECT rid, created_at FROM posts")
         return src.con
     con = duckdb.connect()
     times = pa.table(
@@ -96,7 +96,7 @@ def _con(src: PostsTable | Sequence[Post]) -> duckdb.DuckDBPyConnection:
             "created_at": pa.array([p.created_at for p in src], pa.string()),
         }
     )
-    con.register("t", times)
+    con.register("_times", times)
     return con
 
 
@@ -122,7 +122,7 @@ def resolve_cutoff(
     con = _con(src)
     row = con.execute(
         f"SELECT strftime(quantile_disc(ts, {float(quantile)}), '%Y-%m-%d %H:%M:%S') "
-        f"FROM (SELECT {POST_TIME_SQL} AS ts FROM t) WHERE ts IS NOT NULL"
+        f"FROM (SELECT {POST_TIME_SQL} AS ts FROM _times) WHERE ts IS NOT NULL"
     ).fetchone()
     if row is None or row[0] is None:
         raise ValueError("temporal protocol: no post has a readable created_at time")
@@ -134,7 +134,7 @@ def periods(src: PostsTable | Sequence[Post], at: str) -> np.ndarray:
     con = _con(src)
     col = con.execute(
         f"SELECT CASE WHEN ts IS NULL THEN {NO_TIME} WHEN ts < TIMESTAMP '{_check_ts(at)}' "
-        f"THEN {BEFORE} ELSE {AFTER} END AS k FROM (SELECT rid, {POST_TIME_SQL} AS ts FROM t) "
+        f"THEN {BEFORE} ELSE {AFTER} END AS k FROM (SELECT rid, {POST_TIME_SQL} AS ts FROM _times) "
         "ORDER BY rid"
     ).fetchnumpy()["k"]
     return np.asarray(col, dtype=np.int8)
