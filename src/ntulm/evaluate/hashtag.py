@@ -20,6 +20,7 @@ import numpy as np
 from ntulm.evaluate.source import PostSource, as_source, hashtag_counts, tagged, take
 from ntulm.evaluate.splits import split_indices
 from ntulm.evaluate.tasks import Task
+from ntulm.evaluate.temporal import Temporal, temporal_split_keys
 from ntulm.posts import Post, normalize_hashtag
 from ntulm.posts.extract import HASHTAG_RE, URL_RE
 
@@ -63,6 +64,7 @@ def hashtag_task(
     test_frac: float = 0.1,
     name: str = "hashtag",
     exclusion: str = "posts",
+    temporal: Temporal | None = None,
 ) -> Task:
     """Build the hashtag-prediction task.
 
@@ -74,6 +76,9 @@ def hashtag_task(
     ``exclusion`` is ``"posts"`` (the validation and test posts give no graph edges) or
     ``"strict"`` (also no (test author, removed hashtag) edge; see the module docstring).
     ``posts`` is a list of posts or a :class:`~ntulm.posts.rows.PostsTable` (the same task).
+    Under the temporal protocol (``temporal``) the chosen posts are split by
+    :func:`~ntulm.evaluate.temporal.temporal_split_keys` (by post): validation and test posts
+    are from at or after the cutoff.
     """
     if exclusion not in ("posts", "strict"):
         raise ValueError(f"exclusion: {exclusion!r} is not 'posts' or 'strict'")
@@ -108,7 +113,14 @@ def hashtag_task(
     originals = take(src, [i for _, i in order])  # only the chosen posts become objects
     examples = [_without(p, h) for (h, _), p in zip(order, originals, strict=True)]
     strata = [p.labels["hashtag"] for p in examples]
-    train, val, test, _ = split_indices(examples, strata, "post", val_frac, test_frac, seed)
+    split_info: dict = {}
+    if temporal is None:
+        train, val, test, _ = split_indices(examples, strata, "post", val_frac, test_frac, seed)
+    else:
+        period = temporal.period[np.array([i for _, i in order], dtype=np.int64)]
+        train, val, test, split_info = temporal_split_keys(
+            period, None, strata, "post", val_frac, test_frac, seed, temporal.train_from
+        )
     index = {c: k for k, c in enumerate(classes)}
     y = np.array([index[s] for s in strata], dtype=np.int64)
     test_posts = [examples[i] for i in test]
@@ -143,5 +155,6 @@ def hashtag_task(
             "graph_excluded_pairs": len(pairs),
             "label": "hashtag",
             "split_by": "post",
+            **split_info,
         },
     )

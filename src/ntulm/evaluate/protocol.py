@@ -1,10 +1,10 @@
 """The evaluation protocol's rules that are not a task builder: which protocols exist, and the
 task on which design decisions are made.
 
-- ``PROTOCOLS``: ``paper`` (random splits by post or author, as in the paper) is the only one for
-  now; ``PipelineConfig.protocol`` validates against it. A temporal protocol (train before a
-  cutoff date, test after it) is the planned second one; it needs the task builders to read post
-  dates while streaming the posts table.
+- ``PROTOCOLS``: ``paper`` (random splits by post or author, as in the paper) and ``temporal``
+  (the graph, NTU embeddings and fine-tuning sample from posts before a cutoff, corpus tasks
+  validated and tested after it: :mod:`ntulm.evaluate.temporal`); ``PipelineConfig.protocol``
+  takes one of them.
 - :func:`validation_task`: choices of design (pooling, fusion, hyperparameters; the diagnostics
   in ``benchmarks/diagnose_ntu.py``) are made on the validation split only, never on the test
   split the report is scored on. It halves the validation split, by the task's split unit and
@@ -20,7 +20,7 @@ import numpy as np
 from ntulm.evaluate.splits import split_indices
 from ntulm.evaluate.tasks import Task
 
-PROTOCOLS = ("paper",)
+PROTOCOLS = ("paper", "temporal")
 
 
 def validation_task(task: Task, seed: int = 13) -> Task:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
@@ -19,6 +19,9 @@ from ntulm.evaluate.source import PostSource, as_source, authors_of, labels_of, 
 from ntulm.evaluate.splits import SplitBy, author_key, split_keys
 from ntulm.posts import Post
 from ntulm.posts.rows import PostsTable
+
+if TYPE_CHECKING:
+    from ntulm.evaluate.temporal import Temporal
 
 log = logging.getLogger(__name__)
 
@@ -127,19 +130,31 @@ def _split_task(
     metrics: list[str],
     info: dict[str, Any],
     max_test: int = 0,
+    temporal: Temporal | None = None,
 ) -> Task:
     """Split the posts at ``kept`` and turn only the ones a split keeps into posts. Retrieval
-    (``max_test``) keeps at most that many test posts and that many train posts (sampled)."""
+    (``max_test``) keeps at most that many test posts and that many train posts (sampled).
+    Under the temporal protocol (``temporal``) the split is
+    :func:`~ntulm.evaluate.temporal.temporal_split_keys`."""
     strata: list[str] = [labels[i] for i in kept]  # type: ignore[misc]
     authors = None
     if split_by == "author":
         every = authors_of(src)
         authors = [every[i] for i in kept]
         del every
-    train, val, test, dropped = split_keys(authors, strata, split_by, val_frac, test_frac, seed)
+    if temporal is None:
+        train, val, test, dropped = split_keys(authors, strata, split_by, val_frac, test_frac, seed)
+        extra: dict[str, Any] = {"posts_dropped_in_split": dropped}
+    else:
+        from ntulm.evaluate.temporal import temporal_split_keys
+
+        period = temporal.period[np.asarray(kept, dtype=np.int64)]
+        train, val, test, extra = temporal_split_keys(
+            period, authors, strata, split_by, val_frac, test_frac, seed, temporal.train_from
+        )
     index = {c: i for i, c in enumerate(classes)}
     y = np.array([index[s] for s in strata], dtype=np.int64)
-    info = {**info, "label": label, "split_by": split_by, "posts_dropped_in_split": dropped}
+    info = {**info, "label": label, "split_by": split_by, **extra}
     if kind == "retrieval" and max_test:
         if len(test) > max_test:
             rng = np.random.default_rng(seed)
@@ -178,6 +193,7 @@ def classification_task(
     min_class_count: int = 10,
     max_per_class: int = 0,
     name: str | None = None,
+    temporal: Temporal | None = None,
 ) -> Task:
     """Predict ``post.labels[label]`` from the post embedding (macro-F1 first).
 
@@ -201,6 +217,7 @@ def classification_task(
         seed,
         list(CLASSIFICATION),
         info,
+        temporal=temporal,
     )
 
 
@@ -213,6 +230,7 @@ def retrieval_task(
     max_test: int = 5000,
     min_class_count: int = 10,
     name: str | None = None,
+    temporal: Temporal | None = None,
 ) -> Task:
     """The Topic task's shape: each test post ranks the other test posts by cosine similarity of
     their embeddings; relevant = same label; MAP. No model is trained.
@@ -239,6 +257,7 @@ def retrieval_task(
         ["map"],
         info,
         max_test=max_test,
+        temporal=temporal,
     )
     if task.exclude_same_author:
         missing = sum(author_key(p) is None for p in task.test)
@@ -247,9 +266,15 @@ def retrieval_task(
     return task
 
 
-def build_tasks(spec: Any, posts: list[Post] | PostsTable | None, seed: int) -> list[Task]:
+def build_tasks(
+    spec: Any,
+    posts: list[Post] | PostsTable | None,
+    seed: int,
+    temporal: Temporal | None = None,
+) -> list[Task]:
     """Tasks for one :class:`~ntulm.evaluate.config.TaskSpec` from a list of posts or a posts
-    table (``posts`` unused for tweeteval)."""
+    table (``posts`` unused for tweeteval). ``temporal``: the temporal protocol's cutoff over
+    ``posts`` (corpus tasks only; TweetEval keeps its own splits)."""
     from ntulm.evaluate.hashtag import hashtag_task
     from ntulm.evaluate.tweeteval import tweeteval_tasks
 
@@ -258,6 +283,7 @@ def build_tasks(spec: Any, posts: list[Post] | PostsTable | None, seed: int) -> 
     if posts is None:
         raise ValueError(f"task type {spec.type}: needs posts")
     common = {"seed": seed, "test_frac": spec.test_frac, "min_class_count": spec.min_class_count}
+    common["temporal"] = temporal
     if spec.type == "classification":
         return [
             classification_task(
@@ -292,6 +318,7 @@ def build_tasks(spec: Any, posts: list[Post] | PostsTable | None, seed: int) -> 
                 test_frac=spec.test_frac,
                 name=spec.name or "hashtag",
                 exclusion=spec.exclusion,
+                temporal=temporal,
             )
         ]
     raise ValueError(f"unknown task type {spec.type!r}")

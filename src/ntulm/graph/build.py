@@ -114,10 +114,12 @@ def build_graph_from_table(
     posts_report: dict[str, Any] | None = None,
     read_seconds: float = 0.0,
     t0: float | None = None,
+    posts_filter: str | None = None,
 ) -> dict[str, Any]:
     """Build the graph artifact from a posts table already written (``posts/table.py``), e.g. the
     one ``ntulm run`` also builds its tasks from; the posts are not read again. ``posts_report``
-    (the reader's counts) goes into ``stats.json``."""
+    (the reader's counts) goes into ``stats.json``. ``posts_filter``: an SQL predicate over a
+    posts row; only rows where it is true enter the graph (``ntulm run``'s temporal cutoff)."""
     config = config or GraphConfig()
     t0 = time.perf_counter() if t0 is None else t0
     table = Path(table)
@@ -130,10 +132,16 @@ def build_graph_from_table(
         con = connect(config, work)
         excluded = _exclude(con, config)
         excluded_pairs = _exclude_edges(con, config)
+        where = f"WHERE {posts_filter}" if posts_filter else ""
         con.execute(
-            f"CREATE VIEW p AS SELECT * FROM read_parquet('{table}/*.parquet') ANTI JOIN excluded USING (id)"
+            f"CREATE VIEW p AS SELECT * FROM read_parquet('{table}/*.parquet') ANTI JOIN excluded USING (id) {where}"
         )
         stats = _build_tables(con, config, out)
+        if posts_filter:
+            stats["posts_filtered_out"] = con.execute(
+                f"SELECT count(*) FROM read_parquet('{table}/*.parquet') "
+                f"WHERE NOT coalesce({posts_filter}, false)"
+            ).fetchone()[0]
         stats["posts_excluded"] = con.execute(
             f"SELECT count(*) FROM read_parquet('{table}/*.parquet') SEMI JOIN excluded USING (id)"
         ).fetchone()[0]

@@ -7,6 +7,7 @@ as the stage commands, plus ``posts`` (the corpus), ``variants`` (the models com
 
 from __future__ import annotations
 
+from datetime import date, datetime
 from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_serializer, model_validator
@@ -119,11 +120,31 @@ class PipelineConfig(StageConfig):
     finetune_per_seed: bool = Field(
         False, description="fine-tune every variant once per seed (costly) instead of once"
     )
-    protocol: Literal["paper"] = Field(
+    protocol: Literal["paper", "temporal"] = Field(
         "paper",
         description="evaluation protocol: 'paper' = the paper's random splits (by post or author) "
         "with task test and validation posts kept out of fine-tuning and, for the hashtag task, "
-        "of the graph; the only one for now (a temporal protocol is planned)",
+        "of the graph; 'temporal' = the graph, NTU embeddings and fine-tuning sample see only "
+        "posts strictly before the cutoff, every corpus task validates and tests on posts at or "
+        "after it (evaluate/temporal.py); TweetEval keeps its own splits",
+    )
+    cutoff: datetime | date | None = Field(
+        None,
+        description="temporal protocol: the cutoff time (a date is its midnight; UTC unless an "
+        "offset is given), e.g. 2017-01-01; or give cutoff_quantile",
+    )
+    cutoff_quantile: float | None = Field(
+        None,
+        gt=0.0,
+        lt=1.0,
+        description="temporal protocol: the cutoff as this quantile of the post times "
+        "(quantile_disc over the corpus, resolved once and recorded), e.g. 0.8",
+    )
+    train_from: Literal["before", "any"] = Field(
+        "before",
+        description="temporal protocol: a corpus task's training posts are from 'before' the "
+        "cutoff only (nothing after it is trained on), or from 'any' time (post-cutoff posts of "
+        "the training split too)",
     )
 
     @field_validator("seeds")
@@ -194,6 +215,15 @@ class PipelineConfig(StageConfig):
                 )
         if not self.eval.tasks:
             raise ValueError("eval.tasks: at least one task")
+        if self.protocol == "temporal":
+            if (self.cutoff is None) == (self.cutoff_quantile is None):
+                raise ValueError(
+                    "protocol temporal: give exactly one of cutoff (a date) and cutoff_quantile"
+                )
+        elif self.cutoff is not None or self.cutoff_quantile is not None:
+            raise ValueError("cutoff / cutoff_quantile: only with protocol: temporal")
+        elif self.train_from != "before":
+            raise ValueError("train_from: only with protocol: temporal")
         return self
 
     def lm_config(self, v: VariantSpec, seed: int) -> LMConfig:

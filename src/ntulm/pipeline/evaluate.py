@@ -120,6 +120,11 @@ def evaluate_saved(
     p.out.mkdir(parents=True, exist_ok=True)
     write_text(p.out / "config.json", cfg.to_json() + "\n")
 
+    if cfg.protocol != "paper":
+        raise ConfigError(
+            f"protocol {cfg.protocol}: saved models cannot show what they were trained on; "
+            "run the temporal protocol with `ntulm run`"
+        )
     corpus_tasks = [s.name or s.type for s in cfg.eval.tasks if s.type != "tweeteval"]
     if corpus_tasks and not cfg.posts:
         raise ConfigError(

@@ -341,6 +341,8 @@ def write_report(results: dict[str, Any], out: Path) -> None:
             else ""
         ),
         "",
+        protocol_line(results),
+        "",
         "## Table 2: models compared (perplexity on held-out fine-tuning posts; headline metric per dataset)",
         "",
         table2(results, agg),
@@ -391,6 +393,23 @@ def write_report(results: dict[str, Any], out: Path) -> None:
         lines.append(
             f"| {name} | {t['family']} | {t['n_train']:,} | {t['n_val']:,} | {t['n_test']:,} | {t['n_classes']} | {', '.join(t['metrics'])} | {excl} |"
         )
+    timed = {n: t for n, t in results["tasks"].items() if "posts_after_cutoff" in t}
+    if timed:
+        lines += [
+            "",
+            "Temporal protocol, per corpus task (posts it could use): before the cutoff / at or "
+            "after / without a time; post-cutoff posts of the training split dropped "
+            "(train_from: before); pre-cutoff posts of validation and test authors dropped.",
+            "",
+            "| task | before | after | no time | after-cutoff train dropped | val/test authors' earlier posts dropped |",
+            "|---|---|---|---|---|---|",
+        ]
+        for name, t in timed.items():
+            lines.append(
+                f"| {name} | {t['posts_before_cutoff']:,} | {t['posts_after_cutoff']:,} | "
+                f"{t['posts_without_time']:,} | {t['after_cutoff_train_posts_dropped']:,} | "
+                f"{t.get('before_cutoff_posts_of_val_test_authors_dropped', 0):,} |"
+            )
     kge = results.get("kge") or {}
     if kge:
         lines += ["", "## NTU embeddings: link prediction on held-out edges", "", kge_table(kge)]
@@ -404,6 +423,31 @@ def write_report(results: dict[str, Any], out: Path) -> None:
     runs = [{k: v for k, v in r.items() if k != "per_post"} for r in results["runs"]]
     write_json(out / "results.json", {**results, "runs": runs})  # per-post: predictions.parquet
     write_text(out / "report.md", "\n".join(lines))
+
+
+def protocol_line(results: dict[str, Any]) -> str:
+    """The evaluation protocol in one paragraph (``results["protocol"]``)."""
+    pr = results.get("protocol") or {"protocol": results["config"].get("protocol", "paper")}
+    if pr["protocol"] != "temporal":
+        return (
+            f"Protocol: {pr['protocol']} (random splits by post or author; the tasks' validation "
+            "and test posts are kept out of fine-tuning, the hashtag task's also out of the graph)."
+        )
+    rule = (
+        "training posts from before the cutoff only (nothing at or after it is trained on)"
+        if pr["train_from"] == "before"
+        else "training posts from either side of the cutoff (the post-cutoff posts of the "
+        "training split too)"
+    )
+    return (
+        f"Protocol: temporal, cutoff {pr['cutoff']} UTC (given: {pr['cutoff_given']}). The graph, "
+        "the NTU embeddings and the fine-tuning sample see only posts strictly before it; every "
+        "corpus task's validation and test posts are at or after it (split by author: authors "
+        "are split as in the paper protocol among the post-cutoff posts, only their post-cutoff "
+        f"posts are validated or tested on); {rule}. Posts: {pr['posts_before']:,} before, "
+        f"{pr['posts_after']:,} at or after, {pr['posts_without_time']:,} without a time (left "
+        "out of both sides). TweetEval has no times and keeps its own splits."
+    )
 
 
 def kge_table(kge: dict[str, Any]) -> str:

@@ -18,6 +18,10 @@ Choices (documented in the report):
 - the test posts of corpus tasks and their validation posts are kept out of the fine-tuning
   sample; the hashtag task's validation and test posts also give no graph edges (and with
   ``exclusion: strict`` no test author keeps an edge to its removed hashtag);
+- ``protocol: temporal`` (``evaluate/temporal.py``): the cutoff is resolved once from the posts
+  table; the graph (so the NTU embeddings) is built from the posts strictly before it, the
+  fine-tuning sample is drawn from them, and every corpus task validates and tests on posts at or
+  after it; posts without a time are in none of these (counted);
 - the overlap flag of a test post (Table 4) is the same for every model: at least one of its NTUs
   of the types any variant uses is in the NTU embeddings.
 """
@@ -40,6 +44,7 @@ from ntulm.evaluate.config import TaskSpec
 from ntulm.evaluate.controls import control_ntus
 from ntulm.evaluate.runner import evaluate_task
 from ntulm.evaluate.tasks import Task, build_tasks
+from ntulm.evaluate.temporal import BEFORE, Temporal, before_sql, temporal
 from ntulm.graph.build import build_graph_from_table, edge_exclusion_lines, read_posts_table
 from ntulm.kge import NTUEmbeddings, train_kge
 from ntulm.lm.data import ntu_vectors
@@ -80,6 +85,7 @@ class Pipeline:
         self.timings: dict[str, float] = {}
         self._memo: dict[str, dict[tuple, np.ndarray]] = {}
         self.stage = StageLog(enabled=progress)
+        self.temporal: Temporal | None = None
 
     # -- data and tasks --------------------------------------------------------------------
     def read_corpus(self) -> PostsTable:
@@ -111,11 +117,49 @@ class Pipeline:
         )
         return PostsTable(d, memory_limit=g.memory_limit, threads=g.threads)
 
+    def resolve_protocol(self, posts: PostsTable | list[Post]) -> dict[str, Any]:
+        """The protocol record of ``results.json``; under ``temporal`` also resolve the cutoff
+        once over the corpus (:attr:`temporal`)."""
+        c = self.cfg
+        if c.protocol != "temporal":
+            return {"protocol": c.protocol}
+        try:
+            self.temporal = temporal(posts, c.cutoff, c.cutoff_quantile, c.train_from)
+        except ValueError as exc:
+            raise ConfigError(f"protocol temporal: {exc}") from None
+        rec = self.temporal.to_json()
+        for side, words in (("before", "before"), ("after", "at or after")):
+            if not rec[f"posts_{side}"]:
+                raise ConfigError(
+                    f"protocol temporal: no post {words} the cutoff {rec['cutoff']} "
+                    f"({rec['posts_before']} before, {rec['posts_after']} at or after)"
+                )
+        if rec["posts_without_time"]:
+            log.warning(
+                "temporal protocol: %d posts without a readable created_at are left out of the "
+                "graph, the fine-tuning sample and every task",
+                rec["posts_without_time"],
+            )
+        log.info(
+            "temporal protocol: cutoff %s (%s); %d posts before, %d at or after, %d without time "
+            "(left out)",
+            rec["cutoff"],
+            rec["cutoff_given"],
+            rec["posts_before"],
+            rec["posts_after"],
+            rec["posts_without_time"],
+        )
+        return rec
+
     def build_tasks(self, posts: PostsTable | list[Post] | None) -> list[tuple[TaskSpec, Task]]:
         tasks = []
         for spec in self.cfg.eval.tasks:
+            corpus = spec.type != "tweeteval"
             for task in build_tasks(
-                spec, None if spec.type == "tweeteval" else posts, self.cfg.eval.seed
+                spec,
+                posts if corpus else None,
+                self.cfg.eval.seed,
+                temporal=self.temporal if corpus else None,
             ):
                 tasks.append((spec, task))
                 log.info(
@@ -143,12 +187,19 @@ class Pipeline:
         )
         # the exclusion enters by content, not by its file's path: a copied graph/ stays valid
         excluded = fingerprint(exclude) if not edges else fingerprint([exclude, edges])
-        fp = fingerprint([self.cfg.graph.model_dump(mode="json"), self.cfg.posts, excluded])
+        parts = [self.cfg.graph.model_dump(mode="json"), self.cfg.posts, excluded]
+        where = None
+        if self.temporal is not None:  # only pre-cutoff posts (the paper's fingerprint unchanged)
+            where = before_sql(self.temporal.at)
+            parts.append(["temporal cutoff", self.temporal.at])
+        fp = fingerprint(parts)
         if _fresh(d, fp):
             self.reused.append("graph")
         else:
             t = time.perf_counter()
-            build_graph_from_table(self.out / "posts", d, cfg, posts_report=self.read_report)
+            build_graph_from_table(
+                self.out / "posts", d, cfg, posts_report=self.read_report, posts_filter=where
+            )
             self.timings["graph"] = time.perf_counter() - t
             _mark(d, fp)
             self.ran.append("graph")
@@ -336,6 +387,7 @@ def run_pipeline(
     p.stage.n = 5 + n_ft + n_ev
     p.stage("posts: reading the corpus into the posts table")
     table = p.read_corpus()
+    protocol = p.resolve_protocol(table)
     p.stage("tasks: building the downstream tasks")
     tasks = p.build_tasks(table)
     exclude = sorted({i for _, t in tasks for i in t.exclude_from_graph})
@@ -345,7 +397,7 @@ def run_pipeline(
     p.stage(f"kge: training NTU embeddings ({cfg.kge.num_epochs} epochs)")
     emb, kge_fp = p.kge(graph_fp)
 
-    sample = finetune_sample(table, tasks, cfg)
+    sample = finetune_sample(table, tasks, cfg, p.temporal)
     table.close()
     overlap_types = cfg.overlap_types()
     flags = overlap_flags(tasks, emb, overlap_types)
@@ -368,6 +420,7 @@ def run_pipeline(
     results = {
         "name": cfg.name,
         "config": cfg.model_dump(mode="json"),
+        "protocol": protocol,
         "corpus": p.read_report,
         "graph": p.graph_stats,
         "kge": p.kge_metrics,
@@ -389,11 +442,14 @@ def run_pipeline(
 
 
 def finetune_sample(
-    posts: PostsTable | list[Post], tasks: list[tuple[TaskSpec, Task]], cfg: PipelineConfig
+    posts: PostsTable | list[Post],
+    tasks: list[tuple[TaskSpec, Task]],
+    cfg: PipelineConfig,
+    temporal: Temporal | None = None,
 ) -> list[Post]:
     """The MLM fine-tuning sample: ``cfg.lm_posts`` corpus posts (seeded by ``cfg.lm.seed``)
-    that no task validates or tests on, in corpus order. Over a posts table, only the sampled
-    posts become objects."""
+    that no task validates or tests on, in corpus order; under the temporal protocol only posts
+    strictly before the cutoff. Over a posts table, only the sampled posts become objects."""
     held = sorted({q.id for _, t in tasks for q in (*t.val, *t.test)})
     if isinstance(posts, PostsTable):
         posts.con.execute("CREATE OR REPLACE TEMP TABLE _held AS SELECT unnest($1) AS id", [held])
@@ -402,6 +458,8 @@ def finetune_sample(
     else:
         held_set = set(held)
         pool = np.array([i for i, q in enumerate(posts) if q.id not in held_set], dtype=np.int64)
+    if temporal is not None:
+        pool = pool[temporal.period[pool] == BEFORE]
     take = np.random.default_rng(cfg.lm.seed).permutation(len(pool))[: cfg.lm_posts]
     rids = pool[np.sort(take)]
     if isinstance(posts, PostsTable):
