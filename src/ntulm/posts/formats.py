@@ -194,6 +194,22 @@ def _v1_user(obj: Any, field: str) -> UserRef:
     )
 
 
+def _v1_objects(entities: dict[str, Any], key: str) -> list[dict[str, Any]]:
+    """``entities[key]``: a list of objects (absent or null: empty)."""
+    items = entities.get(key)
+    if items is None:
+        return []
+    if not isinstance(items, list) or not all(isinstance(i, dict) for i in items):
+        raise RecordError(f"field 'entities.{key}' must be a list of objects")
+    return items
+
+
+def _v1_str(value: Any, field: str) -> Any:
+    if value and not isinstance(value, str):
+        raise RecordError(f"field '{field}' must be a string, got {type(value).__name__}")
+    return value
+
+
 def parse_twitter_v1(obj: Any) -> Post:
     if not isinstance(obj, dict):
         raise RecordError(f"expected a tweet object, got {type(obj).__name__}")
@@ -212,14 +228,21 @@ def parse_twitter_v1(obj: Any) -> Post:
     entities = ext.get("entities") or src.get("entities")
     ext_entities = ext.get("extended_entities") or src.get("extended_entities") or {}
     if isinstance(entities, dict):
+        if not isinstance(ext_entities, dict):
+            raise RecordError("field 'extended_entities' must be an object")
         hashtags = [
-            normalize_hashtag(h["text"]) for h in entities.get("hashtags", []) if h.get("text")
+            normalize_hashtag(_v1_str(h.get("text"), "entities.hashtags[].text"))
+            for h in _v1_objects(entities, "hashtags")
+            if h.get("text")
         ]
         mentions = [
-            _v1_user(m, "entities.user_mentions") for m in entities.get("user_mentions", [])
+            _v1_user(m, "entities.user_mentions") for m in _v1_objects(entities, "user_mentions")
         ]
-        urls = [u.get("expanded_url") or u.get("url") for u in entities.get("urls", [])]
-        media_objs = ext_entities.get("media") or entities.get("media") or []
+        urls = [
+            _v1_str(u.get("expanded_url") or u.get("url"), "entities.urls[].expanded_url")
+            for u in _v1_objects(entities, "urls")
+        ]
+        media_objs = _v1_objects(ext_entities, "media") or _v1_objects(entities, "media")
         media = [f"{m.get('type', 'media')}:{m.get('id_str', m.get('id'))}" for m in media_objs]
     else:
         hashtags, handles, urls, media = extract_ntus(text)
@@ -245,6 +268,8 @@ def parse_twitter_v1(obj: Any) -> Post:
         post.reply_to_id = _str_id(reply_id, "in_reply_to_status_id")
     reply_uid = obj.get("in_reply_to_user_id_str", obj.get("in_reply_to_user_id"))
     reply_handle = obj.get("in_reply_to_screen_name")
+    if reply_handle is not None and not isinstance(reply_handle, str):
+        raise RecordError("field 'in_reply_to_screen_name' must be a string")
     if reply_uid is not None or reply_handle:
         post.reply_to_user = UserRef(
             id=_str_id(reply_uid, "in_reply_to_user_id") if reply_uid is not None else None,

@@ -250,9 +250,13 @@ class PostReader:
 
     def _fast_tables(
         self, path: Path, fmt: str, layout: str | None, q: Quarantine, threads: int | None
-    ) -> list[pa.Table] | None:
+    ) -> Iterable[pa.Table] | None:
         """The file's tables from a fast reader, or ``None`` to read it with the reference."""
-        if self.engine != "fast" or fmt != "ira_csv":
+        if self.engine != "fast":
+            return None
+        if fmt == "twitter_v1":
+            return self._fast_v1(path, layout, q, threads)
+        if fmt != "ira_csv":
             return None
         from ntulm.posts.fast_ira import NotPlain, ira_tables
 
@@ -267,6 +271,27 @@ class PostReader:
             return []
         except (EOFError, gzip.BadGzipFile, zlib.error, OSError):
             return None  # the reference reader keeps the posts before the damage and reports it
+
+    def _fast_v1(
+        self, path: Path, layout: str | None, q: Quarantine, threads: int | None
+    ) -> Iterable[pa.Table] | None:
+        from ntulm.posts.fast_v1 import CHUNK_BYTES, v1_tables
+
+        try:
+            if (layout or _sniff_layout(path)) != "lines":
+                return None  # arrays and documents: the reference reader
+            with open(path, "rb") as fh:
+                gz = fh.read(2) == GZIP_MAGIC
+            data = None
+            if gz:  # read it whole first: damage is then the reference's to report, as today
+                with open_binary(path) as fh:
+                    data = fh.read()
+        except (InputError, EOFError, gzip.BadGzipFile, zlib.error, OSError):
+            return None
+        # Worker processes pay off from a few chunks on (their start costs about a second).
+        big = (len(data) if data is not None else path.stat().st_size) >= 4 * CHUNK_BYTES
+        workers = (threads or os.cpu_count() or 1) if big else 1
+        return v1_tables(self, path, q, data, workers=workers)
 
     def _records(
         self, path: Path, fmt: str, layout: str | None, q: Quarantine
@@ -452,23 +477,52 @@ def _sniff_layout(path: Path) -> str:
 
 
 def _json_lines(path: Path) -> Iterator[tuple[int, Any, Any]]:
-    decoder = codecs.getincrementaldecoder("utf-8")
     with open_binary(path) as fh:
         for lineno, raw in enumerate(fh, 1):
             if lineno == 1 and raw.startswith(codecs.BOM_UTF8):
                 raw = raw[3:]
             if not raw.strip():
                 continue
-            raw = raw.rstrip(b"\r\n")
-            try:
-                s = decoder().decode(raw, final=True)
-            except UnicodeDecodeError as exc:
-                yield lineno, _Bad(f"invalid UTF-8 at byte {exc.start}"), raw
-                continue
-            try:
-                yield lineno, json.loads(s), s
-            except json.JSONDecodeError as exc:
-                yield lineno, _Bad(f"malformed JSON: {exc.msg} at column {exc.colno}"), s
+            yield (lineno, *json_line(raw.rstrip(b"\r\n")))
+
+
+# A \uD800-\uDFFF escape: a lone one decodes to a string that is not Unicode text.
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F][0-9a-fA-F]{2}")
+
+
+def json_line(raw: bytes) -> tuple[Any, Any]:
+    """One JSON Lines record (without its line break) -> ``(object or _Bad, raw for quarantine)``."""
+    try:
+        s = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        return _Bad(f"invalid UTF-8 at byte {exc.start}"), raw
+    try:
+        obj = json.loads(s)
+    except json.JSONDecodeError as exc:
+        return _Bad(f"malformed JSON: {exc.msg} at column {exc.colno}"), s
+    except RecursionError:
+        return _Bad("malformed JSON: nested too deeply"), s
+    if _SURROGATE_ESCAPE.search(s) and _has_lone_surrogate(obj):
+        return _Bad("malformed JSON: a string holds a lone UTF-16 surrogate (\\ud800-\\udfff)"), s
+    return obj, s
+
+
+def _has_lone_surrogate(obj: Any) -> bool:
+    stack = [obj]
+    while stack:
+        o = stack.pop()
+        if isinstance(o, str):
+            if _LONE.search(o):
+                return True
+        elif isinstance(o, dict):
+            stack.extend(o.keys())
+            stack.extend(o.values())
+        elif isinstance(o, list):
+            stack.extend(o)
+    return False
+
+
+_LONE = re.compile("[\ud800-\udfff]")
 
 
 def _array_items(path: Path) -> Iterator[tuple[int, Any, Any]]:
@@ -490,6 +544,8 @@ def _document(path: Path) -> Iterator[tuple[int, Any, Any]]:
         data = fh.read()
     try:
         yield 1, json.loads(data.decode("utf-8-sig")), ""
+    except RecursionError:
+        yield 1, _Bad("malformed JSON: nested too deeply"), ""
     except UnicodeDecodeError as exc:
         yield 1, _Bad(f"invalid UTF-8 at byte {exc.start}"), ""
     except json.JSONDecodeError as exc:
