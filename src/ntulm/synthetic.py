@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -146,4 +147,132 @@ def write_corpus(path: str | Path, **kwargs: Any) -> Path:
         with opener(tmp, "wt", encoding="utf-8") as fh:
             for rec in generate_posts(**kwargs):
                 fh.write(json.dumps(rec, ensure_ascii=False) + "\n")
+    return path
+
+
+# --- the same posts as Twitter API v1.1 objects (benchmarks and reader tests) ----------------
+
+_WEEKDAYS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
+_MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
+
+
+def _v1_user(handle: str) -> dict[str, Any]:
+    """A full v1.1 user object, as the streaming API sends it (most fields unused by readers)."""
+    uid = 10_000_000 + (zlib.crc32(handle.encode()) % 900_000_000)
+    return {
+        "id": uid, "id_str": str(uid), "name": handle.replace("_", " ").title(),
+        "screen_name": handle, "location": "Somewhere", "url": None,
+        "description": f"Synthetic account {handle}. Not a real person.",
+        "translator_type": "none", "protected": False, "verified": False,
+        "followers_count": uid % 5000, "friends_count": uid % 700, "listed_count": 3,
+        "favourites_count": uid % 9000, "statuses_count": uid % 20000,
+        "created_at": "Tue Mar 03 11:22:33 +0000 2015", "utc_offset": None, "time_zone": None,
+        "geo_enabled": False, "lang": None, "contributors_enabled": False,
+        "is_translator": False, "profile_background_color": "C0DEED",
+        "profile_image_url_https": f"https://pbs.twimg.com/profile_images/{uid}/a_normal.jpg",
+        "default_profile": True, "default_profile_image": False, "following": None,
+        "follow_request_sent": None, "notifications": None,
+    }  # fmt: skip
+
+
+def _v1_entities(text: str, rec: dict[str, Any]) -> dict[str, Any]:
+    import re
+
+    def span(token: str) -> list[int]:
+        at = max(text.find(token), 0)
+        return [at, at + len(token)]
+
+    return {
+        "hashtags": [
+            {"text": m.group(1), "indices": list(m.span())} for m in re.finditer(r"#(\w+)", text)
+        ],
+        "symbols": [],
+        "user_mentions": [
+            {**{k: u[k] for k in ("screen_name", "name", "id", "id_str")}, "indices": span("@" + h)}
+            for h in re.findall(r"@(\w+)", text)
+            for u in [_v1_user(h)]
+        ],
+        "urls": [
+            {
+                "url": f"https://t.co/{zlib.crc32(u.encode()):x}",
+                "expanded_url": u,
+                "display_url": u.split("://", 1)[-1][:26],
+                "indices": span(u),
+            }
+            for u in rec.get("urls", [])
+        ],  # fmt: skip
+    }
+
+
+def v1_tweets(**kwargs: Any) -> Iterator[dict[str, Any]]:
+    """:func:`generate_posts` as realistic Twitter API v1.1 objects: full user objects, entities
+    with indices, every 5th an ``extended_tweet`` (long form), every 7th a retweet (the original
+    in ``retweeted_status``), replies with ``in_reply_to_*``, every 11th quoting another tweet."""
+    for i, rec in enumerate(generate_posts(**kwargs)):
+        tid = 1_000_000_000_000_000_000 + i
+        day = 1 + int(rec["created_at"][8:10]) - 1
+        hour = int(rec["created_at"][11:13])
+        created = f"{_WEEKDAYS[(day + 1) % 7]} Jun {day:02d} {hour:02d}:{i % 60:02d}:{(7 * i) % 60:02d} +0000 2022"  # fmt: skip
+        text, author = rec["text"], rec["author"]
+        status: dict[str, Any] = {
+            "created_at": created, "id": tid, "id_str": str(tid), "text": text,
+            "source": '<a href="https://example.org" rel="nofollow">synthetic</a>',
+            "truncated": False, "in_reply_to_status_id": None, "in_reply_to_status_id_str": None,
+            "in_reply_to_user_id": None, "in_reply_to_user_id_str": None,
+            "in_reply_to_screen_name": None, "user": _v1_user(author), "geo": None,
+            "coordinates": None, "place": None, "contributors": None, "is_quote_status": False,
+            "quote_count": 0, "reply_count": 0, "retweet_count": 0, "favorite_count": 0,
+            "entities": _v1_entities(text, rec), "favorited": False, "retweeted": False,
+            "filter_level": "low", "lang": "en", "timestamp_ms": str(1654041600000 + i),
+        }  # fmt: skip
+        if i % 5 == 0:  # a long tweet: the short form is truncated, the full one in extended_tweet
+            status["truncated"] = True
+            status["text"] = text[:40] + "\u2026 https://t.co/more"
+            status["entities"] = {"hashtags": [], "symbols": [], "user_mentions": [], "urls": []}
+            status["extended_tweet"] = {
+                "full_text": text + " &amp; more",
+                "display_text_range": [0, len(text)],
+                "entities": _v1_entities(text, rec),
+            }
+        if "reply_to_id" in rec:
+            reply_to = int(rec["reply_to_id"][1:])
+            user = _v1_user(f"c0_user{reply_to % 25}")
+            status.update(
+                in_reply_to_status_id=1_000_000_000_000_000_000 + reply_to,
+                in_reply_to_status_id_str=str(1_000_000_000_000_000_000 + reply_to),
+                in_reply_to_user_id=user["id"], in_reply_to_user_id_str=user["id_str"],
+                in_reply_to_screen_name=user["screen_name"],
+            )  # fmt: skip
+        if i % 11 == 3 and i > 0:
+            status["is_quote_status"] = True
+            status["quoted_status_id_str"] = str(tid - 1)
+            status["quoted_status"] = {
+                "id_str": str(tid - 1),
+                "text": "quoted #q",
+                "user": _v1_user("q"),
+            }
+        if i % 7 == 6:  # a retweet of this status by someone in rec["retweeted_by"] or a newcomer
+            by = (rec.get("retweeted_by") or [f"rt{i}"])[0]
+            rt_id = tid + 500_000_000
+            short = f"RT @{author}: {text}"[:140]
+            status = {
+                **{k: status[k] for k in ("created_at", "source", "lang", "timestamp_ms")},
+                "id": rt_id, "id_str": str(rt_id), "text": short, "truncated": False,
+                "user": _v1_user(by), "retweeted_status": status,
+                "entities": {**_v1_entities(short, {}), "urls": []},
+                "in_reply_to_status_id": None, "in_reply_to_status_id_str": None,
+                "in_reply_to_user_id": None, "in_reply_to_user_id_str": None,
+                "in_reply_to_screen_name": None, "retweet_count": 0, "favorite_count": 0,
+            }  # fmt: skip
+        yield status
+
+
+def write_v1_corpus(path: str | Path, **kwargs: Any) -> Path:
+    """Write :func:`v1_tweets` as JSON Lines (gzipped if ``path`` ends in ``.gz``)."""
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        opener = gzip.open if path.suffix == ".gz" else open
+        with opener(tmp, "wt", encoding="utf-8") as fh:
+            for rec in v1_tweets(**kwargs):
+                fh.write(json.dumps(rec) + "\n")
     return path
