@@ -9,8 +9,15 @@ Side by side, in the same run:
   ``regexp_extract_all`` for hashtags, authored edges only, no bad-input handling, no Unicode or
   URL rules. A lower bound on cost, not an equivalent.
 
-Prints one JSON line and writes ``benchmarks/results/bench_graph.json``.
-Usage: ``python benchmarks/bench_graph.py [--data ../shared/data/ira] [--skip-baselines]``
+The ``v1`` part (issue 12): a Twitter API v1.1 JSON Lines corpus of ``--v1-tweets`` synthetic
+tweets (``ntulm.synthetic.v1_tweets``: full user objects, entities, extended tweets, retweets,
+replies, quotes), generated into /tmp at benchmark time (kept there for reruns, never committed),
+read by ``build-graph`` with the fast and the Python reader side by side; edges asserted identical.
+
+Prints one JSON line and writes ``benchmarks/results/bench_graph.json`` (a ``--v1-only`` run keeps
+the IRA figures already there and replaces only the ``v1`` ones).
+Usage: ``python benchmarks/bench_graph.py [--data ../shared/data/ira] [--skip-baselines]
+[--v1-only | --skip-v1] [--v1-tweets 500000]``
 """
 
 from __future__ import annotations
@@ -70,13 +77,73 @@ def run_duckdb_regex(data: Path) -> dict:
     }
 
 
+def v1_corpus(n: int) -> Path:
+    """The v1.1 corpus of ``n`` tweets under /tmp (generated once, reused by later runs)."""
+    from ntulm.synthetic import write_v1_corpus
+
+    path = Path(tempfile.gettempdir()) / "ntulm_bench_v1" / f"tweets_{n}.jsonl"
+    if not path.exists():
+        t0 = time.perf_counter()
+        write_v1_corpus(path, n_posts=n, n_communities=8, users_per_community=2000, seed=12)
+        print(f"generated {path} in {time.perf_counter() - t0:.0f}s", file=sys.stderr)
+    return path
+
+
+def run_v1(n: int) -> dict:
+    """build-graph on the v1.1 corpus: fast reader vs Python reader, in the same run."""
+    path = v1_corpus(n)
+    uptime = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
+    rel = "relations=[authored,co_mentioned,retweeted]"
+    with tempfile.TemporaryDirectory() as tmp:
+        fast = run_ntulm(path, Path(tmp) / "fast", rel)
+        ref = run_ntulm(path, Path(tmp) / "python", rel, "reader=python")
+        edges = pq.read_table(Path(tmp) / "fast" / "edges.parquet")
+        same = edges.equals(pq.read_table(Path(tmp) / "python" / "edges.parquet"))
+        assert same, "fast and Python v1.1 readers gave different edges"
+    tweets = fast["stats"]["posts"]["read"]
+    assert (
+        tweets == ref["stats"]["posts"]["read"] and fast["stats"]["posts"] == ref["stats"]["posts"]
+    )
+    fast_read, ref_read = fast["stats"]["seconds"]["read"], ref["stats"]["seconds"]["read"]
+    return {
+        "corpus": f"{path} ({path.stat().st_size / 1e6:.0f} MB, synthetic v1.1 JSON Lines)",
+        "tweets": tweets,
+        "accepted": fast["stats"]["posts"]["accepted"],
+        "edges": edges.num_rows,
+        "edges_identical": same,
+        "v1_tweets_per_s": round(tweets / fast_read, 1),
+        "python_reader_tweets_per_s": round(tweets / ref_read, 1),
+        "read_speedup_vs_python_reader": round(ref_read / fast_read, 2),
+        "fast": {"read_s": fast_read, "wall_s": fast["wall_s"], "peak_rss_mb": fast["peak_rss_mb"]},
+        "python_reader": {
+            "read_s": ref_read,
+            "wall_s": ref["wall_s"],
+            "peak_rss_mb": ref["peak_rss_mb"],
+        },  # fmt: skip
+        "wall_speedup_vs_python_reader": round(ref["wall_s"] / fast["wall_s"], 2),
+        "note": "tweets/s = tweets / build-graph read stage seconds (stats.json), 2 reader "
+        "processes for the fast path (threads default: all cores), 1 for the Python reader",
+        "uptime": uptime,
+    }
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data" / "ira")
     ap.add_argument("--skip-baselines", action="store_true", help="only the default ntulm run")
+    ap.add_argument("--v1-only", action="store_true", help="only the Twitter v1.1 part")
+    ap.add_argument("--skip-v1", action="store_true", help="leave out the Twitter v1.1 part")
+    ap.add_argument("--v1-tweets", type=int, default=500_000, help="size of the v1.1 corpus")
     args = ap.parse_args()
     global UPTIME
     UPTIME = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
+    out = ROOT / "benchmarks" / "results" / "bench_graph.json"
+    if args.v1_only:
+        result = json.loads(out.read_text()) if out.exists() else {"benchmark": "bench_graph"}
+        result["v1"] = {**run_v1(args.v1_tweets), "command": " ".join(sys.argv)}
+        out.write_text(json.dumps(result, indent=2) + "\n")
+        print(json.dumps(result))
+        return
     if not any(args.data.glob("*.csv.gz")):
         raise SystemExit(f"{args.data}: no IRA CSV files (see ../shared/data/README.md)")
     with tempfile.TemporaryDirectory() as tmp:
@@ -124,7 +191,10 @@ def main() -> None:
         result["ratio_vs_duckdb_regex"] = round(
             result["posts_per_s"] / result["duckdb_regex"]["posts_per_s"], 3
         )
-    out = ROOT / "benchmarks" / "results" / "bench_graph.json"
+    if not args.skip_v1:
+        result["v1"] = run_v1(args.v1_tweets)
+    elif out.exists() and "v1" in (old := json.loads(out.read_text())):
+        result["v1"] = old["v1"]  # keep the v1.1 figures of an earlier --v1-only run
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result))
