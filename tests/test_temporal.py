@@ -20,7 +20,6 @@ from ntulm.pipeline.run import finetune_sample, run_pipeline
 from ntulm.posts import Post, PostReader
 from ntulm.posts.rows import PostsTable
 from ntulm.synthetic import generate_posts
-from test_pipeline import tiny_backbone  # noqa: F401  (the tiny BERT fixture)
 
 TASKS = [
     {"type": "classification", "name": "community", "label": "community", "split_by": "author",
@@ -189,7 +188,7 @@ def test_config_validation():
             PipelineConfig.build({**base, **extra})
 
 
-def test_run_temporal_graph_kge_and_sample_see_only_pre_cutoff_posts(tmp_path, tiny_backbone):  # noqa: F811
+def test_run_temporal_graph_kge_and_sample_see_only_pre_cutoff_posts(tmp_path, backbone):
     posts_file = _write(tmp_path / "posts.jsonl", n_posts=400)
     cfg = {
         "name": "tiny temporal",
@@ -199,7 +198,7 @@ def test_run_temporal_graph_kge_and_sample_see_only_pre_cutoff_posts(tmp_path, t
         "cutoff": "2022-06-10",
         "kge": {"dimension": 8, "num_epochs": 1, "batch_size": 500, "num_batch_negs": 10,
                 "num_uniform_negs": 10},
-        "lm": {"backbone": tiny_backbone, "max_steps": 2, "max_epochs": 1, "batch_size": 16,
+        "lm": {"backbone": backbone, "max_steps": 2, "max_epochs": 1, "batch_size": 16,
                "head_warmup_steps": 0, "max_length": 32, "progress": False, "eval_max_posts": 20},
         "eval": {"mlp": {"max_epochs": 2, "num_threads": 1}, "tasks": TASKS[:1] + [
             {"type": "hashtag", "top_k": 4, "per_class": 6, "exclusion": "posts"}]},
