@@ -60,10 +60,19 @@ def test_control_variants_are_validated_and_paired_with_their_model():
         {"name": "N pooled mean", "model_of": "N", "pooling": "mean+ntu", "control": "mean"},
     ]})  # fmt: skip
     assert ok.controls() == {"N": ["N shuffled", "N mean"], "N pooled": ["N pooled mean"]}
+    concat = PipelineConfig.build({**base, "variants": [
+        {"name": "BERT", "use_ntu": False},
+        {"name": "N", "ntu_types": ["author"]},
+        {"name": "N + e", "post_concat_of": "N", "ntu_types": ["author"]},
+        {"name": "N + e shuffled", "post_concat_of": "N", "ntu_types": ["author"], "control": "shuffled"},
+        {"name": "BERT + e", "post_concat_of": "BERT", "ntu_types": ["author"]},
+    ]})  # fmt: skip
+    assert concat.controls() == {"N + e": ["N + e shuffled"]}
     assert ok.variants[2].ntu_types == ["author"] and ok.protocol == "paper"
     for bad in (
         {"name": "c", "control": "mean"},
         {"name": "c", "model_of": "BERT", "control": "mean"},
+        {"name": "c", "post_concat_of": "BERT", "control": "mean"},
     ):
         with pytest.raises(ConfigError, match="control needs model_of"):
             PipelineConfig.build({**base, "variants": [{"name": "BERT", "use_ntu": False}, bad]})

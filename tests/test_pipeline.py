@@ -225,3 +225,69 @@ def test_evaluate_saved_models_matches_run(tmp_path, backbone, capsys):
     argv = ["evaluate", "--out", str(tmp_path / "x"), "--model", f"M={tmp_path}"]
     assert main(argv) == 2
     assert "is not an `ntulm finetune` directory" in capsys.readouterr().err
+
+
+def test_design_run_reads_no_test_post_and_post_concat_of_an_ntu_model(
+    tmp_path, backbone, capsys, monkeypatch
+):
+    """`eval.design`: every task scored on half its validation split, no test post encoded;
+    post_concat_of an NTU model appends e_ntu (its control substitutes the appended rows too)."""
+    from ntulm.pipeline import PipelineConfig
+    from ntulm.pipeline import run as run_mod
+    from ntulm.pipeline.run import Pipeline
+
+    posts = write_corpus(tmp_path / "posts.jsonl", n_posts=300, users_per_community=6, seed=5)
+    _tweeteval(tmp_path / "tweeteval")
+    cfg = {
+        "posts": [str(posts)],
+        "lm_posts": 100,
+        "kge": {"dimension": 8, "num_epochs": 1, "batch_size": 500, "num_batch_negs": 10, "num_uniform_negs": 10},
+        "lm": {"backbone": backbone, "max_steps": 2, "batch_size": 16, "head_warmup_steps": 0,
+               "max_length": 32, "progress": False, "eval_max_posts": 20},
+        "eval": {"design": True, "mlp": {"max_epochs": 4, "num_threads": 1}, "tasks": [
+            {"type": "classification", "name": "community", "label": "community", "split_by": "author", "min_class_count": 2},
+            {"type": "tweeteval", "root": str(tmp_path / "tweeteval"), "names": ["irony"]},
+        ]},
+        "variants": [
+            {"name": "BERT", "use_ntu": False},
+            {"name": "N", "ntu_types": ["author", "hashtag"]},
+            {"name": "N + e", "post_concat_of": "N", "ntu_types": ["author", "hashtag"]},
+            {"name": "N + e mean", "post_concat_of": "N", "ntu_types": ["author", "hashtag"], "control": "mean"},
+        ],
+        "seeds": [4],
+    }  # fmt: skip
+    (tmp_path / "cfg.yaml").write_text(yaml.safe_dump(cfg))
+    encoded: set[str] = set()
+    real = run_mod.encode
+    monkeypatch.setattr(
+        run_mod, "encode", lambda m, ps, **k: encoded.update(p.id for p in ps) or real(m, ps, **k)
+    )
+    run = tmp_path / "run"
+    assert main(["run", "--config", str(tmp_path / "cfg.yaml"), "--out", str(run), "-q"]) == 0
+    capsys.readouterr()
+    # the same tasks without design mode: their test posts were never encoded
+    full = PipelineConfig.from_sources(tmp_path / "cfg.yaml", ["eval.design=false"])
+    p = Pipeline(full, run, progress=False)
+    tasks = p.build_tasks(p.read_corpus())
+    test_ids = {q.id for _, t in tasks for q in t.test}
+    val_ids = {q.id for _, t in tasks for q in t.val}
+    # (a validation half by author may drop a class with one author: not every val post)
+    assert test_ids and not test_ids & encoded and len(val_ids & encoded) > len(val_ids) // 2
+    res = json.loads((run / "results.json").read_text())
+    assert all(n.endswith("(validation)") for n in res["tasks"])
+    assert "Design run" in (run / "report.md").read_text()
+    f = f"{run_mod._slug('community (validation)')}.npz"
+    e = run / "embeddings"
+    with (
+        np.load(e / run_mod._slug("N") / f) as n,
+        np.load(e / run_mod._slug("N + e") / f) as ne,
+        np.load(e / run_mod._slug("N + e mean") / f) as nm,
+    ):
+        h, d = n["test"].shape[1], 8
+        assert ne["test"].shape[1] == nm["test"].shape[1] == h + d
+        assert np.array_equal(ne["test"][:, :h], n["test"])  # the NTU model's own embedding
+        assert not np.allclose(nm["test"][:, :h], n["test"])  # the control feeds the mean ...
+        assert np.allclose(nm["test"][:, h:], nm["test"][0, h:])  # ... and appends it
+    assert set(res["significance"]["tasks"]["community (validation)"]["N + e"]["vs_controls"]) == {
+        "N + e mean"
+    }

@@ -82,6 +82,13 @@ class EvalConfig(StageConfig):
     seed: int = Field(13, description="seed of the splits and of the MLP")
     tasks: list[TaskSpec] = Field(default_factory=list, description="tasks to evaluate")
     embed_batch_size: int = Field(64, ge=1, description="posts per encoder batch")
+    design: bool = Field(
+        False,
+        description="a design run: every task is scored on half of its validation split and "
+        "early-stopped on the other half (evaluate/protocol.validation_task); test posts are "
+        "never read. For choosing designs and hyperparameters; the graph, NTU embeddings and "
+        "fine-tuning sample are those of the full run (same caches)",
+    )
     bootstrap: int = Field(
         1000,
         ge=100,

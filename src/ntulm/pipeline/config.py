@@ -28,8 +28,10 @@ class VariantSpec(StageConfig):
     ntu_types: list[str] = Field(["author", "hashtag"], description="NTU types averaged into e_ntu")
     post_concat_of: str | None = Field(
         None,
-        description="BERT-post-concat: no model of its own; the named no-NTU variant's embedding "
-        "concatenated with e_ntu of ntu_types after the encoder",
+        description="post-concat: no model of its own; the named model variant's embedding "
+        "(with this variant's pooling) concatenated with e_ntu of ntu_types after the encoder. "
+        "Of a no-NTU model it is the paper's BERT-post-concat; of an NTU model the NTULM "
+        "embedding keeps the raw NTU vector beside it",
     )
     model_of: str | None = Field(
         None,
@@ -58,7 +60,8 @@ class VariantSpec(StageConfig):
 
     control: Literal["shuffled", "mean"] | None = Field(
         None,
-        description="negative control of the model_of NTU model: 'shuffled' feeds each post "
+        description="negative control of the model_of NTU model (or of a post_concat_of "
+        "variant: then the concatenated e_ntu is substituted too): 'shuffled' feeds each post "
         "another post's e_ntu (seeded permutation within the split), 'mean' the NTU table mean "
         "(evaluate/controls.py); a gain counts only where it clears its controls",
     )
@@ -71,11 +74,24 @@ def controls_of(variants: list[VariantSpec]) -> dict[str, list[str]]:
     for c in variants:
         if c.control is None:
             continue
-        refs = [
-            v.name
-            for v in variants
-            if v.control is None and v.pooling == c.pooling and c.model_of in (v.name, v.model_of)
-        ]
+        if c.post_concat_of is not None:  # a control of a post-concat variant of the same model
+            refs = [
+                v.name
+                for v in variants
+                if v.control is None
+                and v.pooling == c.pooling
+                and v.post_concat_of == c.post_concat_of
+                and v.ntu_types == c.ntu_types
+            ]
+        else:
+            refs = [
+                v.name
+                for v in variants
+                if v.control is None
+                and v.post_concat_of is None
+                and v.pooling == c.pooling
+                and c.model_of in (v.name, v.model_of)
+            ]
         if refs:
             out.setdefault(refs[0], []).append(c.name)
     return out
@@ -178,12 +194,17 @@ class PipelineConfig(StageConfig):
                 raise ValueError(f"variants: {v.name!r} has both post_concat_of and model_of")
             if v.post_concat_of is not None:
                 base = own.get(v.post_concat_of)
-                if base is None or base.use_ntu:
+                if base is None:
                     raise ValueError(
-                        f"variants: {v.name!r} post_concat_of must name a no-NTU model variant"
+                        f"variants: {v.name!r} post_concat_of must name a variant with its own "
+                        "model"
                     )
-                if v.pooling != "mean":
-                    raise ValueError(f"variants: {v.name!r} post-concat pools with 'mean' only")
+                if v.pooling != "mean" and not base.use_ntu:
+                    raise ValueError(
+                        f"variants: {v.name!r} post-concat of a no-NTU model pools with 'mean'"
+                    )
+                if v.pooling == "mean+ntu" and not base.use_ntu:
+                    raise ValueError(f"variants: {v.name!r} pooling 'mean+ntu' needs an NTU model")
             if v.model_of is not None:
                 base = own.get(v.model_of)
                 if base is None:
@@ -194,8 +215,9 @@ class PipelineConfig(StageConfig):
                 self.variants[i] = v
             if v.pooling == "mean+ntu" and not v.use_ntu:
                 raise ValueError(f"variants: {v.name!r} pooling 'mean+ntu' needs an NTU model")
-            per_type = v.model_of in own and (
-                self.lm_config(own[v.model_of], self.seeds[0]).ntu_tokens != "mean"
+            ref = v.model_of or v.post_concat_of
+            per_type = ref in own and (
+                self.lm_config(own[ref], self.seeds[0]).ntu_tokens != "mean"
             )
             if v.control is not None and per_type:
                 raise ValueError(
@@ -203,16 +225,19 @@ class PipelineConfig(StageConfig):
                     "a per_type model"
                 )
             if v.pooling == "gate":
-                base = own.get(v.model_of or v.name)
+                base = own.get(v.model_of or v.post_concat_of or v.name)
                 if base is None or not self.lm_config(base, self.seeds[0]).pooling_gate:
                     raise ValueError(
                         f"variants: {v.name!r} pooling 'gate' needs a model variant with "
                         "lm: {pooling_gate: true}"
                     )
-            if v.control is not None and (v.model_of is None or not v.use_ntu):
-                raise ValueError(
-                    f"variants: {v.name!r} control needs model_of naming an NTU model variant"
-                )
+            if v.control is not None:
+                ref_v = own.get(v.model_of or v.post_concat_of or "")
+                if ref_v is None or not ref_v.use_ntu:
+                    raise ValueError(
+                        f"variants: {v.name!r} control needs model_of (or post_concat_of) "
+                        "naming an NTU model variant"
+                    )
         if not self.eval.tasks:
             raise ValueError("eval.tasks: at least one task")
         if self.protocol == "temporal":

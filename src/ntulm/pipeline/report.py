@@ -428,10 +428,18 @@ def write_report(results: dict[str, Any], out: Path) -> None:
 def protocol_line(results: dict[str, Any]) -> str:
     """The evaluation protocol in one paragraph (``results["protocol"]``)."""
     pr = results.get("protocol") or {"protocol": results["config"].get("protocol", "paper")}
+    design = (
+        " **Design run: every task is scored on half of its validation split (the other half "
+        "early-stops the MLP); no test post was read.** Choose designs here, report test numbers "
+        "from a run without `eval.design`."
+        if results["config"].get("eval", {}).get("design")
+        else ""
+    )
     if pr["protocol"] != "temporal":
         return (
             f"Protocol: {pr['protocol']} (random splits by post or author; the tasks' validation "
             "and test posts are kept out of fine-tuning, the hashtag task's also out of the graph)."
+            + design
         )
     rule = (
         "training posts from before the cutoff only (nothing at or after it is trained on)"
@@ -446,7 +454,7 @@ def protocol_line(results: dict[str, Any]) -> str:
         "are split as in the paper protocol among the post-cutoff posts, only their post-cutoff "
         f"posts are validated or tested on); {rule}. Posts: {pr['posts_before']:,} before, "
         f"{pr['posts_after']:,} at or after, {pr['posts_without_time']:,} without a time (left "
-        "out of both sides). TweetEval has no times and keeps its own splits."
+        "out of both sides). TweetEval has no times and keeps its own splits." + design
     )
 
 

@@ -42,6 +42,7 @@ from ntulm.artifacts import fingerprint, read_json, write_json, write_text
 from ntulm.errors import ArtifactError, ConfigError
 from ntulm.evaluate.config import TaskSpec
 from ntulm.evaluate.controls import control_ntus
+from ntulm.evaluate.protocol import validation_task
 from ntulm.evaluate.runner import evaluate_task
 from ntulm.evaluate.tasks import Task, build_tasks
 from ntulm.evaluate.temporal import BEFORE, Temporal, before_sql, temporal
@@ -161,6 +162,8 @@ class Pipeline:
                 self.cfg.eval.seed,
                 temporal=self.temporal if corpus else None,
             ):
+                if self.cfg.eval.design:  # the test posts are never read
+                    task = validation_task(task, self.cfg.eval.seed)
                 tasks.append((spec, task))
                 log.info(
                     "task %s: %d train, %d val, %d test",
@@ -285,11 +288,17 @@ class Pipeline:
                 if emb is None:
                     raise ConfigError(f"{v.name}: a control needs NTU embeddings")
                 ntus = control_ntus(v.control, posts, emb, v.ntu_types, [self.cfg.eval.seed, k])
-            x = self._encode(model, model_fp, posts, v.pooling, ntus)
+            # the model reads its own NTU types; a control substitutes the rows it is fed
+            fed = ntus if ntus is not None and model.use_ntu else None
+            if fed is not None and model.cfg is not None and model.cfg.ntu_types != v.ntu_types:
+                raise ConfigError(
+                    f"{v.name}: a control of a post-concat variant needs its model's ntu_types"
+                )
+            x = self._encode(model, model_fp, posts, v.pooling, fed)
             if v.post_concat_of is not None:
                 if emb is None:
-                    raise ConfigError(f"{v.name}: BERT-post-concat needs NTU embeddings")
-                e_ntu, _ = ntu_vectors(posts, emb, v.ntu_types)
+                    raise ConfigError(f"{v.name}: post-concat needs NTU embeddings")
+                e_ntu = ntus if ntus is not None else ntu_vectors(posts, emb, v.ntu_types)[0]
                 x = np.concatenate([x, e_ntu], axis=1)
             arrays[split] = np.asarray(x, dtype=np.float32)
         d.mkdir(parents=True, exist_ok=True)
