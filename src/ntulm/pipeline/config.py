@@ -216,9 +216,7 @@ class PipelineConfig(StageConfig):
             if v.pooling == "mean+ntu" and not v.use_ntu:
                 raise ValueError(f"variants: {v.name!r} pooling 'mean+ntu' needs an NTU model")
             ref = v.model_of or v.post_concat_of
-            per_type = ref in own and (
-                self.lm_config(own[ref], self.seeds[0]).ntu_tokens != "mean"
-            )
+            per_type = ref in own and (self.lm_config(own[ref], self.seeds[0]).ntu_tokens != "mean")
             if v.control is not None and per_type:
                 raise ValueError(
                     f"variants: {v.name!r} controls substitute mean NTU vectors: not for "
