@@ -38,6 +38,7 @@ from ntulm.artifacts import atomic_path
 from ntulm.errors import ConfigError
 from ntulm.lm.config import resolve_dtype
 from ntulm.lm.data import length_grouped_batches, ntu_inputs, tokenize
+from ntulm.memory import TRIM_EVERY, trim
 from ntulm.posts import Post
 
 if TYPE_CHECKING:
@@ -129,7 +130,11 @@ def encode(
     out = np.zeros((len(posts), width), dtype=np.float32)
     lengths = np.array([len(t) for t in tokens])
     batches = length_grouped_batches(lengths, batch_size)  # longest first, little padding
-    for idx in tqdm(batches, desc="encode", disable=not show_progress_bar, unit="batch"):
+    for k, idx in enumerate(
+        tqdm(batches, desc="encode", disable=not show_progress_bar, unit="batch"), 1
+    ):
+        if k % TRIM_EVERY == 0:
+            trim()  # freed activations of other batch shapes back to the OS (memory.py)
         ids, mask = pad_batch(tokens, idx, model.tokenizer.pad_token_id)
         e = torch.from_numpy(e_ntu[idx]).to(device) if model.use_ntu else None
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):

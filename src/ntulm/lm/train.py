@@ -51,6 +51,7 @@ from ntulm.lm.encode import pool
 from ntulm.lm.fusion import drop_ntus
 from ntulm.lm.model import NTULM
 from ntulm.lm.social import mine_pairs, nt_xent, pick_partners, text_embeddings
+from ntulm.memory import TRIM_EVERY, trim
 
 if TYPE_CHECKING:
     from ntulm.kge import NTUEmbeddings
@@ -426,6 +427,8 @@ def finetune(
             bar.set_postfix(loss=f"{float(loss.detach()):.3f}", tok_s=f"{res.tokens_per_s:.0f}")
             if cfg.checkpoint_every and state["step"] % cfg.checkpoint_every == 0:
                 save_checkpoint()
+            if state["step"] % TRIM_EVERY == 0:
+                trim()  # freed activations of other batch shapes back to the OS (memory.py)
             if on_step is not None:
                 on_step(state["step"])
         # -- end of epoch (or of the step budget): evaluate, keep the best, maybe stop

@@ -52,6 +52,7 @@ from ntulm.lm.data import ntu_vectors
 from ntulm.lm.encode import encode, output_dim
 from ntulm.lm.model import NTULM
 from ntulm.lm.train import CHECKPOINT, finetune
+from ntulm.memory import trim
 from ntulm.pipeline.config import PipelineConfig, VariantSpec
 from ntulm.pipeline.progress import StageLog
 from ntulm.posts import Post
@@ -249,6 +250,7 @@ class Pipeline:
             quiet = lcfg.model_copy(update={"progress": lcfg.progress and self.progress})
             res = finetune(sample, quiet, d, ntu=emb if needs_ntu else None, resume=resume)
             self.timings[f"finetune {v.name}{suffix}"] = time.perf_counter() - t
+            trim()
             _mark(d, fp, result=res.to_json())
             self.ran.append(f"finetune {v.name}{suffix}")
         return d, fp, read_json(d / MARK)["result"]
@@ -346,6 +348,7 @@ class Pipeline:
             }
             for key in [key for key in self._memo if key not in later]:
                 del self._memo[key]
+            trim()
         return runs
 
     def _encode(
@@ -408,6 +411,7 @@ def run_pipeline(
 
     sample = finetune_sample(table, tasks, cfg, p.temporal)
     table.close()
+    trim()  # the task building's and the posts table's freed buffers
     overlap_types = cfg.overlap_types()
     flags = overlap_flags(tasks, emb, overlap_types)
 
