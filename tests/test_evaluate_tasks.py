@@ -106,9 +106,14 @@ def test_hashtag_task_balanced_removed_and_test_ids_excluded(corpus):
     assert {p.id: (p.text, p.hashtags) for p in corpus} == before  # inputs untouched
 
 
-def test_hashtag_task_drops_classes_short_of_per_class(corpus):
-    task = hashtag_task(corpus, top_k=48, per_class=12, seed=0)
-    assert task.info["hashtags_dropped"] > 0 and len(task.classes) < 48
+def test_hashtag_task_drops_classes_short_of_per_class(corpus, caplog):
+    # 17 of the top 48 hashtags have 12 usable posts: below the default floor (half of top_k)
+    with pytest.raises(ValueError, match="only 17 of the top 48.*min_classes=24.*brife29"):
+        hashtag_task(corpus, top_k=48, per_class=12, seed=0)
+    with caplog.at_level("WARNING"):
+        task = hashtag_task(corpus, top_k=48, per_class=12, seed=0, min_classes=10)
+    assert task.info["hashtags_dropped"] == 31 and len(task.classes) == 17
+    assert "brife29" in task.info["hashtags_dropped_names"] and "brife29" in caplog.text
     with pytest.raises(ValueError, match="per_class"):
         hashtag_task(corpus, top_k=5, per_class=10_000)
 
@@ -201,3 +206,145 @@ def test_validation_task_designs_on_validation_posts_only(corpus):
     ret = retrieval_task(corpus, "community", split_by="author", seed=0, max_test=40)
     rd = validation_task(ret, seed=1)
     assert len(rd.test) == 40 and {p.id for p in rd.test} <= {p.id for p in ret.train}
+
+
+EMOJI_MAPPING = "0\t❤\t_red_heart_\t\n1\t😍\t_smiling_face_with_hearteyes_\t\n2\t😂\t_face_with_tears_of_joy_\t\n"  # noqa: E501  (as published: three columns, a trailing tab)
+
+
+def test_tweeteval_reads_the_published_layouts(tmp_path, caplog):
+    emoji = tmp_path / "emoji"
+    labels = [0, 1, 2, 0, 1, 2, 0, 0, 0, 0, 1, 1]
+    for split in ("train", "val", "test"):
+        _write(emoji, split, [f"tweet {i} #x" for i in range(len(labels))], labels)
+    (emoji / "mapping.txt").write_text(EMOJI_MAPPING, encoding="utf-8")
+    (emoji / "test_labels.txt").write_text("".join(f"{y}\r\n" for y in labels))  # CRLF
+    (task,) = tweeteval_tasks(tmp_path, ["emoji"])
+    assert task.classes == ["red_heart", "smiling_face_with_hearteyes", "face_with_tears_of_joy"]
+    assert task.info["class_symbols"]["red_heart"] == "❤"
+    assert task.y_test.tolist() == labels
+    # offensive's mapping has no final line break; a stray partial stance folder is skipped
+    off = tmp_path / "offensive"
+    for split in ("train", "val", "test"):
+        _write(off, split, ["a", "b"], [0, 1])
+    (off / "mapping.txt").write_text("0\toffensive\n1\tnot-offensive")
+    assert tweeteval_tasks(tmp_path, ["offensive"])[0].classes == ["offensive", "not-offensive"]
+    (tmp_path / "stance").mkdir()
+    (tmp_path / "stance" / "mapping.txt").write_text("0\tnone\n1\tagainst\n2\tfavor\n")
+    _write(tmp_path / "stance" / "hillary", "train", ["a", "b", "c"], [0, 1, 2])
+    for split in ("val", "test"):
+        _write(tmp_path / "stance" / "hillary", split, ["a", "b", "c"], [0, 1, 2])
+    _write(tmp_path / "stance" / "hilary", "train", ["a"], [0])  # only some files
+    with caplog.at_level("WARNING"):
+        assert [t.name for t in tweeteval_tasks(tmp_path, ["stance"])] == ["stance_hillary"]
+    assert "hilary: skipped" in caplog.text
+
+
+def test_tweeteval_subsampling_and_classes(tmp_path, caplog):
+    emoji = tmp_path / "emoji"
+    labels = [0, 1, 2] * 10
+    for split in ("train", "val", "test"):
+        _write(emoji, split, [f"t{i}" for i in range(30)], labels)
+    (emoji / "mapping.txt").write_text(EMOJI_MAPPING, encoding="utf-8")
+    (task,) = tweeteval_tasks(tmp_path, ["emoji"], max_per_class=4, seed=1)
+    assert Counter(task.y_train.tolist()) == {0: 4, 1: 4, 2: 4} and len(task.test) == 12
+    assert task.info["train_published"] == 30
+    again = tweeteval_tasks(tmp_path, ["emoji"], max_per_class=4, seed=1)[0]
+    assert [p.id for p in again.train] == [p.id for p in task.train]  # seeded
+    (kept,) = tweeteval_tasks(tmp_path, ["emoji"], classes=["face_with_tears_of_joy", "red_heart"])
+    assert kept.classes == ["face_with_tears_of_joy", "red_heart"]
+    assert Counter(kept.y_test.tolist()) == {0: 10, 1: 10}
+    published = tweeteval_tasks(tmp_path, ["emoji"])[0].classes
+    for p, y in zip(kept.test, kept.y_test, strict=True):  # renumbered, each post its own class
+        assert kept.classes[y] == published[labels[int(p.id.split(":")[-1]) - 1]]
+    with pytest.raises(InputError, match="not in emoji's classes"):
+        tweeteval_tasks(tmp_path, ["emoji"], classes=["fire", "red_heart"])
+    # a class absent from a split is named
+    (emoji / "val_labels.txt").write_text("".join("0\n" if y == 2 else f"{y}\n" for y in labels))
+    with caplog.at_level("WARNING"):
+        (task,) = tweeteval_tasks(tmp_path, ["emoji"])
+    assert task.info["classes_missing"] == {"val": ["face_with_tears_of_joy"]}
+    assert "no post in the val split" in caplog.text
+
+
+def test_task_options_are_validated_per_type():
+    with pytest.raises(ConfigError, match="'split_by' is not an option of a tweeteval task"):
+        EvalConfig.build(
+            {"tasks": [{"type": "tweeteval", "root": "r", "names": ["x"], "split_by": "author"}]}
+        )  # noqa: E501
+    with pytest.raises(ConfigError, match="did you mean 'max_per_class'"):
+        EvalConfig.build({"tasks": [{"type": "classification", "label": "x", "max_per_clas": 3}]})
+    with pytest.raises(ConfigError, match="'top_k' is not an option of a classification task"):
+        EvalConfig.build({"tasks": [{"type": "classification", "label": "x", "top_k": 3}]})
+    with pytest.raises(ConfigError, match="split_by"):
+        EvalConfig.build(
+            {"tasks": [{"type": "classification", "label": "x", "split_by": "thread"}]}
+        )  # noqa: E501
+    cfg = EvalConfig.build(
+        {"tasks": [
+            {"type": "tweeteval", "root": "r", "names": ["emoji"], "max_per_class": 100},
+            {"type": "classification", "label": "x", "min_class_count": 3, "split_by": "label:split"},
+            {"type": "hashtag", "top_k": 20, "min_classes": 5},
+        ]}
+    )  # fmt: skip
+    assert cfg.tasks[1].min_class_posts == 3
+    assert EvalConfig.build(cfg.model_dump(mode="json")) == cfg  # a saved config validates again
+
+
+def _relabel(corpus, fn):
+    out = []
+    for i, p in enumerate(corpus):
+        q = Post(id=p.id, text=p.text, author=p.author, hashtags=list(p.hashtags))
+        q.labels = {**p.labels, **fn(i, p)}
+        out.append(q)
+    return out
+
+
+def test_classes_kept_min_class_authors_and_missing_class_warning(corpus, caplog):
+    task = classification_task(corpus, "community", classes=["community_2", "community_0"])
+    assert task.classes == ["community_2", "community_0"]  # the order asked for
+    assert {p.labels["community"] for p in task.test} == {"community_0", "community_2"}
+    assert task.info["classes_not_kept"] == {"community_1": 161, "community_3": 145}
+    with pytest.raises(ValueError, match="asked for are on no post"):
+        classification_task(corpus, "community", classes=["community_9", "community_0"])
+    # two "independent" authors: a third class with 2 authors, dropped by min_class_authors=3
+    indep = {author_key(p) for p in corpus[:40]}
+    indep = set(sorted(indep)[:2])
+    posts = _relabel(
+        corpus, lambda i, p: {"party": "ind" if author_key(p) in indep else p.labels["stance"]}
+    )
+    task = classification_task(posts, "party", split_by="author", min_class_authors=3)
+    assert task.classes == ["negative", "positive"]
+    assert task.info["classes_dropped_few_authors"] == ["ind"]
+    with pytest.raises(ValueError, match=r"\['ind'\] asked for have fewer"):
+        classification_task(
+            posts, "party", classes=["ind", "positive"], split_by="author", min_class_authors=3
+        )
+    # kept without the filter: the class is missing from a split, and that is said
+    with caplog.at_level("WARNING"):
+        task = classification_task(posts, "party", split_by="author", min_class_count=1, seed=2)
+    assert "ind" in task.classes and task.info.get("classes_missing")
+    assert "have no post in the" in caplog.text
+
+
+def test_split_from_a_label_and_kept_out_of_the_finetuning_sample(corpus):
+    from ntulm.pipeline.config import PipelineConfig
+    from ntulm.pipeline.run import finetune_sample
+
+    names = ["train", "Validation", "TEST", "", "train"]
+    posts = _relabel(corpus, lambda i, p: {"split": names[i % 5]} if names[i % 5] else {})
+    spec = EvalConfig.build(
+        {"tasks": [{"type": "classification", "label": "stance", "split_by": "label:split"}]}
+    ).tasks[0]
+    (task,) = build_tasks(spec, posts, seed=0)
+    assert {p.labels["split"] for p in task.train} == {"train"}
+    assert {p.labels["split"] for p in task.val} == {"Validation"}
+    assert {p.labels["split"] for p in task.test} == {"TEST"}
+    assert len(task.train) == 240 and task.info["posts_dropped_in_split"] == 120
+    assert task.info["split_by"] == "label:split"
+    cfg = PipelineConfig.build({"posts": ["x"], "lm_posts": 10_000, "eval": {"tasks": [spec]}})
+    sample = {p.id for p in finetune_sample(posts, [(spec, task)], cfg)}
+    assert not sample & {p.id for p in (*task.val, *task.test)}
+    assert len(sample) == 600 - len(task.val) - len(task.test)
+    bad = _relabel(corpus, lambda i, p: {"split": "holdout"})
+    with pytest.raises(ValueError, match="'holdout' is not train"):
+        classification_task(bad, "stance", split_by="label:split")

@@ -7,9 +7,10 @@ every model compared, and the tasks to build.
 
 from __future__ import annotations
 
-from typing import Literal
+import difflib
+from typing import Any, Literal
 
-from pydantic import Field, model_validator
+from pydantic import AliasChoices, Field, field_validator, model_serializer, model_validator
 
 from ntulm.config import StageConfig
 
@@ -35,23 +36,77 @@ class MLPConfig(StageConfig):
     num_threads: int = Field(0, ge=0, description="torch CPU threads (0: torch default)")
 
 
+# The options each task type honours (besides ``type`` and ``name``); any other key is an error.
+TASK_OPTIONS: dict[str, tuple[str, ...]] = {
+    "classification": (
+        "label", "split_by", "val_frac", "test_frac", "min_class_posts", "min_class_count",
+        "min_class_authors", "max_per_class", "classes",
+    ),
+    "retrieval": (
+        "label", "split_by", "test_frac", "min_class_posts", "min_class_count",
+        "min_class_authors", "max_per_class", "classes", "max_test",
+    ),
+    "hashtag": ("top_k", "per_class", "min_classes", "val_frac", "test_frac", "exclusion"),
+    "tweeteval": ("root", "names", "max_per_class", "classes"),
+}  # fmt: skip
+
+
+def _unknown_option(key: str, kind: str) -> str:
+    valid = ("type", "name", *TASK_OPTIONS[kind])
+    close = difflib.get_close_matches(key, valid, n=1, cutoff=0.6)
+    others = [t for t, keys in TASK_OPTIONS.items() if key in keys]
+    msg = f"{key!r} is not an option of a {kind} task"
+    if others:
+        msg += f" (it is one of {', '.join(others)})"
+    if close:
+        msg += f"; did you mean {close[0]!r}?"
+    return msg + f" Valid: {', '.join(valid)}"
+
+
 class TaskSpec(StageConfig):
-    """One task (or, for ``tweeteval``, a family of tasks) to build from data."""
+    """One task (or, for ``tweeteval``, a family of tasks) to build from data. Each type accepts
+    only the options it honours (:data:`TASK_OPTIONS`)."""
 
     type: Literal["classification", "hashtag", "retrieval", "tweeteval"] = Field(
         ..., description="task builder"
     )
     name: str | None = Field(None, description="task name (default: derived from label/type)")
     label: str | None = Field(None, description="post label column (classification, retrieval)")
-    split_by: Literal["post", "author"] = Field(
-        "post", description="split unit; 'author' for author-level labels"
+    split_by: str = Field(
+        "post",
+        description="split unit: 'post', 'author' (for author-level labels), or 'label:<column>' "
+        "(train/validation/test membership from that label: train, val or validation, test; "
+        "posts without it are left out)",
     )
     val_frac: float = Field(0.1, ge=0.0, lt=1.0, description="validation share")
     test_frac: float = Field(0.2, gt=0.0, lt=1.0, description="test share")
-    min_class_count: int = Field(10, ge=1, description="drop classes with fewer posts")
-    max_per_class: int = Field(0, ge=0, description="cap posts per class, sampled (0: no cap)")
+    min_class_posts: int = Field(
+        10,
+        ge=1,
+        validation_alias=AliasChoices("min_class_posts", "min_class_count"),
+        description="drop classes with fewer posts (alias: min_class_count)",
+    )
+    min_class_authors: int = Field(
+        1, ge=1, description="drop classes held by fewer distinct authors"
+    )
+    classes: list[str] = Field(
+        default_factory=list,
+        description="keep only these classes (others dropped and counted); each one must "
+        "survive the min_class_* filters",
+    )
+    max_per_class: int = Field(
+        0,
+        ge=0,
+        description="cap posts per class, sampled (tweeteval: per class and split; 0: no cap)",
+    )
     top_k: int = Field(1000, ge=2, description="hashtag task: number of hashtag classes")
     per_class: int = Field(100, ge=3, description="hashtag task: posts per hashtag class")
+    min_classes: int | None = Field(
+        None,
+        ge=2,
+        description="hashtag task: refuse when fewer hashtags than this keep per_class usable "
+        "posts (default: half of top_k, at least 2)",
+    )
     max_test: int = Field(5000, ge=2, description="retrieval: cap on test posts (queries)")
     exclusion: Literal["posts", "strict"] = Field(
         "posts",
@@ -64,6 +119,36 @@ class TaskSpec(StageConfig):
         default_factory=list, description="tweeteval: tasks, e.g. irony, stance, stance_abortion"
     )
 
+    @model_validator(mode="before")
+    @classmethod
+    def _options_of_type(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("type") in TASK_OPTIONS:
+            kind = data["type"]
+            bad = [k for k in data if k not in ("type", "name", *TASK_OPTIONS[kind])]
+            if bad:
+                raise ValueError("; ".join(_unknown_option(k, kind) for k in bad))
+            if "min_class_posts" in data and "min_class_count" in data:
+                raise ValueError("give min_class_posts or its alias min_class_count, not both")
+        return data
+
+    @model_serializer(mode="wrap")
+    def _dump(self, handler):  # noqa: ANN001, ANN202 (pydantic's serializer protocol)
+        # only the options this type honours, so a saved config validates again
+        keep = {"type", "name", *TASK_OPTIONS[self.type]} - {"min_class_count"}
+        return {k: v for k, v in handler(self).items() if k in keep}
+
+    @field_validator("split_by")
+    @classmethod
+    def _split_by(cls, v: str) -> str:
+        if v in ("post", "author") or (v.startswith("label:") and v[len("label:") :].strip()):
+            return v
+        raise ValueError(f"split_by: {v!r} is not 'post', 'author' or 'label:<column>'")
+
+    @property
+    def min_class_count(self) -> int:
+        """The old name of :attr:`min_class_posts`."""
+        return self.min_class_posts
+
     @model_validator(mode="after")
     def _needs(self) -> TaskSpec:
         if self.type in ("classification", "retrieval") and not self.label:
@@ -72,6 +157,16 @@ class TaskSpec(StageConfig):
             raise ValueError("root and names: required for tweeteval tasks")
         if self.val_frac + self.test_frac >= 1.0:
             raise ValueError("val_frac + test_frac must leave posts for training")
+        if len(set(self.classes)) != len(self.classes):
+            raise ValueError(f"classes: duplicates in {self.classes}")
+        if self.classes and len(self.classes) < 2:
+            raise ValueError("classes: keep at least 2")
+        if (
+            self.type == "hashtag"
+            and self.min_classes is not None
+            and self.min_classes > self.top_k
+        ):
+            raise ValueError(f"min_classes ({self.min_classes}) > top_k ({self.top_k})")
         return self
 
 

@@ -65,13 +65,16 @@ def hashtag_task(
     name: str = "hashtag",
     exclusion: str = "posts",
     temporal: Temporal | None = None,
+    min_classes: int | None = None,
 ) -> Task:
     """Build the hashtag-prediction task.
 
     Classes are the ``top_k`` hashtags by number of posts (ties by name). Each class draws
     ``per_class`` posts that carry it, rarest class first, a post serving one class only; a
     post whose text would be empty once the hashtag is gone is not used. A class with fewer
-    than ``per_class`` usable posts is dropped (logged), so the task stays balanced. Each class
+    than ``per_class`` usable posts is dropped (named in the log and in ``info``), so the task
+    stays balanced; fewer than ``min_classes`` classes left (default: half of ``top_k``, at least
+    2) is an error. Each class
     is split train/val/test on its own (``val_frac``, ``test_frac``), so every split is balanced.
     ``exclusion`` is ``"posts"`` (the validation and test posts give no graph edges) or
     ``"strict"`` (also no (test author, removed hashtag) edge; see the module docstring).
@@ -104,10 +107,22 @@ def hashtag_task(
         chosen[h] = pick
         used.update(pick)
     classes = sorted(chosen)
-    if len(classes) < 2:
+    floor = min_classes if min_classes is not None else max(2, -(-min(top_k, len(top)) // 2))
+    shortfall = {h: len(candidates[h]) for h in sorted(short)}
+    if short:
+        log.warning(
+            "hashtag task: %d of %d hashtags dropped, fewer than per_class=%d usable posts "
+            "(usable posts each): %s",
+            len(short),
+            len(top),
+            per_class,
+            shortfall,
+        )
+    if len(classes) < max(floor, 2):
         raise ValueError(
-            f"hashtag task: {len(classes)} hashtag(s) have {per_class} usable posts; "
-            "lower per_class or add posts"
+            f"hashtag task: only {len(classes)} of the top {len(top)} hashtags have {per_class} "
+            f"usable posts, fewer than min_classes={max(floor, 2)}; dropped (usable posts): "
+            f"{shortfall}. Lower per_class or top_k, set min_classes, or add posts"
         )
     order = [(h, i) for h in classes for i in chosen[h]]
     originals = take(src, [i for _, i in order])  # only the chosen posts become objects
@@ -150,6 +165,7 @@ def hashtag_task(
             "top_k": top_k,
             "per_class": per_class,
             "hashtags_dropped": len(short),
+            "hashtags_dropped_names": sorted(short),
             "graph_exclusion": exclusion,
             "graph_excluded_posts": len(held),
             "graph_excluded_pairs": len(pairs),

@@ -11,7 +11,6 @@ from __future__ import annotations
 import logging
 from collections import Counter, defaultdict
 from collections.abc import Sequence
-from typing import Literal
 
 import numpy as np
 
@@ -19,7 +18,8 @@ from ntulm.posts import Post
 
 log = logging.getLogger(__name__)
 
-SplitBy = Literal["post", "author"]
+# "post", "author", or "label:<column>" (membership from a split label, evaluate/tasks.py)
+SplitBy = str
 
 
 def author_key(post: Post) -> str | None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -83,18 +84,72 @@ class Task:
 
 
 def _labelled(
-    labels: list[str | None], label: str, min_class_count: int, max_per_class: int, seed: int
+    labels: list[str | None],
+    label: str,
+    min_class_count: int,
+    max_per_class: int,
+    seed: int,
+    classes: Sequence[str] = (),
+    min_class_authors: int = 1,
+    authors: Sequence[str | None] | None = None,
 ) -> tuple[list[int], list[str], dict[str, Any]]:
-    """Positions of the posts that carry ``label``, classes too small dropped, each class capped
-    (sampled), in corpus order; the classes; what was dropped."""
+    """Positions of the posts that carry ``label``, in corpus order: only the ``classes`` asked
+    for (all when empty), classes with fewer than ``min_class_count`` posts or
+    ``min_class_authors`` authors dropped, each class capped at ``max_per_class`` (sampled); the
+    classes; what was dropped (``info``). A class asked for that does not survive is an error."""
     kept = [i for i, y in enumerate(labels) if y]
     if not kept:
         raise ValueError(f"no post has the label {label!r}")
     counts = Counter(labels[i] for i in kept)
+    info: dict[str, Any] = {}
+    if classes:
+        absent = [c for c in classes if c not in counts]
+        if absent:
+            raise ValueError(
+                f"label {label!r}: classes {absent} asked for are on no post "
+                f"(present: {sorted(counts)[:20]})"
+            )
+        others = {c: n for c, n in counts.items() if c not in set(classes)}
+        if others:
+            log.info("label %r: kept classes %s, left out %s", label, list(classes), others)
+        info["classes_not_kept"] = dict(sorted(others.items()))
+        kept = [i for i in kept if labels[i] in set(classes)]
+        counts = Counter(labels[i] for i in kept)
     small = sorted(c for c, n in counts.items() if n < min_class_count)
     if small:
-        log.warning("label %r: dropped classes with < %d posts: %s", label, min_class_count, small)
-        drop = set(small)
+        log.warning(
+            "label %r: dropped classes with < %d posts: %s",
+            label,
+            min_class_count,
+            {c: counts[c] for c in small},
+        )
+    few = []
+    if min_class_authors > 1:
+        if authors is None:
+            raise ValueError("min_class_authors: author keys needed")
+        per_class: dict[str, set[str]] = {}
+        for i in kept:
+            if authors[i] is not None:
+                per_class.setdefault(labels[i], set()).add(authors[i])  # type: ignore[arg-type]
+        few = sorted(
+            c for c in counts if c not in small and len(per_class.get(c, ())) < min_class_authors
+        )
+        if few:
+            log.warning(
+                "label %r: dropped classes with < %d authors: %s",
+                label,
+                min_class_authors,
+                {c: len(per_class.get(c, ())) for c in few},
+            )
+        info["classes_dropped_few_authors"] = few
+    drop = set(small) | set(few)
+    if classes and drop:
+        raise ValueError(
+            f"label {label!r}: classes {sorted(drop)} asked for have fewer than "
+            f"{min_class_count} posts or {min_class_authors} authors "
+            f"({ {c: counts[c] for c in sorted(drop)} } posts)"
+        )
+    if drop:
         kept = [i for i in kept if labels[i] not in drop]
     if max_per_class:
         rng = np.random.default_rng(seed)
@@ -109,10 +164,63 @@ def _labelled(
             )
         )
         kept = [kept[k] for k in keep]
-    classes = sorted({labels[i] for i in kept})  # type: ignore[type-var]
-    if len(classes) < 2:
-        raise ValueError(f"label {label!r}: fewer than 2 classes with >= {min_class_count} posts")
-    return kept, classes, {"classes_dropped": small}
+    out_classes = list(classes) if classes else sorted({labels[i] for i in kept})  # type: ignore[type-var]
+    if len(out_classes) < 2:
+        raise ValueError(
+            f"label {label!r}: fewer than 2 classes with >= {min_class_count} posts"
+            + (f" and >= {min_class_authors} authors" if min_class_authors > 1 else "")
+        )
+    return kept, out_classes, {"classes_dropped": small, **info}
+
+
+def missing_classes(task: Task) -> dict[str, list[str]]:
+    """Classes with no post in a split (``{split: [class, ...]}``), logged as a warning; a
+    retrieval task is checked on its test split only."""
+    if task.y_test.ndim != 1:
+        return {}
+    splits = ("test",) if task.kind == "retrieval" else ("train", "val", "test")
+    out = {}
+    for split in splits:
+        y = getattr(task, f"y_{split}")
+        if split == "val" and not len(y):
+            continue
+        seen = set(np.unique(y).tolist())
+        absent = [c for k, c in enumerate(task.classes) if k not in seen]
+        if absent:
+            out[split] = absent
+            log.warning(
+                "task %s: class(es) %s have no post in the %s split", task.name, absent, split
+            )
+    return out
+
+
+SPLIT_NAMES = {"train": 0, "val": 1, "valid": 1, "validation": 1, "dev": 1, "test": 2}
+
+
+def label_split(values: Sequence[str | None], column: str) -> tuple[np.ndarray, ...]:
+    """Train, val and test positions from a split label (``train``; ``val``, ``validation``,
+    ``valid`` or ``dev``; ``test``, any case) and the number of posts without one."""
+    splits: list[list[int]] = [[], [], []]
+    missing = 0
+    for i, v in enumerate(values):
+        if v is None or not v.strip():
+            missing += 1
+            continue
+        k = SPLIT_NAMES.get(v.strip().lower())
+        if k is None:
+            raise ValueError(
+                f"split_by label:{column}: value {v!r} is not train, val (validation, valid, "
+                "dev) or test"
+            )
+        splits[k].append(i)
+    if missing:
+        log.warning("split_by label:%s: %d posts without that label left out", column, missing)
+    train, val, test = (np.asarray(s, dtype=np.int64) for s in splits)
+    if not len(train) or not len(test):
+        raise ValueError(
+            f"split_by label:{column}: {len(train)} train and {len(test)} test posts; both needed"
+        )
+    return train, val, test, missing
 
 
 def _split_task(
@@ -138,13 +246,24 @@ def _split_task(
     :func:`~ntulm.evaluate.temporal.temporal_split_keys`."""
     strata: list[str] = [labels[i] for i in kept]  # type: ignore[misc]
     authors = None
-    if split_by == "author":
+    if split_by.startswith("label:"):
+        if temporal is not None:
+            raise ValueError(
+                f"task {name}: split_by {split_by} and the temporal protocol exclude each other"
+            )
+        column = split_by[len("label:") :]
+        every = labels_of(src, column)
+        train, val, test, dropped = label_split([every[i] for i in kept], column)
+        extra: dict[str, Any] = {"posts_dropped_in_split": dropped}
+    elif split_by == "author":
         every = authors_of(src)
         authors = [every[i] for i in kept]
         del every
-    if temporal is None:
+    if split_by.startswith("label:"):
+        pass
+    elif temporal is None:
         train, val, test, dropped = split_keys(authors, strata, split_by, val_frac, test_frac, seed)
-        extra: dict[str, Any] = {"posts_dropped_in_split": dropped}
+        extra = {"posts_dropped_in_split": dropped}
     else:
         from ntulm.evaluate.temporal import temporal_split_keys
 
@@ -167,7 +286,7 @@ def _split_task(
     parts = [pos[train], pos[val], pos[test]]
     posts = take(src, np.concatenate(parts))
     cut = np.cumsum([len(x) for x in parts])
-    return Task(
+    task = Task(
         name=name,
         kind=kind,
         train=posts[: cut[0]],
@@ -181,6 +300,10 @@ def _split_task(
         exclude_same_author=kind == "retrieval" and split_by == "author",
         info=info,
     )
+    absent = missing_classes(task)
+    if absent:
+        task.info["classes_missing"] = absent
+    return task
 
 
 def classification_task(
@@ -194,15 +317,22 @@ def classification_task(
     max_per_class: int = 0,
     name: str | None = None,
     temporal: Temporal | None = None,
+    classes: Sequence[str] = (),
+    min_class_authors: int = 1,
 ) -> Task:
     """Predict ``post.labels[label]`` from the post embedding (macro-F1 first).
 
-    Classes with fewer than ``min_class_count`` posts are dropped; ``max_per_class`` caps each
-    class by sampling (0: no cap). Split stratified by label, by post or by author. ``posts``
-    is a list of posts or a :class:`~ntulm.posts.rows.PostsTable` (the same task either way)."""
+    ``classes`` keeps only those classes (all when empty); classes with fewer than
+    ``min_class_count`` posts or ``min_class_authors`` authors are dropped; ``max_per_class``
+    caps each class by sampling (0: no cap). Split stratified by label, by post, by author or
+    from a split label (``split_by="label:<column>"``). ``posts`` is a list of posts or a
+    :class:`~ntulm.posts.rows.PostsTable` (the same task either way)."""
     src = as_source(posts)
     labels = labels_of(src, label)
-    kept, classes, info = _labelled(labels, label, min_class_count, max_per_class, seed)
+    kept, classes, info = _labelled(
+        labels, label, min_class_count, max_per_class, seed, classes, min_class_authors,
+        authors_of(src) if min_class_authors > 1 else None,
+    )  # fmt: skip
     return _split_task(
         name or label,
         "classification",
@@ -231,6 +361,9 @@ def retrieval_task(
     min_class_count: int = 10,
     name: str | None = None,
     temporal: Temporal | None = None,
+    classes: Sequence[str] = (),
+    min_class_authors: int = 1,
+    max_per_class: int = 0,
 ) -> Task:
     """The Topic task's shape: each test post ranks the other test posts by cosine similarity of
     their embeddings; relevant = same label; MAP. No model is trained.
@@ -241,7 +374,10 @@ def retrieval_task(
     author are left out of its ranking, so author identity cannot score."""
     src = as_source(posts)
     labels = labels_of(src, label)
-    kept, classes, info = _labelled(labels, label, min_class_count, 0, seed)
+    kept, classes, info = _labelled(
+        labels, label, min_class_count, max_per_class, seed, classes, min_class_authors,
+        authors_of(src) if min_class_authors > 1 else None,
+    )  # fmt: skip
     task = _split_task(
         name or f"{label}_retrieval",
         "retrieval",
@@ -279,34 +415,26 @@ def build_tasks(
     from ntulm.evaluate.tweeteval import tweeteval_tasks
 
     if spec.type == "tweeteval":
-        return tweeteval_tasks(spec.root, spec.names)
+        return tweeteval_tasks(
+            spec.root, spec.names, max_per_class=spec.max_per_class, classes=spec.classes, seed=seed
+        )
     if posts is None:
         raise ValueError(f"task type {spec.type}: needs posts")
-    common = {"seed": seed, "test_frac": spec.test_frac, "min_class_count": spec.min_class_count}
-    common["temporal"] = temporal
+    common = {
+        "seed": seed,
+        "test_frac": spec.test_frac,
+        "min_class_count": spec.min_class_posts,
+        "min_class_authors": spec.min_class_authors,
+        "classes": spec.classes,
+        "max_per_class": spec.max_per_class,
+        "split_by": spec.split_by,
+        "name": spec.name,
+        "temporal": temporal,
+    }
     if spec.type == "classification":
-        return [
-            classification_task(
-                posts,
-                spec.label,
-                split_by=spec.split_by,
-                val_frac=spec.val_frac,
-                max_per_class=spec.max_per_class,
-                name=spec.name,
-                **common,
-            )
-        ]
+        return [classification_task(posts, spec.label, val_frac=spec.val_frac, **common)]
     if spec.type == "retrieval":
-        return [
-            retrieval_task(
-                posts,
-                spec.label,
-                split_by=spec.split_by,
-                max_test=spec.max_test,
-                name=spec.name,
-                **common,
-            )
-        ]
+        return [retrieval_task(posts, spec.label, max_test=spec.max_test, **common)]
     if spec.type == "hashtag":
         return [
             hashtag_task(
@@ -319,6 +447,7 @@ def build_tasks(
                 name=spec.name or "hashtag",
                 exclusion=spec.exclusion,
                 temporal=temporal,
+                min_classes=spec.min_classes,
             )
         ]
     raise ValueError(f"unknown task type {spec.type!r}")
