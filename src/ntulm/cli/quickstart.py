@@ -45,7 +45,8 @@ def quickstart_config(posts: Path) -> dict[str, Any]:
                     "split_by": "author",
                 },
                 {"type": "classification", "name": "stance", "label": "stance"},
-                {"type": "hashtag", "top_k": 30, "per_class": 12},
+                # a small corpus: about a third of the top 30 hashtags have 12 usable posts
+                {"type": "hashtag", "top_k": 30, "per_class": 12, "min_classes": 5},
                 {
                     "type": "retrieval",
                     "name": "community_map",

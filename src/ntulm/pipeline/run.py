@@ -157,12 +157,16 @@ class Pipeline:
         tasks = []
         for spec in self.cfg.eval.tasks:
             corpus = spec.type != "tweeteval"
-            for task in build_tasks(
-                spec,
-                posts if corpus else None,
-                self.cfg.eval.seed,
-                temporal=self.temporal if corpus else None,
-            ):
+            try:
+                built = build_tasks(
+                    spec,
+                    posts if corpus else None,
+                    self.cfg.eval.seed,
+                    temporal=self.temporal if corpus else None,
+                )
+            except ValueError as exc:  # the data cannot make this task: a config problem
+                raise ConfigError(f"eval.tasks ({spec.name or spec.type}): {exc}") from None
+            for task in built:
                 if self.cfg.eval.design:  # the test posts are never read
                     task = validation_task(task, self.cfg.eval.seed)
                 tasks.append((spec, task))
