@@ -78,6 +78,24 @@ def add_posts_args(
         "--format", choices=("auto", *FORMATS), help="input format (default: detect per file)"
     )
     p.add_argument("--strict", action="store_true", help="fail on the first bad record (exit 2)")
+    p.add_argument(
+        "--columns",
+        metavar="MAPPING",
+        help="CSV/TSV/Parquet posts: field=column pairs, e.g. text=content,author=user,id=tweet_id"
+        ",party=party (other names become labels), or a preset: ira (docs/posts.md)",
+    )
+    p.add_argument(
+        "--labels",
+        action="append",
+        metavar="FILE",
+        help="side table of labels joined onto the posts by author (id or handle) in its first "
+        "column; repeatable; the config's 'labels' key has all options (docs/posts.md)",
+    )
+
+
+def reader_args(args: argparse.Namespace) -> dict:
+    """``PostReader`` keyword arguments from :func:`add_posts_args`' tabular options."""
+    return {"columns": args.columns, "labels": [{"path": f} for f in args.labels or []]}
 
 
 def main(argv: list[str] | None = None) -> int:

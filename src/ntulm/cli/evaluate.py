@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 
 from ntulm.cli import add_config_args, add_posts_args
@@ -18,6 +19,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         overrides.append(f"graph.format={args.format}")
     if args.strict:
         overrides.append("graph.strict=true")
+    if args.columns:
+        overrides.append(f"graph.columns={json.dumps(args.columns)}")
+    if args.labels:
+        overrides.append(f"graph.labels={json.dumps([{'path': f} for f in args.labels])}")
     if args.seeds:
         overrides.append("seeds=[" + ",".join(str(s) for s in args.seeds) + "]")
     cfg = evaluate_config(

@@ -16,6 +16,10 @@ def _config(args: argparse.Namespace) -> GraphConfig:
         overrides.append(f"format={args.format}")
     if args.strict:
         overrides.append("strict=true")
+    if args.columns:
+        overrides.append(f"columns={json.dumps(args.columns)}")
+    if args.labels:
+        overrides.append(f"labels={json.dumps([{'path': f} for f in args.labels])}")
     base = GraphConfig.paper().model_dump() if getattr(args, "paper_filters", False) else None
     return GraphConfig.from_sources(args.config, overrides, base=base)
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ntulm.cli import add_config_args, add_posts_args
+from ntulm.cli import add_config_args, add_posts_args, reader_args
 from ntulm.errors import ArtifactError, ConfigError
 from ntulm.lm.config import LMConfig
 from ntulm.posts import Post, PostReader
@@ -53,7 +53,7 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     if cfg.use_ntu and not args.ntu:
         raise ConfigError("--ntu DIR is required (or --no-ntu for the baseline without NTUs)")
     ntu = _load_ntu(args.ntu)
-    reader = PostReader(format=args.format or "auto", strict=args.strict)
+    reader = PostReader(format=args.format or "auto", strict=args.strict, **reader_args(args))
     posts = [p for p, _ in _sample(reader, args.posts, cfg)]
     if len(posts) < 2:
         raise ConfigError(f"--posts: {len(posts)} usable post(s) read; need at least 2")
@@ -75,7 +75,7 @@ def cmd_embed(args: argparse.Namespace) -> int:
     model = NTULM.load(args.model, ntu=_load_ntu(args.ntu))
     if args.concat_ntu and model.ntu is None:
         raise ConfigError("--concat-ntu needs NTU embeddings (--ntu DIR)")
-    reader = PostReader(format=args.format or "auto", strict=args.strict)
+    reader = PostReader(format=args.format or "auto", strict=args.strict, **reader_args(args))
     n = embed_to_parquet(
         model,
         reader.iter_posts(args.posts),

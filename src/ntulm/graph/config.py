@@ -19,6 +19,25 @@ ALL_RELATIONS: tuple[Relation, ...] = (
 PAPER_RELATIONS: tuple[Relation, ...] = ("authored", "favorited", "co_mentioned")
 
 
+class LabelTableConfig(StageConfig):
+    """Labels joined from a side table onto the posts as they are read (``docs/posts.md``)."""
+
+    path: str = Field(..., description="CSV, TSV or Parquet file of labels (gzip ok for CSV)")
+    by: Literal["author", "id"] = Field(
+        "author",
+        description="join key: the post's author (id or handle, '@' optional, any case) or the "
+        "post id",
+    )
+    key: str | None = Field(None, description="key column of the table (default: its first)")
+    columns: dict[str, str] | None = Field(
+        None,
+        description="label name -> column (default: every other column under its own name)",
+    )
+    overwrite: bool = Field(
+        False, description="the table's labels win over a post's own labels of the same name"
+    )
+
+
 class GraphConfig(StageConfig):
     """How posts become a user-hashtag graph. Every relation goes user -> hashtag."""
 
@@ -43,8 +62,21 @@ class GraphConfig(StageConfig):
     min_hashtag_posts: int = Field(
         default=1, ge=1, description="keep hashtags used in at least this many posts"
     )
-    format: Literal["auto", "jsonl", "twitter_v1", "twitter_v2", "ira_csv"] = Field(
+    format: Literal["auto", "jsonl", "twitter_v1", "twitter_v2", "ira_csv", "table"] = Field(
         default="auto", description="input format; auto detects it from each file's content"
+    )
+    columns: dict[str, str] | str | None = Field(
+        default=None,
+        description="tabular input (CSV/TSV/Parquet): post field or label name -> column, as a "
+        "mapping or 'text=content,author=user,party=party' (fields: id, text, author, author_id, "
+        "created_at, hashtags, mentions, urls, media, is_retweet, retweet_of_id, "
+        "retweet_of_author, reply_to_id, reply_to_user, lang; any other name is a label), or a "
+        "preset: ira",
+    )
+    labels: list[LabelTableConfig] = Field(
+        default_factory=list,
+        description="side tables of labels joined onto the posts by author or post id, e.g. "
+        "[{path: users.csv, key: user_id}]",
     )
     strict: bool = Field(
         default=False, description="fail on the first bad record instead of skipping it"
@@ -87,6 +119,21 @@ class GraphConfig(StageConfig):
         if not v:
             raise ValueError("at least one relation is needed")
         return list(dict.fromkeys(v))
+
+    @field_validator("columns")
+    @classmethod
+    def _columns(cls, v: dict[str, str] | str | None) -> dict[str, str] | str | None:
+        from ntulm.posts.tabular import LayoutError, parse_columns
+
+        try:
+            parse_columns(v)
+        except LayoutError as exc:
+            raise ValueError(str(exc)) from None
+        return v
+
+    def reader_options(self) -> dict:
+        """The tabular options of a :class:`~ntulm.posts.readers.PostReader`."""
+        return {"columns": self.columns, "labels": [t.model_dump() for t in self.labels]}
 
     @model_validator(mode="after")
     def _range(self) -> GraphConfig:

@@ -98,6 +98,8 @@ class Pipeline:
         reader_cfg = {
             k: g.model_dump(mode="json")[k] for k in ("format", "strict", "max_text_chars")
         }
+        if g.columns or g.labels:  # (absent otherwise: earlier fingerprints unchanged)
+            reader_cfg.update(g.reader_options())
         fp = fingerprint([self.cfg.posts, reader_cfg])
         if _fresh(d, fp):
             self.reused.append("posts")

@@ -1,5 +1,6 @@
 """Fast reader for the IRA CSV layout: whole files through pyarrow's CSV reader and DuckDB SQL, the
-Python reference (:func:`~ntulm.posts.formats.parse_ira_row`) only for the rows it cannot decide.
+Python reference (:func:`~ntulm.posts.formats.parse_ira_row`, the tabular reader's rules under its
+built-in IRA mapping) only for the rows it cannot decide.
 
 Identical to the reference by construction:
 - tokenizing: pyarrow parses the file, and the parse is accepted only if writing the fields back as
@@ -37,6 +38,7 @@ from ntulm.errors import InputError
 from ntulm.posts.extract import MEDIA_HOSTS
 from ntulm.posts.formats import IRA_COLUMNS, IRA_LABELS, RecordError, parse_ira_row
 from ntulm.posts.schema import POSTS_SCHEMA, posts_to_columns
+from ntulm.posts.tabular import _FALSE, _ISO_SPACE, _TRUE
 
 if TYPE_CHECKING:
     from ntulm.posts.readers import PostReader, Quarantine
@@ -216,6 +218,8 @@ def _fast_sql(header: list[str], stem: str, name: str, max_chars: int) -> str:
     )
     handle = "lower(CASE WHEN starts_with(h0, '@') THEN h0[2:] ELSE h0 END)"
     content = col["content"]
+    bools = ", ".join(_q(v) for v in sorted(_TRUE | _FALSE))
+    trues = ", ".join(_q(v) for v in sorted(_TRUE))
     plain_chars = f"[\\x{{20}}-\\x{{7E}}\\t\\n\\r\\x{{A0}}\\x{{2026}}{inert_class()}]*"
     return f"""
     WITH r0 AS (
@@ -250,6 +254,9 @@ def _fast_sql(header: list[str], stem: str, name: str, max_chars: int) -> str:
         AND NOT regexp_full_match(content_, '[ \\t\\n\\r\\x{{A0}}]*')
         AND length(content_) <= {max_chars}
         AND length({handle}) > 0
+        AND lower(trim(coalesce(retweet, ''), {ws})) IN ({bools})
+        AND (NOT regexp_matches(coalesce(publish_date, ''), '\\s')
+             OR regexp_full_match(publish_date, {_q(_ISO_SPACE.pattern)}))
         AND (list_bool_and(list_transform(trimmed, lambda x:
               NOT regexp_matches(x, '[)\\]}}]$')
               AND regexp_full_match(x, {_q(_SIMPLE_URL)})
@@ -271,7 +278,7 @@ def _fast_sql(header: list[str], stem: str, name: str, max_chars: int) -> str:
                          lambda x: NOT ends_with(x, '@') AND length(x) <= 15),
                          lambda x: lower(x))
           ELSE [] END AS handles0,
-        trim(coalesce(retweet, ''), {ws}) = '1' AS is_rt
+        lower(trim(coalesce(retweet, ''), {ws})) IN ({trues}) AS is_rt
       FROM d2
     ), f AS (
       SELECT *,
@@ -315,7 +322,8 @@ def _fast_sql(header: list[str], stem: str, name: str, max_chars: int) -> str:
       CASE WHEN rt IS NOT NULL THEN {{'id': NULL::VARCHAR, 'handle': rt}} END AS retweet_of_author,
       NULL::VARCHAR AS reply_to_id,
       NULL::STRUCT(id VARCHAR, handle VARCHAR) AS reply_to_user,
-      CASE WHEN lower(language) = 'english' THEN 'en' ELSE language END AS lang,
+      CASE WHEN lower(trim(language, {ws})) = 'english' THEN 'en'
+           ELSE nullif(trim(language, {ws}), '') END AS lang,
       map_from_entries(list_filter([{labels}], lambda x: x.value <> '')) AS labels,
       {_q(name + ":")} || _line AS source
     FROM g2

@@ -9,13 +9,13 @@ Formats:
   ``retweeted_status``, ``in_reply_to_*``; ``user`` may be trimmed to its id);
 - ``twitter_v2``: Twitter API v2 responses (``data``, ``includes.users/tweets/media``) or bare v2
   tweet objects;
-- ``ira_csv``: FiveThirtyEight's IRA tweets CSV layout.
+- ``ira_csv``: FiveThirtyEight's IRA tweets CSV layout (a built-in mapping of ``table``);
+- ``table``: CSV, TSV or Parquet through a column mapping (:mod:`ntulm.posts.tabular`).
 """
 
 from __future__ import annotations
 
 import html
-import re
 from collections.abc import Iterator
 from datetime import datetime
 from typing import Any
@@ -23,12 +23,9 @@ from typing import Any
 from ntulm.posts.extract import extract_ntus, normalize_handle, normalize_hashtag
 from ntulm.posts.schema import Post, UserRef
 
-FORMATS = ("jsonl", "twitter_v1", "twitter_v2", "ira_csv")
+FORMATS = ("jsonl", "twitter_v1", "twitter_v2", "ira_csv", "table")
 IRA_COLUMNS = ("external_author_id", "author", "content", "publish_date")
 IRA_LABELS = ("account_category", "account_type", "region", "post_type")
-_RT_PREFIX = re.compile(r"^RT @([A-Za-z0-9_]{1,15}):")
-# FiveThirtyEight's author ids went through a float: 906000000000000000 stands for many accounts.
-_ROUNDED_ID = re.compile(r"^\d{6,}0{6}$|[eE.]")
 
 
 class RecordError(ValueError):
@@ -375,34 +372,9 @@ def _v2_tweet(t: Any, users: dict, tweets: dict, media: dict) -> Post:
 
 def parse_ira_row(row: dict[str, str | None], row_id: str) -> Post:
     """One CSV row. There are no tweet ids in this data: ``row_id`` (file stem and line) is used.
-    Rounded author ids (``906000000000000000``) are dropped: the handle is the identity."""
-    for col in IRA_COLUMNS:
-        if row.get(col) is None:
-            raise RecordError(f"missing column '{col}' (row has {len(row)} fields)")
-    handle = normalize_handle(row["author"] or "")
-    if not handle:
-        raise RecordError("empty 'author'")
-    uid = (row["external_author_id"] or "").strip()
-    if not uid.isdigit() or _ROUNDED_ID.search(uid):
-        uid = ""
-    text = html.unescape(row["content"] or "")
-    tags, handles, urls, media = extract_ntus(text)
-    is_rt = (row.get("retweet") or "").strip() == "1"
-    post = Post(
-        id=row_id,
-        text=text,
-        author=UserRef(id=uid or None, handle=handle),
-        created_at=(row["publish_date"] or "").replace(" ", "T") or None,
-        hashtags=tags,
-        mentions=[UserRef(handle=h) for h in handles],
-        urls=urls,
-        media=media,
-        is_retweet=is_rt,
-        lang="en" if (row.get("language") or "").lower() == "english" else row.get("language"),
-        labels={k: v for k in IRA_LABELS if (v := (row.get(k) or "").strip())},
-    )
-    if is_rt and (m := _RT_PREFIX.match(text)):
-        # The "RT @x:" prefix names the original author, who is not mentioned in the post.
-        post.retweet_of_author = UserRef(handle=m.group(1).lower())
-        post.mentions = [u for u in post.mentions if u != post.retweet_of_author]
-    return post
+    The IRA layout is a built-in column mapping of the tabular reader
+    (:data:`ntulm.posts.tabular.IRA`); rounded author ids (``906000000000000000``) are dropped:
+    the handle is the identity."""
+    from ntulm.posts.tabular import IRA, parse_row
+
+    return parse_row(row, IRA, row_id)

@@ -35,7 +35,6 @@ from ntulm.posts.formats import (
     IRA_COLUMNS,
     RecordError,
     iter_twitter_v2,
-    parse_ira_row,
     parse_jsonl,
     parse_twitter_v1,
 )
@@ -47,7 +46,6 @@ ENGINES = ("fast", "python")
 GZIP_MAGIC = b"\x1f\x8b"
 _SNIFF_BYTES = 1 << 16
 _MAX_RAW_IN_QUARANTINE = 4000
-_SURROGATE = re.compile("[\udc80-\udcff]")
 csv.field_size_limit(1 << 26)
 
 
@@ -61,8 +59,10 @@ class ReadReport:
     reasons: Counter = field(default_factory=Counter)
     files: dict[str, str] = field(default_factory=dict)  # path -> detected format
     files_skipped: dict[str, str] = field(default_factory=dict)  # path -> why
+    labelled: Counter = field(default_factory=Counter)  # side table -> posts it labelled
 
     def merge(self, other: ReadReport) -> None:
+        self.labelled.update(other.labelled)
         self.read += other.read
         self.accepted += other.accepted
         self.rejected += other.rejected
@@ -78,6 +78,7 @@ class ReadReport:
             "rejected_by_reason": dict(self.reasons.most_common()),
             "files": self.files,
             "files_skipped": self.files_skipped,
+            **({"labelled_from": dict(self.labelled)} if self.labelled else {}),
         }
 
 
@@ -124,8 +125,20 @@ class PostReader:
     quarantine_path: str | Path | None = None
     engine: str = "fast"
     report: ReadReport = field(default_factory=ReadReport)
+    # tabular input (posts/tabular.py): a column mapping, and labels joined from side tables
+    columns: Any = None
+    labels: tuple = ()
 
     def __post_init__(self) -> None:
+        from ntulm.posts.tabular import LayoutError, parse_columns, side_labels
+
+        try:
+            self.layout = parse_columns(self.columns)
+        except LayoutError as exc:
+            raise InputError("--columns", None, str(exc)) from None
+        if self.format == "table" and self.layout is None:
+            raise InputError("--format", None, "format table needs a column mapping (--columns)")
+        self._side = side_labels(self.labels)
         if self.engine not in ENGINES:
             raise InputError("reader", None, f"unknown reader {self.engine!r}; use fast or python")
         if self.format != "auto" and self.format not in FORMATS:
@@ -166,7 +179,10 @@ class PostReader:
         q = Quarantine(self.quarantine_path)
         try:
             for path in files:
-                yield from self._iter_file(path, q)
+                for post, src in self._iter_file(path, q):
+                    for side in self._side:
+                        self.report.labelled[side.path] += side.apply_post(post)
+                    yield post, src
         finally:
             q.close()
 
@@ -174,7 +190,10 @@ class PostReader:
         """``(format, layout)`` of a file, or ``None`` when it is skipped (counted as such)."""
         name = str(path)
         try:
-            fmt, layout = (self.format, None) if self.format != "auto" else sniff_format(path)
+            if self.format == "auto" and (table := self._sniff_table(path)) is not None:
+                fmt, layout = table
+            else:
+                fmt, layout = (self.format, None) if self.format != "auto" else sniff_format(path)
         except InputError as exc:
             self._skip_file(name, exc.problem)
             return None
@@ -187,6 +206,27 @@ class PostReader:
         self.report.files[name] = fmt
         log.info("%s: reading as %s", name, fmt)
         return fmt, layout
+
+    def _sniff_table(self, path: Path) -> tuple[str | None, str | None] | None:
+        """``("table", None)`` for a Parquet file or, given a column mapping, a CSV/TSV whose
+        header has the mapped columns; ``None`` to let :func:`sniff_format` decide."""
+        from ntulm.posts.tabular import IRA, header_of, is_parquet
+
+        if is_parquet(path):
+            if self.layout is not None:
+                return "table", None
+            if all(c in header_of(path) for c in IRA.needed):
+                return "ira_csv", None  # the IRA columns, as Parquet
+            return None, "Parquet file: give its column mapping (--columns text=...,author=...)"
+        if self.layout is None:
+            return None
+        try:
+            header = header_of(path)
+        except (UnicodeDecodeError, csv.Error, EOFError, gzip.BadGzipFile, zlib.error):
+            return None
+        if all(c in header for c in self.layout.needed):
+            return "table", None
+        return None
 
     def _iter_file(self, path: Path, q: Quarantine) -> Iterator[tuple[Post, str]]:
         detected = self._detect(path)
@@ -223,6 +263,15 @@ class PostReader:
         most ``batch_size`` rows each), in the order :meth:`iter_posts` yields them, with the same
         counts and quarantine. With ``engine="fast"`` the formats that have a fast reader skip
         the per-record Python parsing (see ``docs/posts.md``)."""
+        for table in self._iter_tables(paths, batch_size, threads):
+            for side in self._side:
+                table, matched = side.apply_table(table)
+                self.report.labelled[side.path] += matched
+            yield table
+
+    def _iter_tables(
+        self, paths: Iterable[str | Path], batch_size: int, threads: int | None
+    ) -> Iterator[pa.Table]:
         files = list(expand_paths(paths))
         q = Quarantine(self.quarantine_path)
         try:
@@ -239,6 +288,7 @@ class PostReader:
                 posts: list[Post] = []
                 sources: list[str] = []
                 for post, src in self._iter_detected(path, *detected, q):
+                    # (side labels: applied to the table by iter_tables)
                     posts.append(post)
                     sources.append(src)
                     if len(posts) >= batch_size:
@@ -256,7 +306,11 @@ class PostReader:
             return None
         if fmt == "twitter_v1":
             return self._fast_v1(path, layout, q, threads)
-        if fmt != "ira_csv":
+        from ntulm.posts.tabular import IRA, is_parquet
+
+        if fmt != "ira_csv" and not (fmt == "table" and self.layout is IRA):
+            return None
+        if is_parquet(path):
             return None
         from ntulm.posts.fast_ira import NotPlain, ira_tables
 
@@ -297,8 +351,10 @@ class PostReader:
         self, path: Path, fmt: str, layout: str | None, q: Quarantine
     ) -> Iterator[tuple[Post, int, Any]]:
         name = str(path)
-        if fmt == "ira_csv":
-            yield from self._csv_records(path, q)
+        if fmt in ("ira_csv", "table"):
+            from ntulm.posts.tabular import IRA, table_records
+
+            yield from table_records(self, path, q, IRA if fmt == "ira_csv" else self.layout)
             return
         parse = {
             "jsonl": _one(parse_jsonl),
@@ -323,40 +379,6 @@ class PostReader:
                 continue
             for post in posts:
                 yield post, line, raw
-
-    def _csv_records(self, path: Path, q: Quarantine) -> Iterator[tuple[Post, int, Any]]:
-        name, stem = str(path), path.name.split(".")[0]
-        with open_text(path) as fh:
-            reader = csv.reader(fh)
-            try:
-                header = next(reader)
-            except StopIteration:
-                return
-            missing = [c for c in IRA_COLUMNS if c not in header]
-            if missing:
-                raise InputError(name, 1, f"CSV header lacks column(s) {', '.join(missing)}")
-            start = reader.line_num + 1
-            for row in reader:
-                line, start = start, reader.line_num + 1
-                raw = ",".join(row)
-                if _SURROGATE.search(raw):  # bytes that were not UTF-8 (kept by surrogateescape)
-                    self._reject(
-                        q, name, line, "invalid UTF-8", raw.encode("utf-8", "surrogateescape")
-                    )
-                    continue
-                if len(row) != len(header):
-                    self._reject(
-                        q, name, line, f"expected {len(header)} fields, got {len(row)}", raw
-                    )
-                    continue
-                try:
-                    yield (
-                        parse_ira_row(dict(zip(header, row, strict=True)), f"{stem}:{line}"),
-                        line,
-                        raw,
-                    )
-                except RecordError as exc:
-                    self._reject(q, name, line, str(exc), raw)
 
 
 class _Bad:
