@@ -284,6 +284,7 @@ def train_kge(
     graph = load_graph(graph_dir, config)
     train, weight, test = split_edges(graph.edges, graph.weight, config.eval_fraction, config.seed)
     weight = loss_weights(weight, config.weights)
+    config, schedule = config.for_edges(len(train))  # small graphs: kge/config.py's rule
     trainer = KGETrainer(config, {t: len(k) for t, k in graph.keys.items()}, graph.relations)
     if resume:
         trainer.resume(out)
@@ -320,6 +321,7 @@ def train_kge(
             "edges_per_s": st.edges_seen / st.seconds if st.seconds else None,
             "compute_dtype": str(trainer.dtype).removeprefix("torch."),
             "threads": torch.get_num_threads(),
+            **schedule,
         }
     }
     if evaluate and len(test):
