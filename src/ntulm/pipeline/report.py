@@ -137,21 +137,37 @@ def table3(results: dict[str, Any], agg: dict) -> str:
     return "\n".join(lines)
 
 
+def slice_sizes(results: dict[str, Any], tasks: list[str]) -> dict[str, int]:
+    """Test posts per slice (overall / overlap / non-overlap) summed over ``tasks``; the same
+    for every model (the overlap flags are shared)."""
+    out = {s: 0 for s in SUBSETS}
+    for t in tasks:
+        n = next((r["n"] for r in results["runs"] if r["task"] == t and "n" in r), None)
+        if n is None:
+            continue
+        out["metrics"] += int(n.get("test", 0))
+        out["overlap"] += int(n.get("overlap", 0))
+        out["non_overlap"] += int(n.get("non_overlap", 0))
+    return out
+
+
 def table4(results: dict[str, Any], agg: dict) -> str:
     base = results["config"]["baseline"]
     others = [v["name"] for v in results["config"]["variants"] if v["name"] != base]
     cols = ["Dataset", "Model"] + [SUBSET_NAMES[s] for s in SUBSETS]
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for fam, tasks in _families(results).items():
+        sizes = slice_sizes(results, tasks)
         for v in others:
             cells = []
             for s in SUBSETS:
                 per_task = [agg["changes"].get((v, t, s), []) for t in tasks]
                 n = min((len(x) for x in per_task), default=0)
                 seeds = [float(np.mean([x[i] for x in per_task])) for i in range(n)]
-                cells.append(
-                    _ms([x / 100 for x in seeds], pct=True, digits=2) + ("%" if seeds else "")
-                )
+                cell = _ms([x / 100 for x in seeds], pct=True, digits=2) + ("%" if seeds else "")
+                if not sizes[s]:
+                    cell = "n/a"  # an empty slice: no posts, no figure
+                cells.append(f"{cell} (n={sizes[s]:,})")
             lines.append("| " + " | ".join([fam, v, *cells]) + " |")
     return "\n".join(lines)
 
@@ -352,6 +368,9 @@ def write_report(results: dict[str, Any], out: Path) -> None:
         table3(results, agg),
         "",
         f"## Table 4: % change of the headline metric against {cfg['baseline']}, overall / overlap / non-overlap",
+        "",
+        "n = test posts in the slice (summed over a dataset's tasks); a slice of few posts "
+        "gives a noisy figure, an empty one none (n/a).",
         "",
         table4(results, agg),
         "",
