@@ -345,6 +345,10 @@ def test_split_from_a_label_and_kept_out_of_the_finetuning_sample(corpus):
     sample = {p.id for p in finetune_sample(posts, [(spec, task)], cfg)}
     assert not sample & {p.id for p in (*task.val, *task.test)}
     assert len(sample) == 600 - len(task.val) - len(task.test)
+    from ntulm.evaluate.protocol import validation_task
+
+    design = validation_task(task, seed=1)  # design halves the label's validation split
+    assert {p.id for p in (*design.val, *design.test)} == {p.id for p in task.val}
     bad = _relabel(corpus, lambda i, p: {"split": "holdout"})
     with pytest.raises(ValueError, match="'holdout' is not train"):
         classification_task(bad, "stance", split_by="label:split")

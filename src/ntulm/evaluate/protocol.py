@@ -41,6 +41,8 @@ def validation_task(task: Task, seed: int = 13) -> Task:
         raise ValueError(f"task {task.name}: no validation posts to design on")
     strata = [str(y.tolist()) for y in task.y_val]
     split_by = task.info.get("split_by", "post")
+    if split_by.startswith("label:"):  # the label fixed val as a whole: halve it by post
+        split_by = "post"
     early, _, scored, dropped = split_indices(task.val, strata, split_by, 0.0, 0.5, seed)
     return dataclasses.replace(
         task,
