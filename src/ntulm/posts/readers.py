@@ -39,13 +39,14 @@ from ntulm.posts.formats import (
     parse_jsonl,
     parse_twitter_v1,
 )
-from ntulm.posts.schema import POSTS_SCHEMA, Post, posts_to_columns
+from ntulm.posts.schema import POSTS_SCHEMA, Post, invalid_field, posts_to_columns
 
 log = logging.getLogger(__name__)
 
 ENGINES = ("fast", "python")
 GZIP_MAGIC = b"\x1f\x8b"
-_SNIFF_BYTES = 1 << 16
+_SNIFF_BYTES = 1 << 26  # at most this much of a file is read to detect its format
+_SNIFF_LINES = 10  # non-blank lines (or array items) looked at to detect it
 _MAX_RAW_IN_QUARANTINE = 4000
 _SURROGATE = re.compile("[\udc80-\udcff]")
 csv.field_size_limit(1 << 26)
@@ -100,9 +101,15 @@ class Quarantine:
         if isinstance(raw, bytes):
             raw = raw.decode("utf-8", errors="backslashreplace")
         elif not isinstance(raw, str):
-            raw = json.dumps(raw, ensure_ascii=False, default=str)
+            try:
+                raw = json.dumps(raw, ensure_ascii=False, default=str)
+            except (ValueError, RecursionError):  # nesting too deep, a huge integer
+                raw = repr(raw)[:_MAX_RAW_IN_QUARANTINE]
         rec = {"file": file, "line": line, "problem": problem, "raw": raw[:_MAX_RAW_IN_QUARANTINE]}
-        self._fh.write(json.dumps(rec, ensure_ascii=False) + "\n")
+        out = json.dumps(rec, ensure_ascii=False)
+        if _LONE.search(out):  # a lone surrogate is not UTF-8: keep it as its JSON escape
+            out = json.dumps(rec)
+        self._fh.write(out + "\n")
 
     def close(self) -> None:
         if self._fh is not None and self._tmp is not None and self.path is not None:
@@ -151,6 +158,9 @@ class PostReader:
         self.report.files_skipped[path] = why
 
     def _check(self, post: Post) -> str | None:
+        problem = invalid_field(post)
+        if problem:
+            return problem
         if not post.text.strip():
             return "empty text"
         if len(post.text) > self.max_text_chars:
@@ -321,8 +331,17 @@ class PostReader:
             except RecordError as exc:
                 self._reject(q, name, line, str(exc), raw)
                 continue
-            for post in posts:
-                yield post, line, raw
+            except (TypeError, AttributeError, KeyError, ValueError, IndexError) as exc:
+                # A parser bug on a shape nobody foresaw: still one rejected record, not a crash.
+                log.warning("%s:%s: %s parsing the record: %s", name, line, type(exc).__name__, exc)
+                self._reject(q, name, line, f"unreadable record ({type(exc).__name__})", raw)
+                continue
+            for post, part in posts:  # part: the tweet of a v2 page the post comes from
+                own = raw if part is None else json.dumps(part) if isinstance(part, str) else part
+                if isinstance(post, RecordError):
+                    self._reject(q, name, line, str(post), own)
+                else:
+                    yield post, line, own
 
     def _csv_records(self, path: Path, q: Quarantine) -> Iterator[tuple[Post, int, Any]]:
         name, stem = str(path), path.name.split(".")[0]
@@ -366,9 +385,9 @@ class _Bad:
         self.problem = problem
 
 
-def _one(fn):  # adapt a one-post parser to the many-posts shape of the v2 parser
-    def many(obj: Any) -> Iterator[Post]:
-        yield fn(obj)
+def _one(fn):  # adapt a one-post parser to the ``(post, part)`` shape of the v2 parser
+    def many(obj: Any) -> Iterator[tuple[Post, None]]:
+        yield fn(obj), None
 
     return many
 
@@ -406,18 +425,28 @@ def open_text(path: Path) -> IO[str]:
     )
 
 
-def _head(path: Path) -> bytes:
-    chunks: list[bytes] = []
-    size = 0
+def _head_lines(path: Path, n: int = _SNIFF_LINES) -> list[bytes]:
+    """The first ``n`` non-blank lines (without line breaks or BOM) within the first
+    :data:`_SNIFF_BYTES` of the (decompressed) file; a line cut by that bound is left out."""
+    lines: list[bytes] = []
+    used = 0
     with open_binary(path) as fh:
         try:
-            while size < _SNIFF_BYTES and (chunk := fh.read(4096)):
-                chunks.append(chunk)
-                size += len(chunk)
+            while len(lines) < n and used < _SNIFF_BYTES:
+                raw = fh.readline(_SNIFF_BYTES - used)
+                if not raw:
+                    break
+                if used == 0 and raw.startswith(codecs.BOM_UTF8):
+                    raw = raw[3:]
+                used += len(raw)
+                if not raw.endswith(b"\n") and used >= _SNIFF_BYTES:
+                    break
+                if raw.strip():
+                    lines.append(raw.rstrip(b"\r\n"))
         except (EOFError, gzip.BadGzipFile, zlib.error) as exc:
-            if not chunks:  # a truncated file still has a readable head; its tail is reported later
+            if not lines:  # a truncated file still has a readable head; its tail is reported later
                 raise InputError(str(path), None, f"truncated or corrupt gzip: {exc}") from None
-    return b"".join(chunks)
+    return lines
 
 
 def _classify(obj: Any) -> str | None:
@@ -432,47 +461,72 @@ def _classify(obj: Any) -> str | None:
     return None
 
 
+def _json_layout(path: Path, first: bytes) -> tuple[str, Any]:
+    """``("lines", None)`` or ``("document", parsed document or _Bad)`` for a file whose first
+    line starts with ``{``. A first line that is not JSON makes it a document if the whole (small)
+    file parses as one; otherwise the file is JSON Lines with a bad first line (rejected alone)."""
+    if not isinstance(json_line(first)[0], _Bad):
+        return "lines", None
+    if path.stat().st_size <= _SNIFF_BYTES:  # a document is read whole: bounded
+        for _, obj, _ in _document(path):
+            if not isinstance(obj, _Bad):
+                return "document", obj
+    return "lines", None
+
+
 def sniff_format(path: Path) -> tuple[str | None, str | None]:
     """``(format, layout)`` from content. layout: ``lines``, ``array`` or ``document``; on failure
-    ``(None, why)``."""
-    head = _head(path)
-    text = head.decode("utf-8", errors="replace").lstrip("\ufeff \t\r\n")
-    if not text:
+    ``(None, why)``. JSON Lines are recognised by the first of their first :data:`_SNIFF_LINES`
+    lines that is a known record, so bad or long leading lines do not lose the file."""
+    lines = _head_lines(path)
+    if not lines:
         return None, "empty file"
-    if text[0] == "[":
+    text = lines[0].decode("utf-8", errors="replace").lstrip("\ufeff \t\r\n")
+    if text[:1] == "[":
+        seen = 0
         for _, obj, _ in _array_items(path):
             if isinstance(obj, _Bad):
-                return None, f"JSON array whose first item is unreadable: {obj.problem}"
-            fmt = _classify(obj)
-            return (fmt, "array") if fmt else (None, "JSON array of unrecognised objects")
-        return None, "empty JSON array"
-    if text[0] == "{":
-        first = text.split("\n", 1)[0]
-        try:
-            fmt = _classify(json.loads(first))
-            return (fmt, "lines") if fmt else (None, "JSON objects of unrecognised shape")
-        except json.JSONDecodeError:
-            for _, obj, _ in _document(path):
-                if isinstance(obj, _Bad):
-                    return None, f"not JSON Lines and not one JSON document: {obj.problem}"
-                fmt = _classify(obj)
-                return (fmt, "document") if fmt else (None, "JSON document of unrecognised shape")
-    header = next(csv.reader([text.split("\n", 1)[0]]), [])
+                return None, f"JSON array whose item {seen + 1} is unreadable: {obj.problem}"
+            if fmt := _classify(obj):
+                return fmt, "array"
+            seen += 1
+            if seen >= _SNIFF_LINES:
+                break
+        return (None, "JSON array of unrecognised objects") if seen else (None, "empty JSON array")
+    if text[:1] == "{":
+        layout, doc = _json_layout(path, lines[0])
+        if layout == "document":
+            fmt = _classify(doc)
+            return (fmt, "document") if fmt else (None, "JSON document of unrecognised shape")
+        problems = []
+        for raw in lines:
+            obj = json_line(raw)[0]
+            if isinstance(obj, _Bad):
+                problems.append(obj.problem)
+            elif fmt := _classify(obj):
+                return fmt, "lines"
+            else:
+                problems.append("JSON objects of unrecognised shape")
+        why = "JSON objects of unrecognised shape"
+        if why not in problems:
+            why = f"not JSON Lines and not one JSON document: {problems[0]}"
+        return None, why
+    try:
+        header = next(csv.reader([text]), [])
+    except csv.Error:  # e.g. a NUL byte: not a CSV file
+        header = []
     if all(c in header for c in IRA_COLUMNS):
         return "ira_csv", None
     return None, "unknown format (not JSON Lines, a JSON array or document, or the IRA CSV layout)"
 
 
 def _sniff_layout(path: Path) -> str:
-    text = _head(path).decode("utf-8", errors="replace").lstrip("\ufeff \t\r\n")
+    lines = _head_lines(path, 1)
+    text = lines[0].decode("utf-8", errors="replace").lstrip("\ufeff \t\r\n") if lines else ""
     if text.startswith("["):
         return "array"
-    first = text.split("\n", 1)[0]
-    if first.startswith("{"):
-        try:
-            json.loads(first)
-        except json.JSONDecodeError:
-            return "document"
+    if text.startswith("{"):
+        return _json_layout(path, lines[0])[0]
     return "lines"
 
 
@@ -499,12 +553,19 @@ def json_line(raw: bytes) -> tuple[Any, Any]:
     try:
         obj = json.loads(s)
     except json.JSONDecodeError as exc:
-        return _Bad(f"malformed JSON: {exc.msg} at column {exc.colno}"), s
+        return _Bad(f"malformed JSON: {_msg(exc)} at column {exc.colno}"), s
     except RecursionError:
         return _Bad("malformed JSON: nested too deeply"), s
+    except ValueError as exc:  # an integer of more than 4300 digits (sys.int_info)
+        return _Bad(f"malformed JSON: {exc}".split(";")[0]), s
     if _SURROGATE_ESCAPE.search(s) and _has_lone_surrogate(obj):
         return _Bad("malformed JSON: a string holds a lone UTF-16 surrogate (\\ud800-\\udfff)"), s
     return obj, s
+
+
+def _msg(exc: json.JSONDecodeError) -> str:
+    # "Unterminated string starting at" ends in "at": no "starting at at column 5"
+    return exc.msg.removesuffix(" at")
 
 
 def _has_lone_surrogate(obj: Any) -> bool:
@@ -543,17 +604,22 @@ def _document(path: Path) -> Iterator[tuple[int, Any, Any]]:
     with open_binary(path) as fh:
         data = fh.read()
     try:
-        yield 1, json.loads(data.decode("utf-8-sig")), ""
-    except RecursionError:
-        yield 1, _Bad("malformed JSON: nested too deeply"), ""
+        text = data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
-        yield 1, _Bad(f"invalid UTF-8 at byte {exc.start}"), ""
+        yield 1, _Bad(f"invalid UTF-8 at byte {exc.start}"), data
+        return
+    try:
+        yield 1, json.loads(text), text
+    except RecursionError:
+        yield 1, _Bad("malformed JSON: nested too deeply"), text
     except json.JSONDecodeError as exc:
         yield (
             exc.lineno,
-            _Bad(f"malformed JSON: {exc.msg} at line {exc.lineno} column {exc.colno}"),
-            "",
+            _Bad(f"malformed JSON: {_msg(exc)} at line {exc.lineno} column {exc.colno}"),
+            text,
         )
+    except ValueError as exc:  # an integer of more than 4300 digits
+        yield 1, _Bad(f"malformed JSON: {exc}".split(";")[0]), text
 
 
 def _to_table(posts: list[Post], sources: list[str]) -> pa.Table:

@@ -1,0 +1,229 @@
+"""Hostile records: a wrong type anywhere, deep nesting, lone surrogates, huge numbers. Each is one
+rejected, quarantined record in every JSON format and layout; the good records around it are kept,
+the posts table is written, and the fast and reference readers agree."""
+
+import copy
+import json
+
+import pyarrow.parquet as pq
+import pytest
+
+from ntulm.posts.readers import PostReader
+from ntulm.posts.table import write_posts_table
+
+V1 = {
+    "id": 10,
+    "id_str": "10",
+    "created_at": "Wed Oct 10 20:19:24 +0000 2018",
+    "lang": "en",
+    "text": "RT @a: short #x",
+    "user": {"id": 1, "id_str": "1", "screen_name": "Me"},
+    "entities": {
+        "hashtags": [{"text": "x"}],
+        "user_mentions": [{"id_str": "2", "screen_name": "b"}],
+        "urls": [{"url": "https://t.co/u", "expanded_url": "https://ex.org/a"}],
+        "media": [{"type": "photo", "id_str": "5"}],
+    },
+    "extended_tweet": {"full_text": "full #x @b", "entities": {"hashtags": [{"text": "y"}]}},
+    "in_reply_to_status_id_str": "9",
+    "in_reply_to_user_id_str": "2",
+    "in_reply_to_screen_name": "b",
+    "retweeted_status": {"id_str": "8", "text": "orig #z", "user": {"id_str": "3"}},
+}
+V2_TWEET = {
+    "id": "20",
+    "text": "hi #x @b https://t.co/u",
+    "author_id": "1",
+    "created_at": "2020-01-01T00:00:00.000Z",
+    "lang": "en",
+    "referenced_tweets": [{"type": "retweeted", "id": "21"}, {"type": "replied_to", "id": "22"}],
+    "in_reply_to_user_id": "2",
+    "entities": {
+        "hashtags": [{"tag": "x"}],
+        "mentions": [{"id": "2", "username": "b"}],
+        "urls": [{"url": "https://t.co/u", "expanded_url": "https://ex.org/a"}],
+    },
+    "attachments": {"media_keys": ["3_1"]},
+    "note_tweet": {"text": "long #x", "entities": {"hashtags": [{"tag": "x"}]}},
+}
+V2_PAGE = {
+    "data": [V2_TWEET],
+    "includes": {
+        "users": [{"id": "1", "username": "Me"}],
+        "tweets": [{"id": "21", "text": "orig #z", "author_id": "3"}],
+        "media": [{"media_key": "3_1", "type": "photo"}],
+    },
+}
+JSONL = {
+    "id": "30",
+    "text": "mine #x",
+    "author": {"id": "1", "handle": "me"},
+    "created_at": "2020-01-01",
+    "hashtags": ["x"],
+    "mentions": ["b", {"id": "2"}],
+    "urls": ["https://ex.org"],
+    "media": ["photo:1"],
+    "favorited_by": ["c"],
+    "retweeted_by": [4],
+    "replied_by": ["id:5"],
+    "is_retweet": True,
+    "retweet_of_id": "29",
+    "retweet_of_author": "d",
+    "reply_to_id": 28,
+    "reply_to_user": "e",
+    "lang": "en",
+    "labels": {"topic": "x", "n": 3},
+}
+DEEP = json.loads("[" * 900 + "]" * 900)  # dumps fine, deeper than the reader's parser allows
+HOSTILE = [5, 1.5, True, None, "x", "", [], {}, [5], ["x"], [{}], {"a": 1}, "lone \ud800", DEEP]
+HUGE_INT = 10**5000  # more digits than Python's int parser takes by default
+
+
+def _paths(obj, prefix=()):
+    """Every key and list index inside ``obj``."""
+    items = obj.items() if isinstance(obj, dict) else enumerate(obj)
+    for k, v in items:
+        yield (*prefix, k)
+        if isinstance(v, (dict, list)):
+            yield from _paths(v, (*prefix, k))
+
+
+def _mutants(record):
+    for path in _paths(record):
+        for value in HOSTILE:
+            m = copy.deepcopy(record)
+            target = m
+            for k in path[:-1]:
+                target = target[k]
+            target[path[-1]] = value
+            yield m
+
+
+def _dump(obj) -> bytes:
+    import sys
+
+    old = sys.getrecursionlimit()
+    sys.setrecursionlimit(5000)  # json.dumps is recursive too
+    old_digits = sys.get_int_max_str_digits()
+    sys.set_int_max_str_digits(0)
+    try:
+        return json.dumps(obj).encode()
+    finally:
+        sys.setrecursionlimit(old)
+        sys.set_int_max_str_digits(old_digits)
+
+
+def _read_table(path, engine, tmp_path):
+    q = tmp_path / f"q-{engine}.jsonl"
+    reader = PostReader(engine=engine, quarantine_path=q)
+    rep = write_posts_table(reader, [path], tmp_path / f"t-{engine}", progress=False, workers=1)
+    table = pq.read_table(tmp_path / f"t-{engine}")
+    return table, rep, q.read_text() if q.exists() else ""
+
+
+@pytest.mark.parametrize("record", [V1, V2_PAGE, V2_TWEET, JSONL], ids=["v1", "v2", "v2t", "jl"])
+def test_any_wrong_type_is_one_rejection_never_a_crash(record, tmp_path):
+    mutants = [*_mutants(record), {**record, "id": HUGE_INT}, {**record, "deep": DEEP}]
+    good = _dump(record)
+    path = tmp_path / "hostile.jsonl"
+    path.write_bytes(b"\n".join(x for m in mutants for x in (good, _dump(m))) + b"\n")
+    n_posts = 1 if record is not V2_PAGE else len(V2_PAGE["data"])
+    out = {e: _read_table(path, e, tmp_path) for e in ("fast", "python")}
+    table, rep, quarantine = out["python"]
+    assert rep.read == rep.accepted + rep.rejected
+    # a lone surrogate or deep nesting anywhere in a line rejects it; wrong types where read, too
+    always = [m for m in mutants if b"\\ud800" in _dump(m) or b"[[[[" in _dump(m)]
+    assert rep.rejected > len(always) + 20, rep.reasons
+    assert not [k for k in rep.reasons if "unreadable record" in k]  # no parser fell over
+    assert table.num_rows == rep.accepted >= len(mutants) * n_posts  # every good record kept
+    for line in quarantine.splitlines():
+        assert json.loads(line)["raw"]  # what was rejected can be recovered
+    fast = out["fast"]
+    assert fast[1].to_json() == rep.to_json() and fast[2] == quarantine
+    assert fast[0].to_pylist() == table.to_pylist()
+
+
+@pytest.mark.parametrize("layout", ["array", "document"])
+def test_hostile_values_in_arrays_and_documents(layout, tmp_path):
+    lone = {
+        **V2_TWEET,
+        "id": "24",
+        "text": "lone \ud800",
+        "note_tweet": None,
+        "referenced_tweets": [],
+    }
+    tweets = [V2_TWEET, {**V2_TWEET, "id": []}, lone, {**V2_TWEET, "lang": DEEP}, V2_TWEET]
+    data = tweets if layout == "array" else {**V2_PAGE, "data": tweets}
+    path = tmp_path / "x.json"
+    path.write_bytes(_dump(data))
+    table, rep, quarantine = _read_table(path, "python", tmp_path)
+    assert rep.files[str(path)] == "twitter_v2"
+    problems = [json.loads(x)["problem"] for x in quarantine.splitlines()]
+    assert "field 'id' must be a string or integer id, got array" in problems
+    if layout == "document":  # json: the lone surrogate reaches the reader, which rejects it
+        assert "a string holds a lone UTF-16 surrogate (\\ud800-\\udfff)" in problems
+        assert (rep.accepted, rep.rejected) == (2, 3) and table.num_rows == 2
+    else:  # ijson's C parser turns it into "?" itself
+        assert table.column("text").to_pylist()[1] == "lone ?"
+        assert (rep.accepted, rep.rejected) == (3, 2) and table.num_rows == 3
+
+
+def test_v2_page_with_one_bad_tweet_keeps_the_others(tmp_path):
+    bad = {**V2_TWEET, "id": "99", "referenced_tweets": 5}
+    page = {**V2_PAGE, "data": [V2_TWEET, bad, {**V2_TWEET, "id": "23"}]}
+    for layout, text in (("lines", json.dumps(page)), ("document", json.dumps(page, indent=2))):
+        path = tmp_path / f"{layout}.json"
+        path.write_text(text + "\n")
+        q = tmp_path / f"q-{layout}.jsonl"
+        reader = PostReader(quarantine_path=q)
+        posts = [p for p, _ in reader.iter_posts([path])]
+        assert [p.id for p in posts] == ["20", "23"], layout
+        assert reader.report.read == 3 and reader.report.rejected == 1
+        (rec,) = [json.loads(x) for x in q.read_text().splitlines()]
+        assert rec["problem"] == "field 'referenced_tweets' must be a list, got int"
+        assert json.loads(rec["raw"]) == bad  # the tweet itself, recoverable
+
+
+@pytest.mark.parametrize(
+    ("page", "problem"),
+    [
+        ({**V2_PAGE, "includes": []}, "field 'includes' must be an object, got array"),
+        ({"data": "x"}, "field 'data' must be a tweet object or a list of them, got str"),
+        (
+            {**V2_PAGE, "includes": {"users": [{"id": 1.5}]}},
+            "field 'includes.users[].id' must be a string or integer id, got float",
+        ),
+    ],
+)
+def test_v2_unusable_page_is_one_rejection(page, problem, tmp_path):
+    path = tmp_path / "p.jsonl"
+    path.write_text(json.dumps(page) + "\n" + json.dumps(V2_PAGE) + "\n")
+    reader = PostReader(quarantine_path=tmp_path / "q.jsonl")
+    assert [p.id for p, _ in reader.iter_posts([path])] == ["20"]
+    rec = json.loads((tmp_path / "q.jsonl").read_text())
+    assert rec["problem"] == problem and json.loads(rec["raw"]) == page
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "problem"),
+    [
+        ("is_retweet", "no", "field 'is_retweet' must be true or false: got 'no'"),
+        ("is_retweet", 1, "field 'is_retweet' must be true or false: got 1"),
+        ("author", {"id": "1", "handle": 7}, "field 'author.handle' must be a string"),
+    ],
+)
+def test_project_schema_rejects_non_booleans_and_ill_typed_users(field, value, problem, tmp_path):
+    path = tmp_path / "p.jsonl"
+    path.write_text(json.dumps({**JSONL, field: value}) + "\n")
+    reader = PostReader(quarantine_path=tmp_path / "q.jsonl")
+    assert list(reader.iter_posts([path])) == []
+    assert json.loads((tmp_path / "q.jsonl").read_text())["problem"] == problem
+
+
+def test_malformed_json_message_has_no_doubled_word(tmp_path):
+    path = tmp_path / "p.jsonl"
+    path.write_text('{"id": 1, "text": "unterminated\n' + json.dumps(JSONL) + "\n")
+    reader = PostReader(quarantine_path=tmp_path / "q.jsonl")
+    assert len(list(reader.iter_posts([path]))) == 1
+    problem = json.loads((tmp_path / "q.jsonl").read_text())["problem"]
+    assert problem == "malformed JSON: Unterminated string starting at column 19"
