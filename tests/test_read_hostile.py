@@ -227,3 +227,106 @@ def test_malformed_json_message_has_no_doubled_word(tmp_path):
     assert len(list(reader.iter_posts([path]))) == 1
     problem = json.loads((tmp_path / "q.jsonl").read_text())["problem"]
     assert problem == "malformed JSON: Unterminated string starting at column 19"
+
+
+# --- damaged and binary files -------------------------------------------------------------------
+
+IRA_HEADER = (
+    b"external_author_id,author,content,region,language,publish_date,harvested_date,following,"
+    b"followers,updates,post_type,account_type,retweet,account_category,new_june_2018\n"
+)
+
+
+def _damaged_files(d, n, seed):
+    """``n`` files: random bytes, random bytes behind a gzip header, truncated gzip, good files
+    with bytes overwritten (plain and gzipped) or inserted; of every format and layout."""
+    import gzip
+    import random
+
+    from ntulm.synthetic import v1_tweets
+
+    rng = random.Random(seed)
+    ira = IRA_HEADER + b"".join(
+        b'906000000000000000,bob%d,"hi #x @y",U,English,2017-01-01 00:00:00,x,0,0,1,,R,0,'
+        b"RightTroll,0\n" % i
+        for i in range(20)
+    )
+    bases = [
+        b"\n".join(json.dumps(t).encode() for t in v1_tweets(n_posts=20, seed=1)),
+        ira,
+        b"\n".join(_dump({**JSONL, "id": i}) for i in range(20)),
+        _dump([V2_TWEET] * 5),
+        json.dumps(V2_PAGE, indent=2).encode(),
+    ]
+    for i in range(n):
+        base = bases[i % len(bases)]
+        kind = i % 6
+        if kind == 0:
+            data = rng.randbytes(rng.randint(0, 3000))
+        elif kind == 1:
+            data = b"\x1f\x8b" + rng.randbytes(rng.randint(0, 3000))
+        elif kind == 2:
+            packed = gzip.compress(base)
+            data = packed[: rng.randint(0, len(packed))]
+        elif kind in (3, 4):
+            b = bytearray(base if kind == 3 else gzip.compress(base))
+            for _ in range(rng.randint(1, 10)):
+                b[rng.randrange(10, len(b))] = rng.randrange(256)
+            data = bytes(b)
+        else:
+            cut = rng.randrange(len(base))
+            data = base[:cut] + rng.randbytes(rng.randint(1, 50)) + base[cut:]
+        (d / f"f{i:03d}.bin").write_bytes(data)
+
+
+def test_damaged_and_binary_files_are_skipped_or_their_bad_lines_rejected(tmp_path):
+    d = tmp_path / "in"
+    d.mkdir()
+    _damaged_files(d, 60, seed=0)
+    out = {e: _read_table(d, e, tmp_path) for e in ("python", "fast")}
+    table, rep, quarantine = out["python"]
+    assert rep.read == rep.accepted + rep.rejected
+    assert len(rep.files) + len(rep.files_skipped) == 60
+    assert rep.accepted > 100 and rep.rejected > 10 and len(rep.files_skipped) > 10
+    assert any("truncated or corrupt gzip" in why for why in rep.files_skipped.values())
+    assert not [k for k in rep.reasons if "unreadable record" in k]
+    fast = out["fast"]
+    assert fast[1].to_json() == rep.to_json() and fast[2] == quarantine
+    assert fast[0].to_pylist() == table.to_pylist()
+
+
+# --- format detection ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("gz", [False, True])
+def test_bad_or_long_first_line_loses_only_that_line(gz, tmp_path, lines):
+    long_first = {**JSONL, "text": "long #x " + "y" * 100_000}
+    cases = {
+        "bad_first": ["{broken", *[{**JSONL, "id": i} for i in range(3)]],
+        "blank_and_bad": [
+            "",
+            "not json at all",
+            "{}",
+            *[{**V1, "id_str": str(i)} for i in range(3)],
+        ],
+        "long_first": [long_first, *[{**JSONL, "id": i} for i in range(3)]],
+        "bad_then_v2": ["[1, 2", V2_PAGE],
+    }
+    for name, recs in cases.items():
+        path = lines(f"{name}.jsonl", recs, gz=gz)
+        reader = PostReader(quarantine_path=tmp_path / "q.jsonl", max_text_chars=200_000)
+        posts = list(reader.iter_posts([path]))
+        assert reader.report.files_skipped == {}, name
+        n_bad = sum(1 for r in recs if isinstance(r, str) and r)
+        assert (len(posts), reader.report.rejected) == (len(recs) - n_bad - ("" in recs), n_bad)
+
+
+def test_pretty_printed_document_still_a_document(tmp_path):
+    page = {**V2_PAGE, "data": [V2_TWEET, {**V2_TWEET, "id": "25"}]}
+    path = tmp_path / "page.json"
+    # objects on lines of their own: a line inside would parse, the file is one document
+    path.write_text('{"data": [\n' + ",\n".join(json.dumps(t) for t in page["data"]) + "\n],\n"
+                    f'"includes": {json.dumps(V2_PAGE["includes"])}}}\n')  # fmt: skip
+    reader = PostReader()
+    assert [p.id for p, _ in reader.iter_posts([path])] == ["20", "25"]
+    assert reader.report.rejected == 0

@@ -468,9 +468,12 @@ def _json_layout(path: Path, first: bytes) -> tuple[str, Any]:
     if not isinstance(json_line(first)[0], _Bad):
         return "lines", None
     if path.stat().st_size <= _SNIFF_BYTES:  # a document is read whole: bounded
-        for _, obj, _ in _document(path):
-            if not isinstance(obj, _Bad):
-                return "document", obj
+        try:
+            for _, obj, _ in _document(path):
+                if not isinstance(obj, _Bad):
+                    return "document", obj
+        except (EOFError, gzip.BadGzipFile, zlib.error):
+            pass  # damaged: read as lines, which keeps what comes before the damage
     return "lines", None
 
 
@@ -482,42 +485,49 @@ def sniff_format(path: Path) -> tuple[str | None, str | None]:
     if not lines:
         return None, "empty file"
     text = lines[0].decode("utf-8", errors="replace").lstrip("\ufeff \t\r\n")
+    why = UNKNOWN_FORMAT
     if text[:1] == "[":
-        seen = 0
-        for _, obj, _ in _array_items(path):
+        why = "empty JSON array"
+        for item, obj, _ in _array_items(path):
             if isinstance(obj, _Bad):
-                return None, f"JSON array whose item {seen + 1} is unreadable: {obj.problem}"
+                why = f"JSON array whose item {item} is unreadable: {obj.problem}"
+                break
             if fmt := _classify(obj):
                 return fmt, "array"
-            seen += 1
-            if seen >= _SNIFF_LINES:
+            why = "JSON array of unrecognised objects"
+            if item >= _SNIFF_LINES:
                 break
-        return (None, "JSON array of unrecognised objects") if seen else (None, "empty JSON array")
-    if text[:1] == "{":
+        # not an array of posts: maybe JSON Lines whose first line is bad (looked at below)
+    elif text[:1] == "{":
         layout, doc = _json_layout(path, lines[0])
         if layout == "document":
             fmt = _classify(doc)
             return (fmt, "document") if fmt else (None, "JSON document of unrecognised shape")
-        problems = []
-        for raw in lines:
-            obj = json_line(raw)[0]
-            if isinstance(obj, _Bad):
-                problems.append(obj.problem)
-            elif fmt := _classify(obj):
-                return fmt, "lines"
-            else:
-                problems.append("JSON objects of unrecognised shape")
-        why = "JSON objects of unrecognised shape"
-        if why not in problems:
-            why = f"not JSON Lines and not one JSON document: {problems[0]}"
+    else:
+        try:
+            header = next(csv.reader([text]), [])
+        except csv.Error:  # e.g. a NUL byte: not a CSV file
+            header = []
+        if all(c in header for c in IRA_COLUMNS):
+            return "ira_csv", None
+    problems = []
+    for raw in lines:  # JSON Lines: the first known record decides
+        obj = json_line(raw)[0]
+        if isinstance(obj, _Bad):
+            problems.append(obj.problem)
+        elif fmt := _classify(obj):
+            return fmt, "lines"
+        else:
+            problems.append("JSON objects of unrecognised shape")
+    if text[:1] != "{":
         return None, why
-    try:
-        header = next(csv.reader([text]), [])
-    except csv.Error:  # e.g. a NUL byte: not a CSV file
-        header = []
-    if all(c in header for c in IRA_COLUMNS):
-        return "ira_csv", None
-    return None, "unknown format (not JSON Lines, a JSON array or document, or the IRA CSV layout)"
+    why = "JSON objects of unrecognised shape"
+    if why not in problems:
+        why = f"not JSON Lines and not one JSON document: {problems[0]}"
+    return None, why
+
+
+UNKNOWN_FORMAT = "unknown format (not JSON Lines, a JSON array or document, or the IRA CSV layout)"
 
 
 def _sniff_layout(path: Path) -> str:
