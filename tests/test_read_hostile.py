@@ -330,3 +330,47 @@ def test_pretty_printed_document_still_a_document(tmp_path):
     reader = PostReader()
     assert [p.id for p, _ in reader.iter_posts([path])] == ["20", "25"]
     assert reader.report.rejected == 0
+
+
+# --- directory walking --------------------------------------------------------------------------
+
+
+def test_links_fifos_and_unreadable_files_are_skipped_and_listed(tmp_path, monkeypatch):
+    import os
+    import signal
+
+    import ntulm.posts.readers as readers
+
+    d = tmp_path / "in"
+    (d / "sub").mkdir(parents=True)
+    (d / "good.jsonl").write_text(json.dumps(JSONL) + "\n")
+    (d / "sub" / "more.jsonl").write_text(json.dumps({**JSONL, "id": "31"}) + "\n")
+    (d / "secret.jsonl").write_text(json.dumps(JSONL) + "\n")
+    (d / "dangling.jsonl").symlink_to(tmp_path / "nowhere")
+    (d / "loop1").symlink_to(d / "loop2")
+    (d / "loop2").symlink_to(d / "loop1")
+    (d / "sub" / "up").symlink_to(d)  # a directory loop
+    (d / "linked").symlink_to(d / "sub")  # a linked directory is read, once
+    os.mkfifo(d / "pipe.jsonl")  # opening it would block for ever
+    real_access = os.access
+    monkeypatch.setattr(
+        readers.os, "access", lambda p, m: "secret" not in str(p) and real_access(p, m)
+    )
+    signal.alarm(120)  # a hang fails the test instead of the suite
+    try:
+        rep = write_posts_table(PostReader(), [d], tmp_path / "t", progress=False, workers=1)
+    finally:
+        signal.alarm(0)
+    assert rep.accepted == 2 and list(rep.files) == [
+        str(d / "good.jsonl"),
+        str(d / "linked" / "more.jsonl"),
+    ]
+    assert rep.files_skipped == {
+        str(d / "sub"): f"the same directory as {d / 'linked'} (read once)",
+        str(d / "linked" / "up"): f"symlink loop (a link to {d}, a directory above it)",
+        str(d / "dangling.jsonl"): f"dangling symlink (to {tmp_path / 'nowhere'})",
+        str(d / "loop1"): "symlink loop",
+        str(d / "loop2"): "symlink loop",
+        str(d / "pipe.jsonl"): "not a regular file (FIFO)",
+        str(d / "secret.jsonl"): "cannot read: permission denied",
+    }

@@ -12,16 +12,18 @@ from __future__ import annotations
 
 import codecs
 import csv
+import errno
 import gzip
 import io
 import json
 import logging
 import os
 import re
+import stat
 import sys
 import zlib
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -80,6 +82,28 @@ class ReadReport:
             "files": self.files,
             "files_skipped": self.files_skipped,
         }
+
+
+def no_posts_error(report: ReadReport) -> InputError:
+    """The error of a read that accepted no post: what was read, rejected and skipped, and why
+    (a run on nothing must not look like a run on an empty corpus)."""
+    parts = [f"no post accepted ({report.read:,} record(s) read, {report.rejected:,} rejected)"]
+    if report.reasons:
+        top = report.reasons.most_common(3)
+        parts.append("rejected for: " + "; ".join(f"{why} ({n:,})" for why, n in top))
+    skipped = list(report.files_skipped.items())
+    parts += [f"skipped {path}: {why}" for path, why in skipped[:20]]
+    if len(skipped) > 20:
+        parts.append(f"... and {len(skipped) - 20} more skipped file(s)")
+    if not report.files and not skipped:
+        parts.append("no input file found")
+    if any(why.startswith(("unknown format", "JSON")) for _, why in skipped):
+        parts.append(
+            f"the formats read are {', '.join(FORMATS)} (docs/posts.md); convert other data "
+            "(e.g. a CSV export) to the JSON Lines schema there: one object per line with "
+            "id, text and author"
+        )
+    return InputError("--posts", None, "\n  ".join(parts))
 
 
 class Quarantine:
@@ -172,7 +196,7 @@ class PostReader:
     # -- entry point ------------------------------------------------------------------------
     def iter_posts(self, paths: Iterable[str | Path]) -> Iterator[tuple[Post, str]]:
         """Yield ``(post, "file:line")`` for every accepted post of every file under ``paths``."""
-        files = list(expand_paths(paths))  # fail on a missing path before reading anything
+        files = list(expand_paths(paths, self._skip_file))  # a missing path fails at once
         q = Quarantine(self.quarantine_path)
         try:
             for path in files:
@@ -183,6 +207,10 @@ class PostReader:
     def _detect(self, path: Path) -> tuple[str, str | None] | None:
         """``(format, layout)`` of a file, or ``None`` when it is skipped (counted as such)."""
         name = str(path)
+        problem = file_problem(path)
+        if problem:
+            self._skip_file(name, problem)
+            return None
         try:
             fmt, layout = (self.format, None) if self.format != "auto" else sniff_format(path)
         except InputError as exc:
@@ -233,7 +261,7 @@ class PostReader:
         most ``batch_size`` rows each), in the order :meth:`iter_posts` yields them, with the same
         counts and quarantine. With ``engine="fast"`` the formats that have a fast reader skip
         the per-record Python parsing (see ``docs/posts.md``)."""
-        files = list(expand_paths(paths))
+        files = list(expand_paths(paths, self._skip_file))
         q = Quarantine(self.quarantine_path)
         try:
             for path in files:
@@ -392,21 +420,74 @@ def _one(fn):  # adapt a one-post parser to the ``(post, part)`` shape of the v2
     return many
 
 
-def expand_paths(paths: Iterable[str | Path]) -> Iterator[Path]:
+def expand_paths(
+    paths: Iterable[str | Path], on_skip: Callable[[str, str], None] | None = None
+) -> Iterator[Path]:
     """Files in the order given; directories walked recursively in sorted order (hidden files
-    and folders skipped)."""
+    and folders skipped), following links to directories. A directory that cannot be listed or
+    a link back to a directory being walked (a symlink loop) is passed to ``on_skip`` with the
+    reason. Entries that are not readable regular files are yielded all the same: the reader
+    skips them with the reason (:func:`file_problem`). A missing path given by name is an
+    :class:`InputError`."""
     for p in paths:
         p = Path(p)
         if p.is_dir():
-            for root, dirs, files in os.walk(p):
-                dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-                for f in sorted(files):
-                    if not f.startswith("."):
-                        yield Path(root) / f
-        elif p.exists():
+            yield from _walk(p, on_skip or (lambda path, why: None))
+        elif p.exists() or p.is_symlink():  # a dangling link or a loop: skipped by the reader
             yield p
         else:
             raise InputError(str(p), None, "no such file or directory")
+
+
+def _walk(top: Path, on_skip: Callable[[str, str], None]) -> Iterator[Path]:
+    seen = {os.path.realpath(top): str(top)}  # real path -> the path it is read as
+
+    def unlistable(exc: OSError) -> None:
+        on_skip(str(exc.filename), f"directory cannot be listed: {exc.strerror}")
+
+    for root, dirs, files in os.walk(top, onerror=unlistable, followlinks=True):
+        keep = []
+        here = os.path.realpath(root)
+        for d in sorted(d for d in dirs if not d.startswith(".")):
+            path = os.path.join(root, d)
+            real = os.path.realpath(path)
+            if real == here or here.startswith(real + os.sep):
+                on_skip(path, f"symlink loop (a link to {real}, a directory above it)")
+            elif real in seen:
+                on_skip(path, f"the same directory as {seen[real]} (read once)")
+            else:
+                seen[real] = path
+                keep.append(d)
+        dirs[:] = keep
+        for f in sorted(files):
+            if not f.startswith("."):
+                yield Path(root) / f
+
+
+def file_problem(path: Path) -> str | None:
+    """Why ``path`` is not read (never opening it: a FIFO would block), or ``None``."""
+    try:
+        st = path.stat()
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            return "symlink loop"
+        if path.is_symlink():
+            return f"dangling symlink (to {os.readlink(path)})"
+        return f"cannot read: {exc.strerror}"
+    if stat.S_ISDIR(st.st_mode):
+        return "a directory"
+    if not stat.S_ISREG(st.st_mode):
+        kind = (
+            "FIFO"
+            if stat.S_ISFIFO(st.st_mode)
+            else "socket"
+            if stat.S_ISSOCK(st.st_mode)
+            else "device"
+        )
+        return f"not a regular file ({kind})"
+    if not os.access(path, os.R_OK):
+        return "cannot read: permission denied"
+    return None
 
 
 def open_binary(path: Path) -> IO[bytes]:

@@ -22,7 +22,7 @@ import pyarrow.parquet as pq
 from tqdm.auto import tqdm
 
 from ntulm.artifacts import atomic_path
-from ntulm.posts.readers import PostReader, ReadReport, expand_paths
+from ntulm.posts.readers import PostReader, ReadReport, expand_paths, no_posts_error
 from ntulm.posts.schema import POSTS_SCHEMA
 
 log = logging.getLogger(__name__)
@@ -41,10 +41,11 @@ def write_posts_table(
 
     ``workers`` processes read files in parallel (default: one per core, at most one per file).
     Returns the merged report (read / accepted / rejected counts); ``reader.report`` is updated
-    and rejected records are quarantined at ``reader.quarantine_path`` in input order."""
+    and rejected records are quarantined at ``reader.quarantine_path`` in input order. A read
+    that accepts no post raises :class:`InputError` saying what was skipped and rejected."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    files = list(expand_paths(paths))
+    files = list(expand_paths(paths, reader._skip_file))
     workers = min(workers or os.cpu_count() or 1, max(len(files), 1))
     if workers <= 1:
         _write_part(reader, files, out_dir / "part-00000.parquet", batch_size, progress)
@@ -52,6 +53,8 @@ def write_posts_table(
         _write_parallel(reader, files, out_dir, batch_size, progress, workers)
     rep = reader.report
     log.info("posts: read %d, accepted %d, rejected %d", rep.read, rep.accepted, rep.rejected)
+    if not rep.accepted:
+        raise no_posts_error(rep)
     return rep
 
 
