@@ -374,3 +374,48 @@ def test_links_fifos_and_unreadable_files_are_skipped_and_listed(tmp_path, monke
         str(d / "pipe.jsonl"): "not a regular file (FIFO)",
         str(d / "secret.jsonl"): "cannot read: permission denied",
     }
+
+
+# --- writing posts back -------------------------------------------------------------------------
+
+
+def test_to_json_round_trips_posts_of_every_reader(tmp_path, lines):
+    import gzip
+
+    import pyarrow as pa
+
+    from ntulm.posts.rows import rows_to_posts
+    from ntulm.synthetic import generate_posts, v1_tweets
+
+    d = tmp_path / "in"
+    d.mkdir()
+    v1 = list(v1_tweets(n_posts=120, seed=5))
+    (d / "v1.jsonl").write_text("\n".join(json.dumps(t) for t in v1) + "\n")
+    media_only = {"id_str": "77", "text": "look @x https://t.co/abc", "user": {"id_str": "1"},
+                  "entities": {"hashtags": [], "urls": [], "user_mentions": []}}  # fmt: skip
+    (d / "v1_array.json").write_text(json.dumps([*v1[:20], V1, media_only]))
+    (d / "v2.jsonl").write_text(json.dumps(V2_PAGE) + "\n" + json.dumps(V2_TWEET) + "\n")
+    (d / "v2_page.json").write_text(json.dumps(V2_PAGE, indent=2))
+    mine = list(generate_posts(n_posts=80, seed=2))
+    mine += [JSONL, {"id": "h", "text": "no ntus given: #a @b www.c.org", "author": "id:x"}]
+    (d / "mine.jsonl.gz").write_bytes(gzip.compress("\n".join(map(json.dumps, mine)).encode()))
+    (d / "ira.csv").write_bytes(
+        IRA_HEADER
+        + b'906000000000000000,Bob,"RT @x: hi #Tag @y http://a.org/p &amp; more",U,English,'
+        b"2017-01-01 00:00:00,x,0,0,1,RETWEET,R,1,RightTroll,0\n"
+        b'1234,carol,"plain text, nothing here",U,Russian,2017-01-02 00:00:00,x,0,0,1,,R,0,,0\n'
+    )
+    for engine in ("fast", "python"):
+        reader = PostReader(engine=engine)
+        table = pa.concat_tables(reader.iter_tables([d]))
+        assert len(reader.report.files) == 6
+        posts = rows_to_posts(table)
+        assert any(not p.urls and "http" in p.text for p in posts)  # would be re-extracted
+        out = tmp_path / f"back-{engine}.jsonl"
+        out.write_text("".join(json.dumps(p.to_json(), ensure_ascii=False) + "\n" for p in posts))
+        back = PostReader(engine=engine, format="jsonl")
+        again = pa.concat_tables(back.iter_tables([out]))
+        assert back.report.rejected == 0
+        assert (
+            again.drop_columns(["source"]).to_pylist() == table.drop_columns(["source"]).to_pylist()
+        )

@@ -35,7 +35,10 @@ class UserRef:
     def to_json(self) -> dict[str, str] | str:
         if self.id and self.handle:
             return {"id": self.id, "handle": self.handle}
-        return {"id": self.id} if self.id else str(self.handle)
+        if self.id:
+            return {"id": self.id}
+        # a bare string reads back as this handle unless it looks like an id ("id:42")
+        return {"handle": self.handle} if str(self.handle).startswith("id:") else str(self.handle)
 
 
 @dataclass(slots=True)
@@ -62,7 +65,9 @@ class Post:
     labels: dict[str, str] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
-        """The project's JSON Lines record (empty fields left out)."""
+        """The project's JSON Lines record, which reads back as this post: empty fields are left
+        out, except the NTU lists (``hashtags``, ``mentions``, ``urls``, ``media``), whose
+        absence would make the reader extract them from the text."""
         out: dict[str, Any] = {"id": self.id, "text": self.text}
         for name in ("author", "retweet_of_author", "reply_to_user"):
             ref = getattr(self, name)
@@ -72,9 +77,9 @@ class Post:
             if getattr(self, name) is not None:
                 out[name] = getattr(self, name)
         for name in ("hashtags", "urls", "media"):
-            if getattr(self, name):
-                out[name] = list(getattr(self, name))
-        for name in ("mentions", "favorited_by", "retweeted_by", "replied_by"):
+            out[name] = list(getattr(self, name))
+        out["mentions"] = [u.to_json() for u in self.mentions]
+        for name in ("favorited_by", "retweeted_by", "replied_by"):
             if getattr(self, name):
                 out[name] = [u.to_json() for u in getattr(self, name)]
         if self.is_retweet:
