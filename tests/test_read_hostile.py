@@ -419,3 +419,41 @@ def test_to_json_round_trips_posts_of_every_reader(tmp_path, lines):
         assert (
             again.drop_columns(["source"]).to_pylist() == table.drop_columns(["source"]).to_pylist()
         )
+
+
+# --- duplicate ids ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_duplicate_ids_counted_first_kept_or_error(workers, tmp_path):
+    from ntulm.errors import InputError
+
+    d = tmp_path / "in"
+    d.mkdir()
+    (d / "a.jsonl").write_text(
+        "".join(json.dumps({**JSONL, "id": i, "text": f"a{i}"}) + "\n" for i in (1, 2, 1))
+    )
+    (d / "b.jsonl").write_text(
+        "".join(json.dumps({**JSONL, "id": i, "text": f"b{i}"}) + "\n" for i in (3, 2))
+    )
+
+    def read(policy, name):
+        q = tmp_path / f"q-{name}.jsonl"
+        reader = PostReader(quarantine_path=q, duplicates=policy)
+        rep = write_posts_table(reader, [d], tmp_path / name, progress=False, workers=workers)
+        return rep, pq.read_table(tmp_path / name), q
+
+    rep, table, q = read("first", "first")
+    assert table.column("text").to_pylist() == ["a1", "a2", "b3"]
+    assert (rep.read, rep.accepted, rep.rejected, rep.duplicate_ids) == (5, 3, 2, 2)
+    assert rep.to_json()["duplicate_ids"] == 2 and rep.reasons["duplicate post id"] == 2
+    assert [json.loads(x)["problem"] for x in q.read_text().splitlines()] == [
+        f"duplicate post id (first at {d / 'a.jsonl'}:1)",
+        f"duplicate post id (first at {d / 'a.jsonl'}:2)",
+    ]
+    rep, table, _ = read("keep-all", "all")
+    assert table.num_rows == 5 and rep.duplicate_ids == 2 and rep.rejected == 0
+    with pytest.raises(
+        InputError, match=r"a.jsonl:3: duplicate post id '1' \(first at .*a.jsonl:1\)"
+    ):
+        read("error", "error")

@@ -176,6 +176,7 @@ def read_posts_table(
         max_text_chars=config.max_text_chars,
         quarantine_path=quarantine,
         engine=config.reader,
+        duplicates=config.duplicates,
     )
     return write_posts_table(
         reader,

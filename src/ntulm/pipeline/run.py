@@ -96,7 +96,8 @@ class Pipeline:
         g = self.cfg.graph
         d = self.out / "posts"
         reader_cfg = {
-            k: g.model_dump(mode="json")[k] for k in ("format", "strict", "max_text_chars")
+            k: g.model_dump(mode="json")[k]
+            for k in ("format", "strict", "max_text_chars", "duplicates")
         }
         fp = fingerprint([self.cfg.posts, reader_cfg])
         if _fresh(d, fp):

@@ -46,6 +46,7 @@ from ntulm.posts.schema import POSTS_SCHEMA, Post, invalid_field, posts_to_colum
 log = logging.getLogger(__name__)
 
 ENGINES = ("fast", "python")
+DUPLICATES = ("first", "error", "keep-all")
 GZIP_MAGIC = b"\x1f\x8b"
 _SNIFF_BYTES = 1 << 26  # at most this much of a file is read to detect its format
 _SNIFF_LINES = 10  # non-blank lines (or array items) looked at to detect it
@@ -64,6 +65,7 @@ class ReadReport:
     reasons: Counter = field(default_factory=Counter)
     files: dict[str, str] = field(default_factory=dict)  # path -> detected format
     files_skipped: dict[str, str] = field(default_factory=dict)  # path -> why
+    duplicate_ids: int = 0  # posts whose id an earlier post has (see PostReader.duplicates)
 
     def merge(self, other: ReadReport) -> None:
         self.read += other.read
@@ -81,6 +83,7 @@ class ReadReport:
             "rejected_by_reason": dict(self.reasons.most_common()),
             "files": self.files,
             "files_skipped": self.files_skipped,
+            "duplicate_ids": self.duplicate_ids,
         }
 
 
@@ -155,10 +158,19 @@ class PostReader:
     quarantine_path: str | Path | None = None
     engine: str = "fast"
     report: ReadReport = field(default_factory=ReadReport)
+    # Posts repeating an earlier post's id, in the posts table (posts/table.py): keep the first
+    # (the others are rejections), fail (error), or keep all (counted only).
+    duplicates: str = "first"
 
     def __post_init__(self) -> None:
         if self.engine not in ENGINES:
             raise InputError("reader", None, f"unknown reader {self.engine!r}; use fast or python")
+        if self.duplicates not in DUPLICATES:
+            raise InputError(
+                "duplicates",
+                None,
+                f"unknown policy {self.duplicates!r}; use {' or '.join(DUPLICATES)}",
+            )
         if self.format != "auto" and self.format not in FORMATS:
             raise InputError(
                 "--format",
