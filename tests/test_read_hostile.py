@@ -115,7 +115,7 @@ def _dump(obj) -> bytes:
 
 def _read_table(path, engine, tmp_path):
     q = tmp_path / f"q-{engine}.jsonl"
-    reader = PostReader(engine=engine, quarantine_path=q)
+    reader = PostReader(engine=engine, quarantine_path=q, duplicates="keep-all")  # ids repeat
     rep = write_posts_table(reader, [path], tmp_path / f"t-{engine}", progress=False, workers=1)
     table = pq.read_table(tmp_path / f"t-{engine}")
     return table, rep, q.read_text() if q.exists() else ""
