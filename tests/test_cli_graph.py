@@ -150,3 +150,25 @@ def test_lazy_lm_package_keeps_its_public_functions():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.split() == ["True", "True", "NTULM"]
+
+
+def test_no_post_accepted_exits_non_zero_saying_why(capsys, tmp_path):
+    d = tmp_path / "in"
+    d.mkdir()
+    (d / "export.csv").write_text("tweet_id,user,body\n1,alice,hello #x\n")
+    (d / "broken.jsonl").write_text('{"id": 1, "text": "", "author": "a"}\n')
+    (d / "dangling.jsonl").symlink_to(tmp_path / "nowhere")
+    code, out, err = run(
+        capsys, "build-graph", "--posts", str(d), "--out", str(tmp_path / "g"), "-q"
+    )
+    assert code == 2 and not (tmp_path / "g" / "DONE.json").exists()
+    assert "no post accepted (1 record(s) read, 1 rejected)" in err
+    assert "rejected for: empty text (1)" in err
+    assert f"skipped {d / 'export.csv'}: unknown format" in err
+    assert f"skipped {d / 'dangling.jsonl'}: dangling symlink" in err
+    assert "the formats read are jsonl, twitter_v1, twitter_v2, ira_csv" in err
+    (tmp_path / "cfg.yaml").write_text(f"posts: [{d}]\neval: {{tasks: [{{type: hashtag}}]}}\n")
+    code, out, err = run(
+        capsys, "run", "--config", str(tmp_path / "cfg.yaml"), "--out", str(tmp_path / "r"), "-q"
+    )
+    assert code == 2 and "no post accepted" in err and "export.csv: unknown format" in err

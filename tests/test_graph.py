@@ -85,7 +85,9 @@ def test_edges_relations_and_identity(corpus, tmp_path):
     assert [u["node_id"] for u in by_key.values()] == list(range(len(users)))
     assert stats["nodes"] == {"user": 10, "hashtag": 2}
     assert stats["edges"] == 18 and sum(stats["edges_per_relation"].values()) == 18
-    assert stats["posts"]["read"] == 6 == stats["posts"]["accepted"]
+    # t2's second copy: a duplicate id, counted and rejected (the first is kept)
+    assert (stats["posts"]["read"], stats["posts"]["accepted"]) == (6, 5)
+    assert stats["posts"]["duplicate_ids"] == 1
     saved = json.loads((tmp_path / "g" / "stats.json").read_text())
     assert saved["edges_per_relation"] == stats["edges_per_relation"]
     assert json.loads((tmp_path / "g" / "relations.json").read_text())[0] == {

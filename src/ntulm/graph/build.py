@@ -177,6 +177,7 @@ def read_posts_table(
         quarantine_path=quarantine,
         engine=config.reader,
         **config.reader_options(),
+        duplicates=config.duplicates,
     )
     return write_posts_table(
         reader,

@@ -81,6 +81,11 @@ class GraphConfig(StageConfig):
     strict: bool = Field(
         default=False, description="fail on the first bad record instead of skipping it"
     )
+    duplicates: Literal["first", "error", "keep-all"] = Field(
+        default="first",
+        description="posts repeating an earlier post's id: keep the first (the others are "
+        "rejected, counted in stats.json), error, or keep-all (counted only)",
+    )
     max_text_chars: int = Field(
         default=10_000, ge=1, description="longer texts are rejected as bad input"
     )

@@ -96,7 +96,8 @@ class Pipeline:
         g = self.cfg.graph
         d = self.out / "posts"
         reader_cfg = {
-            k: g.model_dump(mode="json")[k] for k in ("format", "strict", "max_text_chars")
+            k: g.model_dump(mode="json")[k]
+            for k in ("format", "strict", "max_text_chars", "duplicates")
         }
         if g.columns or g.labels:  # (absent otherwise: earlier fingerprints unchanged)
             reader_cfg.update(g.reader_options())

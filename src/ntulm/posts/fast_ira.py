@@ -358,6 +358,10 @@ def ira_tables(
         raise InputError(name, 1, f"CSV header lacks column(s) {', '.join(missing)}")
     if len(set(header)) != len(header):
         raise NotPlain("duplicate column names")
+    try:
+        "".join(header).encode()
+    except UnicodeEncodeError:
+        raise NotPlain("a header that is not UTF-8") from None
     rejects: list[tuple[int, str, Any]] = []
     table = None
     if not any("\r" in h or "\n" in h for h in header):

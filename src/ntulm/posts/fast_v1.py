@@ -321,7 +321,8 @@ def _row(t: _Tweet, max_chars: int, tag_norm: _Cache, domain: _Cache) -> tuple:
             ext_ent = src.extended_entities
         media_objs = (ext_ent.media if ext_ent is not None else None) or entities.media or ()
         media = [
-            f"{'media' if m.type is UNSET else m.type}:{_get(m.id_str, m.id)}" for m in media_objs
+            f"{m.type or 'media'}:{_str_id(_get(m.id_str, m.id), 'entities.media[].id')}"
+            for m in media_objs
         ]
     else:
         hashtags, handles, urls, media = extract_ntus(text)

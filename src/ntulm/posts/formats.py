@@ -16,9 +16,12 @@ Formats:
 from __future__ import annotations
 
 import html
+import re
 from collections.abc import Iterator
 from datetime import datetime
 from typing import Any
+
+import msgspec
 
 from ntulm.posts.extract import extract_ntus, normalize_handle, normalize_hashtag
 from ntulm.posts.schema import Post, UserRef
@@ -59,6 +62,8 @@ def _user(value: Any, field: str) -> UserRef:
     if isinstance(value, dict):
         uid = value.get("id", value.get("id_str"))
         handle = value.get("handle", value.get("screen_name", value.get("username")))
+        if handle is not None and not isinstance(handle, str):
+            raise RecordError(f"field '{field}.handle' must be a string")
         ref = UserRef(
             id=_str_id(uid, f"{field}.id") if uid is not None else None,
             handle=normalize_handle(handle) if isinstance(handle, str) and handle.strip() else None,
@@ -124,7 +129,7 @@ def parse_jsonl(obj: Any) -> Post:
         favorited_by=_user_list(obj.get("favorited_by", []), "favorited_by"),
         retweeted_by=_user_list(obj.get("retweeted_by", []), "retweeted_by"),
         replied_by=_user_list(obj.get("replied_by", []), "replied_by"),
-        is_retweet=bool(obj.get("is_retweet", False)),
+        is_retweet=_opt_bool(obj, "is_retweet"),
         retweet_of_id=_opt_id(obj, "retweet_of_id"),
         retweet_of_author=_opt_user(obj, "retweet_of_author"),
         reply_to_id=_opt_id(obj, "reply_to_id"),
@@ -142,6 +147,15 @@ def _opt_str(obj: dict[str, Any], field: str) -> str | None:
         return None
     if not isinstance(v, str):
         raise RecordError(f"field '{field}' must be a string")
+    return v
+
+
+def _opt_bool(obj: dict[str, Any], field: str) -> bool:
+    v = obj.get(field)
+    if v is None:
+        return False
+    if not isinstance(v, bool):  # "no" would be True to bool()
+        raise RecordError(f"field '{field}' must be true or false: got {v!r}"[:200])
     return v
 
 
@@ -240,7 +254,11 @@ def parse_twitter_v1(obj: Any) -> Post:
             for u in _v1_objects(entities, "urls")
         ]
         media_objs = _v1_objects(ext_entities, "media") or _v1_objects(entities, "media")
-        media = [f"{m.get('type', 'media')}:{m.get('id_str', m.get('id'))}" for m in media_objs]
+        media = [
+            f"{_v1_str(m.get('type'), 'entities.media[].type') or 'media'}:"
+            f"{_str_id(m.get('id_str', m.get('id')), 'entities.media[].id')}"
+            for m in media_objs
+        ]
     else:
         hashtags, handles, urls, media = extract_ntus(text)
         mentions = [UserRef(handle=h) for h in handles]
@@ -276,94 +294,200 @@ def parse_twitter_v1(obj: Any) -> Post:
 
 
 # --- Twitter API v2 ---------------------------------------------------------------------------
+# The fields the parser reads, with their types: msgspec checks a tweet (or a page's includes)
+# against them in one call, so a wrong type anywhere is one RecordError naming the field, never
+# a crash further on. Fields not declared are ignored.
+
+_V2Id = str | int | None
 
 
-def iter_twitter_v2(obj: Any) -> Iterator[Post]:
-    """Posts of one v2 response (``data`` list or object + ``includes``) or one bare tweet."""
+class _V2Ref(msgspec.Struct):
+    type: str | None = None
+    id: _V2Id = None
+
+
+class _V2Tag(msgspec.Struct):
+    tag: str | None = None
+
+
+class _V2Mention(msgspec.Struct):
+    id: _V2Id = None
+    username: str | None = None
+
+
+class _V2Url(msgspec.Struct):
+    url: str | None = None
+    expanded_url: str | None = None
+    unwound_url: str | None = None
+
+
+class _V2Entities(msgspec.Struct):
+    hashtags: list[_V2Tag] | None = None
+    mentions: list[_V2Mention] | None = None
+    urls: list[_V2Url] | None = None
+
+
+class _V2Note(msgspec.Struct):
+    text: str | None = None
+    entities: _V2Entities | None = None
+
+
+class _V2Attachments(msgspec.Struct):
+    media_keys: list[str] | None = None
+
+
+class _V2Tweet(msgspec.Struct):
+    id: _V2Id = None
+    text: str | None = None
+    author_id: _V2Id = None
+    created_at: str | None = None
+    lang: str | None = None
+    referenced_tweets: list[_V2Ref] | None = None
+    note_tweet: _V2Note | None = None
+    entities: _V2Entities | None = None
+    attachments: _V2Attachments | None = None
+    in_reply_to_user_id: _V2Id = None
+
+
+class _V2User(msgspec.Struct):
+    id: _V2Id = None
+    username: str | None = None
+
+
+class _V2Media(msgspec.Struct):
+    media_key: str | None = None
+    type: str | None = None
+
+
+class _V2Includes(msgspec.Struct):
+    users: list[_V2User] | None = None
+    tweets: list[_V2Tweet] | None = None
+    media: list[_V2Media] | None = None
+
+
+_EXPECTED = re.compile(r"Expected `(.*)`, got `(.*)`")
+_JSON_TYPES = {
+    "str": "a string",
+    "int | str": "a string or integer id",
+    "str | int": "a string or integer id",
+    "array": "a list",
+    "object": "an object",
+}
+
+
+def _typed(value: Any, typ: type, field: str) -> Any:
+    """``value`` as the struct ``typ``, or :class:`RecordError` naming the ill-typed field."""
+    try:
+        return msgspec.convert(value, typ, strict=True)
+    except msgspec.ValidationError as exc:
+        msg, _, where = str(exc).partition(" - at `$")
+        path = re.sub(r"\[\d+\]", "[]", field + where.rstrip("`")).strip(".")
+        if m := _EXPECTED.fullmatch(msg):
+            expected = m.group(1).removesuffix(" | null")
+            expected = _JSON_TYPES.get(expected, expected)
+            raise RecordError(f"field '{path}' must be {expected}, got {m.group(2)}") from None
+        raise RecordError(f"field '{path}': {msg}") from None
+
+
+def iter_twitter_v2(obj: Any) -> Iterator[tuple[Post | RecordError, Any]]:
+    """Posts of one v2 response (``data`` list or object + ``includes``) or one bare tweet, each
+    with the tweet object it comes from. A tweet that cannot be read comes as a
+    :class:`RecordError` in place of its post (the other tweets of the page are kept); a page
+    whose ``data`` or ``includes`` is unusable raises it (nothing of the page can be trusted)."""
     if not isinstance(obj, dict):
         raise RecordError(f"expected a v2 response or tweet object, got {type(obj).__name__}")
     if "data" not in obj:
         if "errors" in obj:
             raise RecordError(f"v2 response holds only errors: {str(obj['errors'])[:200]}")
-        yield _v2_tweet(obj, {}, {}, {})
+        yield _v2_post(obj, {}, {}, {}), obj
         return
-    includes = obj.get("includes") or {}
-    users = {u["id"]: u for u in includes.get("users", []) if isinstance(u, dict) and "id" in u}
-    tweets = {t["id"]: t for t in includes.get("tweets", []) if isinstance(t, dict) and "id" in t}
-    media = {
-        m["media_key"]: m
-        for m in includes.get("media", [])
-        if isinstance(m, dict) and "media_key" in m
-    }
     data = obj["data"]
-    for tweet in data if isinstance(data, list) else [data]:
-        yield _v2_tweet(tweet, users, tweets, media)
-
-
-def _v2_user(uid: Any, users: dict[str, Any], field: str) -> UserRef:
-    uid = _str_id(uid, field)
-    u = users.get(uid) or {}
-    handle = u.get("username")
-    return UserRef(id=uid, handle=normalize_handle(handle) if isinstance(handle, str) else None)
-
-
-def _v2_tweet(t: Any, users: dict, tweets: dict, media: dict) -> Post:
-    if not isinstance(t, dict):
-        raise RecordError("v2 'data' item is not a tweet object")
-    if "id" not in t or "text" not in t:
-        raise RecordError("v2 tweet needs 'id' and 'text'")
-    if "author_id" not in t:
-        raise RecordError("v2 tweet has no 'author_id' (request tweet.fields=author_id)")
-    refs = {
-        r.get("type"): r.get("id") for r in t.get("referenced_tweets", []) if isinstance(r, dict)
+    if isinstance(data, dict):
+        data = [data]
+    elif not isinstance(data, list):
+        raise RecordError(
+            f"field 'data' must be a tweet object or a list of them, got {type(data).__name__}"
+        )
+    includes = obj.get("includes")
+    inc = _V2Includes() if includes is None else _typed(includes, _V2Includes, "includes")
+    users = {_str_id(u.id, "includes.users[].id"): u for u in inc.users or () if u.id is not None}
+    tweets = {
+        _str_id(t.id, "includes.tweets[].id"): t for t in inc.tweets or () if t.id is not None
     }
+    media = {m.media_key: m for m in inc.media or () if m.media_key is not None}
+    for tweet in data:
+        try:
+            yield _v2_post(tweet, users, tweets, media), tweet
+        except RecordError as exc:
+            yield exc, tweet
+
+
+def _filled(s: msgspec.Struct | None) -> bool:
+    """A struct from a non-empty object (``{}`` is falsy to the ``or`` of the dicts it replaces)."""
+    return s is not None and any(getattr(s, f) is not None for f in s.__struct_fields__)
+
+
+def _v2_user(uid: Any, users: dict[str, _V2User], field: str) -> UserRef:
+    uid = _str_id(uid, field)
+    handle = users[uid].username if uid in users else None
+    return UserRef(id=uid, handle=normalize_handle(handle) if handle else None)
+
+
+def _v2_post(obj: Any, users: dict, tweets: dict, media: dict) -> Post:
+    if not isinstance(obj, dict):
+        raise RecordError(f"v2 'data' item is not a tweet object, got {type(obj).__name__}")
+    t: _V2Tweet = _typed(obj, _V2Tweet, "")
+    if t.id is None or t.text is None:
+        raise RecordError("v2 tweet needs 'id' and 'text'")
+    if t.author_id is None:
+        raise RecordError("v2 tweet has no 'author_id' (request tweet.fields=author_id)")
+    refs = {r.type: r.id for r in t.referenced_tweets or ()}
+    rt_id = refs.get("retweeted")
     src = t
-    if refs.get("retweeted") in tweets:  # full text of the original, not the truncated "RT @x: ..."
-        src = tweets[refs["retweeted"]]
-    note = src.get("note_tweet") if isinstance(src.get("note_tweet"), dict) else {}
-    text = html.unescape(_text(note.get("text") or src.get("text")))
-    entities = note.get("entities") or src.get("entities")
-    if isinstance(entities, dict):
-        hashtags = [
-            normalize_hashtag(h["tag"]) for h in entities.get("hashtags", []) if h.get("tag")
-        ]
+    if rt_id is not None and _str_id(rt_id, "referenced_tweets[].id") in tweets:
+        src = tweets[_str_id(rt_id, "referenced_tweets[].id")]  # the original's full text
+    note = src.note_tweet
+    text = (note.text if note is not None else None) or src.text
+    if not isinstance(text, str):
+        raise RecordError("field 'includes.tweets[].text' must be a string")
+    text = html.unescape(text)
+    entities = note.entities if note is not None and _filled(note.entities) else src.entities
+    if entities is not None:
+        hashtags = [normalize_hashtag(h.tag) for h in entities.hashtags or () if h.tag]
         mentions = [
             UserRef(
-                id=m.get("id"),
-                handle=normalize_handle(m["username"]) if m.get("username") else None,
+                id=_str_id(m.id, "entities.mentions[].id") if m.id not in (None, "") else None,
+                handle=normalize_handle(m.username) if m.username else None,
             )
-            for m in entities.get("mentions", [])
-            if m.get("id") or m.get("username")
+            for m in entities.mentions or ()
+            if m.id not in (None, "") or m.username
         ]
-        urls = [
-            u.get("unwound_url") or u.get("expanded_url") or u.get("url")
-            for u in entities.get("urls", [])
-        ]
+        urls = [u.unwound_url or u.expanded_url or u.url for u in entities.urls or ()]
         urls = [u for u in urls if u and "/photo/" not in u and "/video/" not in u]
     else:
         hashtags, handles, urls, _ = extract_ntus(text)
         mentions = [UserRef(handle=h) for h in handles]
-    keys = (src.get("attachments") or {}).get("media_keys", [])
+    keys = (src.attachments.media_keys if src.attachments is not None else None) or []
     post = Post(
-        id=_str_id(t["id"], "id"),
+        id=_str_id(t.id, "id"),
         text=text,
-        author=_v2_user(t["author_id"], users, "author_id"),
-        created_at=t.get("created_at") if isinstance(t.get("created_at"), str) else None,
+        author=_v2_user(t.author_id, users, "author_id"),
+        created_at=t.created_at,
         hashtags=list(dict.fromkeys(h for h in hashtags if h)),
         mentions=list(dict.fromkeys(mentions)),
         urls=urls,
-        media=[f"{(media.get(k) or {}).get('type', 'media')}:{k}" for k in keys],
-        lang=t.get("lang") if isinstance(t.get("lang"), str) else None,
+        media=[f"{(media[k].type if k in media else None) or 'media'}:{k}" for k in keys],
+        lang=t.lang,
     )
     if "retweeted" in refs:
         post.is_retweet = True
-        post.retweet_of_id = _str_id(refs["retweeted"], "referenced_tweets.id")
-        if src is not t and "author_id" in src:
-            post.retweet_of_author = _v2_user(src["author_id"], users, "includes.tweets.author_id")
+        post.retweet_of_id = _str_id(rt_id, "referenced_tweets[].id")
+        if src is not t and src.author_id is not None:
+            post.retweet_of_author = _v2_user(src.author_id, users, "includes.tweets[].author_id")
     if "replied_to" in refs:
-        post.reply_to_id = _str_id(refs["replied_to"], "referenced_tweets.id")
-    if t.get("in_reply_to_user_id") is not None:
-        post.reply_to_user = _v2_user(t["in_reply_to_user_id"], users, "in_reply_to_user_id")
+        post.reply_to_id = _str_id(refs["replied_to"], "referenced_tweets[].id")
+    if t.in_reply_to_user_id is not None:
+        post.reply_to_user = _v2_user(t.in_reply_to_user_id, users, "in_reply_to_user_id")
     return post
 
 

@@ -12,16 +12,18 @@ from __future__ import annotations
 
 import codecs
 import csv
+import errno
 import gzip
 import io
 import json
 import logging
 import os
 import re
+import stat
 import sys
 import zlib
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -38,13 +40,15 @@ from ntulm.posts.formats import (
     parse_jsonl,
     parse_twitter_v1,
 )
-from ntulm.posts.schema import POSTS_SCHEMA, Post, posts_to_columns
+from ntulm.posts.schema import POSTS_SCHEMA, Post, invalid_field, posts_to_columns
 
 log = logging.getLogger(__name__)
 
 ENGINES = ("fast", "python")
+DUPLICATES = ("first", "error", "keep-all")
 GZIP_MAGIC = b"\x1f\x8b"
-_SNIFF_BYTES = 1 << 16
+_SNIFF_BYTES = 1 << 26  # at most this much of a file is read to detect its format
+_SNIFF_LINES = 10  # non-blank lines (or array items) looked at to detect it
 _MAX_RAW_IN_QUARANTINE = 4000
 csv.field_size_limit(1 << 26)
 
@@ -60,6 +64,7 @@ class ReadReport:
     files: dict[str, str] = field(default_factory=dict)  # path -> detected format
     files_skipped: dict[str, str] = field(default_factory=dict)  # path -> why
     labelled: Counter = field(default_factory=Counter)  # side table -> posts it labelled
+    duplicate_ids: int = 0  # posts whose id an earlier post has (see PostReader.duplicates)
 
     def merge(self, other: ReadReport) -> None:
         self.labelled.update(other.labelled)
@@ -79,7 +84,30 @@ class ReadReport:
             "files": self.files,
             "files_skipped": self.files_skipped,
             **({"labelled_from": dict(self.labelled)} if self.labelled else {}),
+            "duplicate_ids": self.duplicate_ids,
         }
+
+
+def no_posts_error(report: ReadReport) -> InputError:
+    """The error of a read that accepted no post: what was read, rejected and skipped, and why
+    (a run on nothing must not look like a run on an empty corpus)."""
+    parts = [f"no post accepted ({report.read:,} record(s) read, {report.rejected:,} rejected)"]
+    if report.reasons:
+        top = report.reasons.most_common(3)
+        parts.append("rejected for: " + "; ".join(f"{why} ({n:,})" for why, n in top))
+    skipped = list(report.files_skipped.items())
+    parts += [f"skipped {path}: {why}" for path, why in skipped[:20]]
+    if len(skipped) > 20:
+        parts.append(f"... and {len(skipped) - 20} more skipped file(s)")
+    if not report.files and not skipped:
+        parts.append("no input file found")
+    if any(why.startswith(("unknown format", "JSON")) for _, why in skipped):
+        parts.append(
+            f"the formats read are {', '.join(FORMATS)} (docs/posts.md); convert other data "
+            "(e.g. a CSV export) to the JSON Lines schema there: one object per line with "
+            "id, text and author"
+        )
+    return InputError("--posts", None, "\n  ".join(parts))
 
 
 class Quarantine:
@@ -101,9 +129,15 @@ class Quarantine:
         if isinstance(raw, bytes):
             raw = raw.decode("utf-8", errors="backslashreplace")
         elif not isinstance(raw, str):
-            raw = json.dumps(raw, ensure_ascii=False, default=str)
+            try:
+                raw = json.dumps(raw, ensure_ascii=False, default=str)
+            except (ValueError, RecursionError):  # nesting too deep, a huge integer
+                raw = repr(raw)[:_MAX_RAW_IN_QUARANTINE]
         rec = {"file": file, "line": line, "problem": problem, "raw": raw[:_MAX_RAW_IN_QUARANTINE]}
-        self._fh.write(json.dumps(rec, ensure_ascii=False) + "\n")
+        out = json.dumps(rec, ensure_ascii=False)
+        if _LONE.search(out):  # a lone surrogate is not UTF-8: keep it as its JSON escape
+            out = json.dumps(rec)
+        self._fh.write(out + "\n")
 
     def close(self) -> None:
         if self._fh is not None and self._tmp is not None and self.path is not None:
@@ -128,6 +162,9 @@ class PostReader:
     # tabular input (posts/tabular.py): a column mapping, and labels joined from side tables
     columns: Any = None
     labels: tuple = ()
+    # Posts repeating an earlier post's id, in the posts table (posts/table.py): keep the first
+    # (the others are rejections), fail (error), or keep all (counted only).
+    duplicates: str = "first"
 
     def __post_init__(self) -> None:
         from ntulm.posts.tabular import LayoutError, parse_columns, side_labels
@@ -141,6 +178,12 @@ class PostReader:
         self._side = side_labels(self.labels)
         if self.engine not in ENGINES:
             raise InputError("reader", None, f"unknown reader {self.engine!r}; use fast or python")
+        if self.duplicates not in DUPLICATES:
+            raise InputError(
+                "duplicates",
+                None,
+                f"unknown policy {self.duplicates!r}; use {' or '.join(DUPLICATES)}",
+            )
         if self.format != "auto" and self.format not in FORMATS:
             raise InputError(
                 "--format",
@@ -164,6 +207,9 @@ class PostReader:
         self.report.files_skipped[path] = why
 
     def _check(self, post: Post) -> str | None:
+        problem = invalid_field(post)
+        if problem:
+            return problem
         if not post.text.strip():
             return "empty text"
         if len(post.text) > self.max_text_chars:
@@ -175,7 +221,7 @@ class PostReader:
     # -- entry point ------------------------------------------------------------------------
     def iter_posts(self, paths: Iterable[str | Path]) -> Iterator[tuple[Post, str]]:
         """Yield ``(post, "file:line")`` for every accepted post of every file under ``paths``."""
-        files = list(expand_paths(paths))  # fail on a missing path before reading anything
+        files = list(expand_paths(paths, self._skip_file))  # a missing path fails at once
         q = Quarantine(self.quarantine_path)
         try:
             for path in files:
@@ -189,6 +235,10 @@ class PostReader:
     def _detect(self, path: Path) -> tuple[str, str | None] | None:
         """``(format, layout)`` of a file, or ``None`` when it is skipped (counted as such)."""
         name = str(path)
+        problem = file_problem(path)
+        if problem:
+            self._skip_file(name, problem)
+            return None
         try:
             if self.format == "auto" and (table := self._sniff_table(path)) is not None:
                 fmt, layout = table
@@ -272,7 +322,7 @@ class PostReader:
     def _iter_tables(
         self, paths: Iterable[str | Path], batch_size: int, threads: int | None
     ) -> Iterator[pa.Table]:
-        files = list(expand_paths(paths))
+        files = list(expand_paths(paths, self._skip_file))
         q = Quarantine(self.quarantine_path)
         try:
             for path in files:
@@ -377,8 +427,17 @@ class PostReader:
             except RecordError as exc:
                 self._reject(q, name, line, str(exc), raw)
                 continue
-            for post in posts:
-                yield post, line, raw
+            except (TypeError, AttributeError, KeyError, ValueError, IndexError) as exc:
+                # A parser bug on a shape nobody foresaw: still one rejected record, not a crash.
+                log.warning("%s:%s: %s parsing the record: %s", name, line, type(exc).__name__, exc)
+                self._reject(q, name, line, f"unreadable record ({type(exc).__name__})", raw)
+                continue
+            for post, part in posts:  # part: the tweet of a v2 page the post comes from
+                own = raw if part is None else json.dumps(part) if isinstance(part, str) else part
+                if isinstance(post, RecordError):
+                    self._reject(q, name, line, str(post), own)
+                else:
+                    yield post, line, own
 
 
 class _Bad:
@@ -388,28 +447,81 @@ class _Bad:
         self.problem = problem
 
 
-def _one(fn):  # adapt a one-post parser to the many-posts shape of the v2 parser
-    def many(obj: Any) -> Iterator[Post]:
-        yield fn(obj)
+def _one(fn):  # adapt a one-post parser to the ``(post, part)`` shape of the v2 parser
+    def many(obj: Any) -> Iterator[tuple[Post, None]]:
+        yield fn(obj), None
 
     return many
 
 
-def expand_paths(paths: Iterable[str | Path]) -> Iterator[Path]:
+def expand_paths(
+    paths: Iterable[str | Path], on_skip: Callable[[str, str], None] | None = None
+) -> Iterator[Path]:
     """Files in the order given; directories walked recursively in sorted order (hidden files
-    and folders skipped)."""
+    and folders skipped), following links to directories. A directory that cannot be listed or
+    a link back to a directory being walked (a symlink loop) is passed to ``on_skip`` with the
+    reason. Entries that are not readable regular files are yielded all the same: the reader
+    skips them with the reason (:func:`file_problem`). A missing path given by name is an
+    :class:`InputError`."""
     for p in paths:
         p = Path(p)
         if p.is_dir():
-            for root, dirs, files in os.walk(p):
-                dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-                for f in sorted(files):
-                    if not f.startswith("."):
-                        yield Path(root) / f
-        elif p.exists():
+            yield from _walk(p, on_skip or (lambda path, why: None))
+        elif p.exists() or p.is_symlink():  # a dangling link or a loop: skipped by the reader
             yield p
         else:
             raise InputError(str(p), None, "no such file or directory")
+
+
+def _walk(top: Path, on_skip: Callable[[str, str], None]) -> Iterator[Path]:
+    seen = {os.path.realpath(top): str(top)}  # real path -> the path it is read as
+
+    def unlistable(exc: OSError) -> None:
+        on_skip(str(exc.filename), f"directory cannot be listed: {exc.strerror}")
+
+    for root, dirs, files in os.walk(top, onerror=unlistable, followlinks=True):
+        keep = []
+        here = os.path.realpath(root)
+        for d in sorted(d for d in dirs if not d.startswith(".")):
+            path = os.path.join(root, d)
+            real = os.path.realpath(path)
+            if real == here or here.startswith(real + os.sep):
+                on_skip(path, f"symlink loop (a link to {real}, a directory above it)")
+            elif real in seen:
+                on_skip(path, f"the same directory as {seen[real]} (read once)")
+            else:
+                seen[real] = path
+                keep.append(d)
+        dirs[:] = keep
+        for f in sorted(files):
+            if not f.startswith("."):
+                yield Path(root) / f
+
+
+def file_problem(path: Path) -> str | None:
+    """Why ``path`` is not read (never opening it: a FIFO would block), or ``None``."""
+    try:
+        st = path.stat()
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            return "symlink loop"
+        if path.is_symlink():
+            return f"dangling symlink (to {os.readlink(path)})"
+        return f"cannot read: {exc.strerror}"
+    if stat.S_ISDIR(st.st_mode):
+        return "a directory"
+    if not stat.S_ISREG(st.st_mode):
+        kind = (
+            "FIFO"
+            if stat.S_ISFIFO(st.st_mode)
+            else "socket"
+            if stat.S_ISSOCK(st.st_mode)
+            else "device"
+        )
+        return f"not a regular file ({kind})"
+    if not os.access(path, os.R_OK):
+        return "cannot read: permission denied"
+    return None
 
 
 def open_binary(path: Path) -> IO[bytes]:
@@ -428,18 +540,28 @@ def open_text(path: Path) -> IO[str]:
     )
 
 
-def _head(path: Path) -> bytes:
-    chunks: list[bytes] = []
-    size = 0
+def _head_lines(path: Path, n: int = _SNIFF_LINES) -> list[bytes]:
+    """The first ``n`` non-blank lines (without line breaks or BOM) within the first
+    :data:`_SNIFF_BYTES` of the (decompressed) file; a line cut by that bound is left out."""
+    lines: list[bytes] = []
+    used = 0
     with open_binary(path) as fh:
         try:
-            while size < _SNIFF_BYTES and (chunk := fh.read(4096)):
-                chunks.append(chunk)
-                size += len(chunk)
+            while len(lines) < n and used < _SNIFF_BYTES:
+                raw = fh.readline(_SNIFF_BYTES - used)
+                if not raw:
+                    break
+                if used == 0 and raw.startswith(codecs.BOM_UTF8):
+                    raw = raw[3:]
+                used += len(raw)
+                if not raw.endswith(b"\n") and used >= _SNIFF_BYTES:
+                    break
+                if raw.strip():
+                    lines.append(raw.rstrip(b"\r\n"))
         except (EOFError, gzip.BadGzipFile, zlib.error) as exc:
-            if not chunks:  # a truncated file still has a readable head; its tail is reported later
+            if not lines:  # a truncated file still has a readable head; its tail is reported later
                 raise InputError(str(path), None, f"truncated or corrupt gzip: {exc}") from None
-    return b"".join(chunks)
+    return lines
 
 
 def _classify(obj: Any) -> str | None:
@@ -454,47 +576,82 @@ def _classify(obj: Any) -> str | None:
     return None
 
 
+def _json_layout(path: Path, first: bytes) -> tuple[str, Any]:
+    """``("lines", None)`` or ``("document", parsed document or _Bad)`` for a file whose first
+    line starts with ``{``. A first line that is not JSON makes it a document if the whole (small)
+    file parses as one; otherwise the file is JSON Lines with a bad first line (rejected alone)."""
+    if not isinstance(json_line(first)[0], _Bad):
+        return "lines", None
+    if path.stat().st_size <= _SNIFF_BYTES:  # a document is read whole: bounded
+        try:
+            for _, obj, _ in _document(path):
+                if not isinstance(obj, _Bad):
+                    return "document", obj
+        except (EOFError, gzip.BadGzipFile, zlib.error):
+            pass  # damaged: read as lines, which keeps what comes before the damage
+    return "lines", None
+
+
 def sniff_format(path: Path) -> tuple[str | None, str | None]:
     """``(format, layout)`` from content. layout: ``lines``, ``array`` or ``document``; on failure
-    ``(None, why)``."""
-    head = _head(path)
-    text = head.decode("utf-8", errors="replace").lstrip("\ufeff \t\r\n")
-    if not text:
+    ``(None, why)``. JSON Lines are recognised by the first of their first :data:`_SNIFF_LINES`
+    lines that is a known record, so bad or long leading lines do not lose the file."""
+    lines = _head_lines(path)
+    if not lines:
         return None, "empty file"
-    if text[0] == "[":
-        for _, obj, _ in _array_items(path):
+    text = lines[0].decode("utf-8", errors="replace").lstrip("\ufeff \t\r\n")
+    why = UNKNOWN_FORMAT
+    if text[:1] == "[":
+        why = "empty JSON array"
+        for item, obj, _ in _array_items(path):
             if isinstance(obj, _Bad):
-                return None, f"JSON array whose first item is unreadable: {obj.problem}"
-            fmt = _classify(obj)
-            return (fmt, "array") if fmt else (None, "JSON array of unrecognised objects")
-        return None, "empty JSON array"
-    if text[0] == "{":
-        first = text.split("\n", 1)[0]
+                why = f"JSON array whose item {item} is unreadable: {obj.problem}"
+                break
+            if fmt := _classify(obj):
+                return fmt, "array"
+            why = "JSON array of unrecognised objects"
+            if item >= _SNIFF_LINES:
+                break
+        # not an array of posts: maybe JSON Lines whose first line is bad (looked at below)
+    elif text[:1] == "{":
+        layout, doc = _json_layout(path, lines[0])
+        if layout == "document":
+            fmt = _classify(doc)
+            return (fmt, "document") if fmt else (None, "JSON document of unrecognised shape")
+    else:
         try:
-            fmt = _classify(json.loads(first))
-            return (fmt, "lines") if fmt else (None, "JSON objects of unrecognised shape")
-        except json.JSONDecodeError:
-            for _, obj, _ in _document(path):
-                if isinstance(obj, _Bad):
-                    return None, f"not JSON Lines and not one JSON document: {obj.problem}"
-                fmt = _classify(obj)
-                return (fmt, "document") if fmt else (None, "JSON document of unrecognised shape")
-    header = next(csv.reader([text.split("\n", 1)[0]]), [])
-    if all(c in header for c in IRA_COLUMNS):
-        return "ira_csv", None
-    return None, "unknown format (not JSON Lines, a JSON array or document, or the IRA CSV layout)"
+            header = next(csv.reader([text]), [])
+        except csv.Error:  # e.g. a NUL byte: not a CSV file
+            header = []
+        if all(c in header for c in IRA_COLUMNS):
+            return "ira_csv", None
+    problems = []
+    for raw in lines:  # JSON Lines: the first known record decides
+        obj = json_line(raw)[0]
+        if isinstance(obj, _Bad):
+            problems.append(obj.problem)
+        elif fmt := _classify(obj):
+            return fmt, "lines"
+        else:
+            problems.append("JSON objects of unrecognised shape")
+    if text[:1] != "{":
+        return None, why
+    why = "JSON objects of unrecognised shape"
+    if why not in problems:
+        why = f"not JSON Lines and not one JSON document: {problems[0]}"
+    return None, why
+
+
+UNKNOWN_FORMAT = "unknown format (not JSON Lines, a JSON array or document, or the IRA CSV layout)"
 
 
 def _sniff_layout(path: Path) -> str:
-    text = _head(path).decode("utf-8", errors="replace").lstrip("\ufeff \t\r\n")
+    lines = _head_lines(path, 1)
+    text = lines[0].decode("utf-8", errors="replace").lstrip("\ufeff \t\r\n") if lines else ""
     if text.startswith("["):
         return "array"
-    first = text.split("\n", 1)[0]
-    if first.startswith("{"):
-        try:
-            json.loads(first)
-        except json.JSONDecodeError:
-            return "document"
+    if text.startswith("{"):
+        return _json_layout(path, lines[0])[0]
     return "lines"
 
 
@@ -521,12 +678,19 @@ def json_line(raw: bytes) -> tuple[Any, Any]:
     try:
         obj = json.loads(s)
     except json.JSONDecodeError as exc:
-        return _Bad(f"malformed JSON: {exc.msg} at column {exc.colno}"), s
+        return _Bad(f"malformed JSON: {_msg(exc)} at column {exc.colno}"), s
     except RecursionError:
         return _Bad("malformed JSON: nested too deeply"), s
+    except ValueError as exc:  # an integer of more than 4300 digits (sys.int_info)
+        return _Bad(f"malformed JSON: {exc}".split(";")[0]), s
     if _SURROGATE_ESCAPE.search(s) and _has_lone_surrogate(obj):
         return _Bad("malformed JSON: a string holds a lone UTF-16 surrogate (\\ud800-\\udfff)"), s
     return obj, s
+
+
+def _msg(exc: json.JSONDecodeError) -> str:
+    # "Unterminated string starting at" ends in "at": no "starting at at column 5"
+    return exc.msg.removesuffix(" at")
 
 
 def _has_lone_surrogate(obj: Any) -> bool:
@@ -565,17 +729,22 @@ def _document(path: Path) -> Iterator[tuple[int, Any, Any]]:
     with open_binary(path) as fh:
         data = fh.read()
     try:
-        yield 1, json.loads(data.decode("utf-8-sig")), ""
-    except RecursionError:
-        yield 1, _Bad("malformed JSON: nested too deeply"), ""
+        text = data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
-        yield 1, _Bad(f"invalid UTF-8 at byte {exc.start}"), ""
+        yield 1, _Bad(f"invalid UTF-8 at byte {exc.start}"), data
+        return
+    try:
+        yield 1, json.loads(text), text
+    except RecursionError:
+        yield 1, _Bad("malformed JSON: nested too deeply"), text
     except json.JSONDecodeError as exc:
         yield (
             exc.lineno,
-            _Bad(f"malformed JSON: {exc.msg} at line {exc.lineno} column {exc.colno}"),
-            "",
+            _Bad(f"malformed JSON: {_msg(exc)} at line {exc.lineno} column {exc.colno}"),
+            text,
         )
+    except ValueError as exc:  # an integer of more than 4300 digits
+        yield 1, _Bad(f"malformed JSON: {exc}".split(";")[0]), text
 
 
 def _to_table(posts: list[Post], sources: list[str]) -> pa.Table:

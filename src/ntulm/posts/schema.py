@@ -11,6 +11,7 @@ The project's own JSON Lines format is this record, one object per line (see ``d
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -34,7 +35,10 @@ class UserRef:
     def to_json(self) -> dict[str, str] | str:
         if self.id and self.handle:
             return {"id": self.id, "handle": self.handle}
-        return {"id": self.id} if self.id else str(self.handle)
+        if self.id:
+            return {"id": self.id}
+        # a bare string reads back as this handle unless it looks like an id ("id:42")
+        return {"handle": self.handle} if str(self.handle).startswith("id:") else str(self.handle)
 
 
 @dataclass(slots=True)
@@ -61,7 +65,9 @@ class Post:
     labels: dict[str, str] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
-        """The project's JSON Lines record (empty fields left out)."""
+        """The project's JSON Lines record, which reads back as this post: empty fields are left
+        out, except the NTU lists (``hashtags``, ``mentions``, ``urls``, ``media``), whose
+        absence would make the reader extract them from the text."""
         out: dict[str, Any] = {"id": self.id, "text": self.text}
         for name in ("author", "retweet_of_author", "reply_to_user"):
             ref = getattr(self, name)
@@ -71,9 +77,9 @@ class Post:
             if getattr(self, name) is not None:
                 out[name] = getattr(self, name)
         for name in ("hashtags", "urls", "media"):
-            if getattr(self, name):
-                out[name] = list(getattr(self, name))
-        for name in ("mentions", "favorited_by", "retweeted_by", "replied_by"):
+            out[name] = list(getattr(self, name))
+        out["mentions"] = [u.to_json() for u in self.mentions]
+        for name in ("favorited_by", "retweeted_by", "replied_by"):
             if getattr(self, name):
                 out[name] = [u.to_json() for u in getattr(self, name)]
         if self.is_retweet:
@@ -81,6 +87,66 @@ class Post:
         if self.labels:
             out["labels"] = dict(self.labels)
         return out
+
+
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+_OPT_STR = ("created_at", "retweet_of_id", "reply_to_id", "lang")
+_STR_LISTS = ("hashtags", "urls", "media")
+_USER_LISTS = ("mentions", "favorited_by", "retweeted_by", "replied_by")
+_USERS = ("author", "retweet_of_author", "reply_to_user")
+
+
+def _user_ok(u: Any) -> bool:
+    return (
+        isinstance(u, UserRef)
+        and (u.id is None or type(u.id) is str)
+        and (u.handle is None or type(u.handle) is str)
+    )
+
+
+def invalid_field(post: Post) -> str | None:
+    """Why ``post`` cannot enter the posts table, or ``None``: every field of the type
+    :data:`POSTS_SCHEMA` holds, and no string with a lone UTF-16 surrogate (``"\ud800"`` parses as
+    JSON but no UTF-8 text, hence no Parquet string, can hold it). The readers apply it to every
+    post a parser returns, so no ill-typed value gets past reading whatever the format."""
+    strings: list[str] = []
+    if type(post.id) is not str or not post.id:
+        return "field 'id' must be a non-empty string"
+    if type(post.text) is not str:
+        return "field 'text' must be a string"
+    strings += (post.id, post.text)
+    for name in _OPT_STR:
+        v = getattr(post, name)
+        if v is not None:
+            if type(v) is not str:
+                return f"field '{name}' must be a string"
+            strings.append(v)
+    for name in _STR_LISTS:
+        v = getattr(post, name)
+        if type(v) is not list or not all(type(x) is str for x in v):
+            return f"field '{name}' must be a list of strings"
+        strings += v
+    users = [u for u in (getattr(post, n) for n in _USERS) if u is not None]
+    for name in _USER_LISTS:
+        v = getattr(post, name)
+        if type(v) is not list:
+            return f"field '{name}' must be a list of users"
+        users += v
+    for u in users:
+        if not _user_ok(u):
+            return f"a user must hold string id and handle, got {u!r}"
+        strings += (u.id or "", u.handle or "")
+    if type(post.is_retweet) is not bool:
+        return "field 'is_retweet' must be true or false"
+    if type(post.labels) is not dict or not all(
+        type(k) is str and type(v) is str for k, v in post.labels.items()
+    ):
+        return "field 'labels' must map strings to strings"
+    strings += post.labels.keys()
+    strings += post.labels.values()
+    if any(_LONE_SURROGATE.search(x) for x in strings):
+        return "a string holds a lone UTF-16 surrogate (\\ud800-\\udfff)"
+    return None
 
 
 _USER = pa.struct([("id", pa.string()), ("handle", pa.string())])

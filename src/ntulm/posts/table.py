@@ -10,6 +10,7 @@ Python reference ones; the table is the same.
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import multiprocessing
 import os
@@ -22,7 +23,8 @@ import pyarrow.parquet as pq
 from tqdm.auto import tqdm
 
 from ntulm.artifacts import atomic_path
-from ntulm.posts.readers import PostReader, ReadReport, expand_paths
+from ntulm.errors import InputError
+from ntulm.posts.readers import PostReader, ReadReport, expand_paths, no_posts_error
 from ntulm.posts.schema import POSTS_SCHEMA
 
 log = logging.getLogger(__name__)
@@ -41,17 +43,21 @@ def write_posts_table(
 
     ``workers`` processes read files in parallel (default: one per core, at most one per file).
     Returns the merged report (read / accepted / rejected counts); ``reader.report`` is updated
-    and rejected records are quarantined at ``reader.quarantine_path`` in input order."""
+    and rejected records are quarantined at ``reader.quarantine_path`` in input order. A read
+    that accepts no post raises :class:`InputError` saying what was skipped and rejected."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    files = list(expand_paths(paths))
+    files = list(expand_paths(paths, reader._skip_file))
     workers = min(workers or os.cpu_count() or 1, max(len(files), 1))
     if workers <= 1:
         _write_part(reader, files, out_dir / "part-00000.parquet", batch_size, progress)
     else:
         _write_parallel(reader, files, out_dir, batch_size, progress, workers)
+    _duplicate_ids(reader, out_dir, batch_size)
     rep = reader.report
     log.info("posts: read %d, accepted %d, rejected %d", rep.read, rep.accepted, rep.rejected)
+    if not rep.accepted:
+        raise no_posts_error(rep)
     return rep
 
 
@@ -120,3 +126,72 @@ def _write_parallel(
                     with open(part, "rb") as src:
                         shutil.copyfileobj(src, dst)
                     part.unlink()
+
+
+def _duplicate_ids(reader: PostReader, out_dir: Path, batch_size: int) -> None:
+    """Posts whose id an earlier post (in corpus order) has: counted in the report
+    (``duplicate_ids``), then per ``reader.duplicates``: ``first`` drops them from the table as
+    rejections (quarantined with the place of the first), ``error`` raises
+    :class:`InputError` naming both places, ``keep-all`` keeps them."""
+    import duckdb
+    import pyarrow as pa
+
+    parts = sorted(out_dir.glob("part-*.parquet"))
+    if not parts:
+        return
+    con = duckdb.connect()
+    union = " UNION ALL ".join(
+        f"SELECT {i} AS part, file_row_number AS row, id, source FROM read_parquet('{_sql(p)}', "
+        "file_row_number = true)"
+        for i, p in enumerate(parts)
+    )
+    dups = con.sql(
+        f"SELECT part, row, id, source, first FROM (SELECT *, row_number() OVER w AS k, "
+        f"first_value(source) OVER w AS first FROM ({union}) "
+        "WINDOW w AS (PARTITION BY id ORDER BY part, row)) WHERE k > 1 ORDER BY part, row"
+    ).fetchall()
+    con.close()
+    rep = reader.report
+    rep.duplicate_ids = len(dups)
+    if not dups:
+        return
+    part, _, pid, source, first = dups[0]
+    if reader.duplicates == "error":
+        raise InputError(source, None, f"duplicate post id {pid!r} (first at {first})")
+    if reader.duplicates == "keep-all":
+        log.warning(
+            "%d posts repeat the id of an earlier post (kept: duplicates=keep-all)", len(dups)
+        )
+        return
+    log.warning("%d posts repeat the id of an earlier post: the first is kept", len(dups))
+    drop: dict[int, list[int]] = {}
+    for part, row, *_ in dups:
+        drop.setdefault(part, []).append(row)
+    for i, rows in drop.items():
+        src = pq.ParquetFile(parts[i])
+        gone = set(rows)
+        with (
+            atomic_path(parts[i]) as tmp,
+            pq.ParquetWriter(tmp, POSTS_SCHEMA, compression="zstd") as w,
+        ):
+            start = 0
+            for batch in src.iter_batches(batch_size):
+                keep = [start + k not in gone for k in range(batch.num_rows)]
+                w.write_table(
+                    pa.Table.from_batches([batch]).filter(pa.array(keep)), row_group_size=batch_size
+                )
+                start += batch.num_rows
+    rep.accepted -= len(dups)
+    rep.rejected += len(dups)
+    rep.reasons["duplicate post id"] += len(dups)
+    if reader.quarantine_path:
+        with open(reader.quarantine_path, "a", encoding="utf-8") as fh:
+            for _, _, pid, source, first in dups:
+                file, _, line = source.rpartition(":")
+                rec = {"file": file, "line": int(line) if line.isdigit() else None,
+                       "problem": f"duplicate post id (first at {first})", "raw": pid}  # fmt: skip
+                fh.write(json.dumps(rec, ensure_ascii=False) + "\n")
+
+
+def _sql(path: Path) -> str:
+    return str(path).replace("'", "''")
