@@ -20,12 +20,12 @@ the same generator stream as one process (drawn in blocks, never the whole table
 from __future__ import annotations
 
 import logging
-import resource
 from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
 
+from ntulm.distributed import peak_rss_mb
 from ntulm.kge.data import GraphData
 from ntulm.kge.embeddings import NTUEmbeddings
 from ntulm.kge.evaluate import EdgeSet
@@ -61,6 +61,7 @@ class ShardedTable(EmbeddingTable):
         mine = torch.arange(self.rank, num_rows, self.world)
         self.weight = torch.empty(len(mine), dim)  # (≈ n / W, d)
         self.state = torch.zeros(len(mine))
+        self.sent_bytes = 0  # payload this rank sent in all_to_all exchanges (ids, rows, grads)
         for s in range(0, num_rows, INIT_BLOCK):
             block = torch.randn(min(INIT_BLOCK, num_rows - s), dim, generator=generator)
             ids = mine[(mine >= s) & (mine < s + INIT_BLOCK)]
@@ -76,12 +77,14 @@ class ShardedTable(EmbeddingTable):
         send_l, recv_l = send.tolist(), recv.tolist()
         asked = torch.empty(sum(recv_l), dtype=torch.long)
         dist.all_to_all_single(asked, ids[order].contiguous(), recv_l, send_l)
+        self.sent_bytes += 8 * (self.world + len(ids))
         return Route(order, send_l, recv_l, asked // self.world)
 
     def fetch(self, route: Route) -> torch.Tensor:
         """Rows of the routed ids, in the order of the ids (collective): (k, d)."""
         got = torch.empty(sum(route.send), self.weight.shape[1])
         dist.all_to_all_single(got, self.weight[route.local], route.send, route.recv)
+        self.sent_bytes += 4 * route.local.numel() * self.weight.shape[1]
         rows = torch.empty_like(got)
         rows[route.order] = got
         return rows
@@ -91,6 +94,7 @@ class ShardedTable(EmbeddingTable):
         all ranks sent per row and takes one Adagrad step on those rows (collective)."""
         got = torch.empty(sum(route.recv), grads.shape[1])
         dist.all_to_all_single(got, grads[route.order].contiguous(), route.recv, route.send)
+        self.sent_bytes += 4 * grads.numel()
         uniq, inv = torch.unique(route.local, return_inverse=True)
         summed = torch.zeros(len(uniq), grads.shape[1]).index_add_(0, inv, got)
         self.step(uniq, summed, lr)
@@ -193,12 +197,10 @@ class ShardedKGETrainer(KGETrainer):
             "rows": {t: tab.weight.shape[0] for t, tab in self.tables.items()},
             "table_rows": {t: tab.global_rows for t, tab in self.tables.items()},
             "peak_rss_mb": peak_rss_mb(),
+            # all_to_all payload sent (own-shard rows included: they pass through the
+            # collective too); the all-reduced relation gradient is R x d floats per step.
+            "comm_mb": sum(tab.sent_bytes for tab in self.tables.values()) / 2**20,
         }
         out: list = [None] * dist.get_world_size()
         dist.all_gather_object(out, mine)
         return {"world_size": len(out), "ranks": out}
-
-
-def peak_rss_mb() -> float:
-    """Peak resident memory of this process (Linux reports ``ru_maxrss`` in KiB)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

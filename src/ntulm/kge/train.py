@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -22,6 +21,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
+from ntulm import distributed
 from ntulm.artifacts import DONE, atomic_path, fingerprint, mark_done, write_json
 from ntulm.errors import ArtifactError
 from ntulm.kge.config import KGEConfig
@@ -312,8 +312,8 @@ def train_kge(
     gets the embeddings, the other ranks get None."""
     config = config or KGEConfig()
     out = Path(out_dir)
-    sharded = launched_distributed()
-    rank = init_distributed() if sharded else 0
+    sharded = distributed.launched()  # started by torchrun: tables sharded over the ranks
+    rank = distributed.init("gloo")[0] if sharded else 0
     if rank == 0:
         out.mkdir(parents=True, exist_ok=True)
         (out / DONE).unlink(missing_ok=True)  # incomplete until this run finishes
@@ -374,6 +374,7 @@ def train_kge(
             "edges_per_s": st.edges_seen / st.seconds if st.seconds else None,
             "compute_dtype": str(trainer.dtype).removeprefix("torch."),
             "threads": torch.get_num_threads(),
+            "peak_rss_mb": distributed.peak_rss_mb(),  # this process (rank 0 when sharded)
         }
     }
     if sharded:
@@ -387,20 +388,6 @@ def train_kge(
     if sharded:
         torch.distributed.barrier()  # no rank returns before the artifact is finished
     return emb, metrics
-
-
-def launched_distributed() -> bool:
-    """Whether this process is one of several started by ``torchrun`` (``WORLD_SIZE`` > 1)."""
-    return int(os.environ.get("WORLD_SIZE", "1")) > 1
-
-
-def init_distributed() -> int:
-    """Join the process group ``torchrun`` describes (gloo: the tables live on the CPU); rank."""
-    import torch.distributed as dist
-
-    if not dist.is_initialized():
-        dist.init_process_group("gloo")
-    return dist.get_rank()
 
 
 def evaluate_embeddings(
