@@ -17,7 +17,7 @@ import sys
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from ntulm import __version__
-from ntulm.errors import NTULMError
+from ntulm.errors import ConfigError, NTULMError
 
 # Subcommand modules, in the order of the data flow.
 COMMAND_MODULES = (
@@ -65,6 +65,49 @@ def add_config_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
 
 
+def add_nproc_arg(p: argparse.ArgumentParser, what: str) -> None:
+    """``--nproc N``: run the command as N processes under ``torchrun`` (one machine)."""
+    p.add_argument(
+        "--nproc",
+        type=int,
+        default=1,
+        metavar="N",
+        help=f"{what} with N processes on this machine, started by torchrun (gloo on CPU); "
+        "for several machines run `torchrun ... -m ntulm COMMAND ...` yourself (docs/scale.md)",
+    )
+
+
+def relaunch_under_torchrun(args: argparse.Namespace) -> int | None:
+    """With ``--nproc N > 1`` outside torchrun: run this same command line as N processes under
+    ``torchrun --standalone`` and return its exit status; else None (run in this process)."""
+    if args.nproc < 1:
+        raise ConfigError(f"--nproc: {args.nproc} is not a positive number of processes")
+    if args.nproc == 1 or "WORLD_SIZE" in os.environ:
+        return None
+    import subprocess
+
+    argv, skip = [], False
+    for a in args.argv:  # the command line less --nproc N (each rank is one process)
+        if skip:
+            skip = False
+        elif a == "--nproc":
+            skip = True
+        elif not a.startswith("--nproc="):
+            argv.append(a)
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc-per-node={args.nproc}",
+        "-m",
+        "ntulm",
+        *argv,
+    ]
+    log.info("starting %d processes: %s", args.nproc, " ".join(cmd))
+    return subprocess.run(cmd, check=False).returncode
+
+
 def add_posts_args(
     p: argparse.ArgumentParser,
     required: bool = True,
@@ -101,6 +144,7 @@ def reader_args(args: argparse.Namespace) -> dict:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # for relaunch_under_torchrun
     level = logging.DEBUG if args.verbose else logging.WARNING if args.quiet else logging.INFO
     logging.basicConfig(
         level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S"

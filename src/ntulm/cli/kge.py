@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import argparse
 
-from ntulm.cli import add_config_args
+from ntulm.cli import add_config_args, add_nproc_arg, relaunch_under_torchrun
 from ntulm.kge.config import KGEConfig
 
 
 def cmd_train_kge(args: argparse.Namespace) -> int:
+    status = relaunch_under_torchrun(args)
+    if status is not None:
+        return status
     from ntulm.kge.train import train_kge  # torch is imported only when the command runs
 
     config = KGEConfig.from_sources(args.config, args.overrides)
@@ -20,12 +23,18 @@ def cmd_train_kge(args: argparse.Namespace) -> int:
         progress=not args.quiet,
         evaluate=not args.no_eval,
     )
+    if emb is None:  # a rank other than 0 of a sharded run: rank 0 reports
+        return 0
     tr = metrics["train"]
     rate = f"{tr['edges_per_s']:,.0f} edges/s" if tr["edges_per_s"] else "no training steps"
     print(
         f"trained {tr['epochs']} epochs on {tr['edges']:,} edges ({rate}); "
         f"tables: " + ", ".join(f"{t} {a.shape[0]:,}x{a.shape[1]}" for t, a in emb.tables.items())
     )
+    if "distributed" in metrics:
+        for r in metrics["distributed"]["ranks"]:
+            rows = ", ".join(f"{t} {n:,}/{r['table_rows'][t]:,}" for t, n in r["rows"].items())
+            print(f"  rank {r['rank']}: rows {rows}; peak RSS {r['peak_rss_mb']:,.0f} MB")
     if "link_prediction" in metrics:
         lp, rb = metrics["link_prediction"], metrics["random_baseline"]
         print(f"link prediction on {tr['held_out_edges']:,} held-out edges ({lp['protocol']}):")
@@ -52,5 +61,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, metavar="DIR", help="output artifact directory")
     p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint")
     p.add_argument("--no-eval", action="store_true", help="skip link-prediction evaluation")
+    add_nproc_arg(p, "train with tables sharded row-wise over")
     add_config_args(p)
     p.set_defaults(func=cmd_train_kge)

@@ -10,7 +10,13 @@ from pathlib import Path
 
 import numpy as np
 
-from ntulm.cli import add_config_args, add_posts_args, reader_args
+from ntulm.cli import (
+    add_config_args,
+    add_nproc_arg,
+    add_posts_args,
+    reader_args,
+    relaunch_under_torchrun,
+)
 from ntulm.errors import ArtifactError, ConfigError
 from ntulm.lm.config import LMConfig
 from ntulm.posts import Post, PostReader
@@ -42,7 +48,10 @@ def _sample(reader: PostReader, paths: list[str], cfg: LMConfig) -> Iterator[tup
 
 
 def cmd_finetune(args: argparse.Namespace) -> int:
-    from ntulm.lm.train import finetune
+    status = relaunch_under_torchrun(args)
+    if status is not None:
+        return status
+    from ntulm.lm.train import _rank_world, finetune
 
     overrides = list(args.overrides)
     if args.no_ntu:
@@ -58,9 +67,12 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     if len(posts) < 2:
         raise ConfigError(f"--posts: {len(posts)} usable post(s) read; need at least 2")
     res = finetune(posts, cfg, args.out, ntu=ntu, resume=args.resume)
+    if _rank_world()[0] != 0:  # data-parallel: rank 0 reports
+        return 0
     print(
         f"{'NTULM' if cfg.use_ntu else 'no-NTU baseline'}: {res.n_train:,} training posts, {res.n_eval:,} held out, "
         f"{res.steps:,} steps, {res.epochs} epoch(s), {res.tokens_per_s:,.0f} tokens/s"
+        + (f" ({res.world_size} processes)" if res.world_size > 1 else "")
     )
     print(
         f"held-out perplexity: {res.best_eval_bits:.4f} bits (before fine-tuning {res.initial_eval_bits:.4f}) -> {args.out}"
@@ -109,6 +121,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--no-ntu", action="store_true", help="the 'BERT' baseline: same training, no NTU token"
     )
     p.add_argument("--resume", action="store_true", help="continue from the checkpoint in --out")
+    add_nproc_arg(p, "data-parallel fine-tuning (DistributedDataParallel)")
     add_config_args(p)
     p.set_defaults(func=cmd_finetune)
 

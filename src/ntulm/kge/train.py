@@ -21,6 +21,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
+from ntulm import distributed
 from ntulm.artifacts import DONE, atomic_path, fingerprint, mark_done, write_json
 from ntulm.errors import ArtifactError
 from ntulm.kge.config import KGEConfig
@@ -58,15 +59,20 @@ class KGETrainer:
         self.config = config
         self.relations = relations
         gen = torch.Generator().manual_seed(config.seed)
-        self.tables = {
-            t: EmbeddingTable(n, config.dimension, config.init_scale, gen)
-            for t, n in sorted(num_nodes.items())
-        }
+        self.tables = {t: self._make_table(n, gen) for t, n in sorted(num_nodes.items())}
         translating = torch.tensor([r.operator == "translation" for r in relations])
         self.rel = RelationVectors(len(relations), config.dimension, translating)
         self.dtype = resolve_dtype(config.compute_dtype)
         self.state = TrainState()
         self._dense_bufs: dict[int, torch.Tensor] = {}  # id(table) -> reused gradient buffer
+
+    def _make_table(self, num_rows: int, gen: torch.Generator) -> EmbeddingTable:
+        return EmbeddingTable(num_rows, self.config.dimension, self.config.init_scale, gen)
+
+    @property
+    def checkpoint_suffix(self) -> str:
+        """Tells checkpoint files of one process apart from those of a sharded run's ranks."""
+        return ""
 
     # ------------------------------------------------------------------ one epoch
     def _batches(self, edges: EdgeSet, gen: torch.Generator) -> list[torch.Tensor]:
@@ -106,14 +112,13 @@ class KGETrainer:
     ) -> float:
         """Loss of one batch and one optimizer step on the rows it touched."""
         cfg = self.config
-        d, B, U = cfg.dimension, cfg.num_batch_negs, cfg.num_uniform_negs
+        B, U = cfg.num_batch_negs, cfg.num_uniform_negs
         rel0 = self.relations[int(edges.rel[batch[0]])]
         lt, rt = self.tables[rel0.lhs], self.tables[rel0.rhs]
         # Chunks: full chunks of B edges, then one shorter chunk; U uniform negatives per chunk.
-        chunks = list(batch.split(B))
-        n_full = len(chunks) if len(chunks[-1]) == B else len(chunks) - 1
-        uni_l = torch.randint(lt.num_rows, (len(chunks), U), generator=gen)
-        uni_r = torch.randint(rt.num_rows, (len(chunks), U), generator=gen)
+        n_chunks = -(-len(batch) // B)
+        uni_l = torch.randint(lt.num_rows, (n_chunks, U), generator=gen)
+        uni_r = torch.randint(rt.num_rows, (n_chunks, U), generator=gen)
         lhs, rhs, rel = edges.lhs[batch], edges.rhs[batch], edges.rel[batch]
         # Gradient buffers: full-table ones when the step covers the table (no unique / position
         # lookups, one dense Adagrad pass), else buffers for the touched rows only (sparse).
@@ -128,34 +133,12 @@ class KGETrainer:
         else:
             grad_r, pos_r, uniq_r = self._grad_buffer(rt, n_r, [rhs, uni_r])
         d_rel = torch.zeros_like(self.rel.weight)
-        per_group = max(1, GROUP_EDGES // B)
-        groups = [(s, min(s + per_group, n_full)) for s in range(0, n_full, per_group)]
-        if n_full < len(chunks):
-            groups.append((n_full, n_full + 1))
-        loss = 0.0
-        for c0, c1 in groups:
-            e0, e1 = c0 * B, min(c1 * B, len(batch))
-            c, bb = c1 - c0, (e1 - e0) // (c1 - c0)
-            ids_l = torch.cat([lhs[e0:e1].view(c, bb), uni_l[c0:c1]], dim=1)  # (c, K)
-            ids_r = torch.cat([rhs[e0:e1].view(c, bb), uni_r[c0:c1]], dim=1)  # (c, K)
-            relid = rel[e0:e1].view(c, bb)
-            flat_l, flat_r = ids_l.reshape(-1), ids_r.reshape(-1)
-            g = chunk_grads(
-                lt.weight.index_select(0, flat_l).view(c, -1, d),
-                rt.weight.index_select(0, flat_r).view(c, -1, d),
-                relid,
-                self.rel.weight,
-                ids_l,
-                ids_r,
-                weight[batch[e0:e1]].view(c, bb),
-                cfg.loss_fn,
-                cfg.neg_reduction,
-                self.dtype,
-            )
-            loss += g.loss
-            grad_l.index_add_(0, pos_l(flat_l), g.d_lhs.reshape(-1, d))
-            grad_r.index_add_(0, pos_r(flat_r), g.d_rhs.reshape(-1, d))
-            d_rel += g.d_rel
+        loss = self.score_chunks(
+            (lhs, rhs, rel, uni_l, uni_r, weight[batch]),
+            (lambda flat: lt.weight.index_select(0, flat), pos_l, grad_l),
+            (lambda flat: rt.weight.index_select(0, flat), pos_r, grad_r),
+            d_rel,
+        )
         for tab, grad, uniq in ((lt, grad_l, uniq_l), (rt, grad_r, uniq_r)):
             if uniq is None:
                 tab.dense_step(grad, cfg.lr)
@@ -164,6 +147,53 @@ class KGETrainer:
             if same:
                 break
         self.rel.update(d_rel, cfg.effective_relation_lr)
+        return loss
+
+    def score_chunks(
+        self,
+        part: tuple[torch.Tensor, ...],
+        left: tuple[Callable, Callable, torch.Tensor],
+        right: tuple[Callable, Callable, torch.Tensor],
+        d_rel: torch.Tensor,
+    ) -> float:
+        """Loss of consecutive chunks; gradients added into the side buffers and ``d_rel``.
+
+        ``part``: (lhs, rhs, rel, w) of the edges (full chunks of B edges, then at most one
+        shorter chunk) and the uniform negatives (C, U) per side, as (lhs, rhs, rel, uni_l, uni_r,
+        w). ``left`` / ``right``: (global ids -> rows, global ids -> buffer row, buffer)."""
+        cfg = self.config
+        d, B = cfg.dimension, cfg.num_batch_negs
+        lhs, rhs, rel, uni_l, uni_r, w = part
+        (rows_l, pos_l, grad_l), (rows_r, pos_r, grad_r) = left, right
+        n_chunks = uni_l.shape[0]
+        n_full = n_chunks if len(lhs) == n_chunks * B else n_chunks - 1
+        per_group = max(1, GROUP_EDGES // B)
+        groups = [(s, min(s + per_group, n_full)) for s in range(0, n_full, per_group)]
+        if n_full < n_chunks:
+            groups.append((n_full, n_full + 1))
+        loss = 0.0
+        for c0, c1 in groups:
+            e0, e1 = c0 * B, min(c1 * B, len(lhs))
+            c, bb = c1 - c0, (e1 - e0) // (c1 - c0)
+            ids_l = torch.cat([lhs[e0:e1].view(c, bb), uni_l[c0:c1]], dim=1)  # (c, K)
+            ids_r = torch.cat([rhs[e0:e1].view(c, bb), uni_r[c0:c1]], dim=1)  # (c, K)
+            flat_l, flat_r = ids_l.reshape(-1), ids_r.reshape(-1)
+            g = chunk_grads(
+                rows_l(flat_l).view(c, -1, d),
+                rows_r(flat_r).view(c, -1, d),
+                rel[e0:e1].view(c, bb),
+                self.rel.weight,
+                ids_l,
+                ids_r,
+                w[e0:e1].view(c, bb),
+                cfg.loss_fn,
+                cfg.neg_reduction,
+                self.dtype,
+            )
+            loss += g.loss
+            grad_l.index_add_(0, pos_l(flat_l), g.d_lhs.reshape(-1, d))
+            grad_r.index_add_(0, pos_r(flat_r), g.d_rhs.reshape(-1, d))
+            d_rel += g.d_rel
         return loss
 
     def _grad_buffer(
@@ -204,7 +234,7 @@ class KGETrainer:
         nothing in a checkpoint is executable (no pickle)."""
         ckdir = out_dir / CHECKPOINTS
         ckdir.mkdir(parents=True, exist_ok=True)
-        path = ckdir / f"epoch_{self.state.epoch:04d}.safetensors"
+        path = ckdir / f"epoch_{self.state.epoch:04d}{self.checkpoint_suffix}.safetensors"
         sd = self.state_dict()
         tensors = {f"relations.{k}": v for k, v in sd["relations"].items()}
         for t, tab in sd["tables"].items():
@@ -212,22 +242,23 @@ class KGETrainer:
         meta = {"state": json.dumps(sd["state"]), "config_fingerprint": sd["config_fingerprint"]}
         with atomic_path(path) as tmp:
             save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp), metadata=meta)
-        for old in ckdir.glob("epoch_*"):  # keep the latest only
+        for old in ckdir.glob(f"epoch_????{self.checkpoint_suffix}.safetensors"):  # latest only
             if old != path:
                 old.unlink()
         return path
 
     def resume(self, out_dir: Path) -> bool:
         ckdir = out_dir / CHECKPOINTS
-        for orphan in ckdir.glob(".epoch_*.tmp"):  # left by a run killed while writing
+        # Left by a run killed while writing (tmp names: atomic_path's ".<name>.<random>.tmp").
+        for orphan in ckdir.glob(f".epoch_????{self.checkpoint_suffix}.safetensors.*.tmp"):
             log.info("removing unfinished checkpoint %s", orphan)
-            orphan.unlink()
+            orphan.unlink(missing_ok=True)
         if sorted(ckdir.glob("epoch_*.pt")):
             raise ArtifactError(
                 f"{ckdir}: holds a checkpoint of an older ntulm (epoch_*.pt, pickle); "
                 "it is not loaded: delete it to start over"
             )
-        found = sorted(ckdir.glob("epoch_*.safetensors"))
+        found = sorted(ckdir.glob(f"epoch_????{self.checkpoint_suffix}.safetensors"))
         if not found:
             return False
         path = found[-1]
@@ -273,29 +304,52 @@ def train_kge(
     progress: bool = True,
     evaluate: bool = True,
     on_epoch_end: Callable[[int], None] | None = None,
-) -> tuple[NTUEmbeddings, dict]:
-    """Train on a graph artifact and write the KGE artifact; returns (embeddings, metrics)."""
+) -> tuple[NTUEmbeddings | None, dict]:
+    """Train on a graph artifact and write the KGE artifact; returns (embeddings, metrics).
+
+    Started by ``torchrun`` with several processes (``ntulm train-kge --nproc N``), the tables
+    are sharded row-wise over the ranks (``kge/sharded.py``); rank 0 writes the artifact and
+    gets the embeddings, the other ranks get None."""
     config = config or KGEConfig()
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / DONE).unlink(missing_ok=True)  # the directory is incomplete until this run finishes
+    sharded = distributed.launched()  # started by torchrun: tables sharded over the ranks
+    rank = distributed.init("gloo")[0] if sharded else 0
+    if rank == 0:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / DONE).unlink(missing_ok=True)  # incomplete until this run finishes
     if config.num_threads:
         torch.set_num_threads(config.num_threads)
     graph = load_graph(graph_dir, config)
     train, weight, test = split_edges(graph.edges, graph.weight, config.eval_fraction, config.seed)
     weight = loss_weights(weight, config.weights)
     config, schedule = config.for_edges(len(train))  # small graphs: kge/config.py's rule
-    trainer = KGETrainer(config, {t: len(k) for t, k in graph.keys.items()}, graph.relations)
+    num_nodes = {t: len(k) for t, k in graph.keys.items()}
+    if sharded:
+        from ntulm.kge.sharded import ShardedKGETrainer
+
+        torch.distributed.barrier()  # rank 0 has made the output directory
+        trainer: KGETrainer = ShardedKGETrainer(config, num_nodes, graph.relations)
+    else:
+        trainer = KGETrainer(config, num_nodes, graph.relations)
     if resume:
-        trainer.resume(out)
-    write_json(out / "config.json", config.model_dump(mode="json"))
+        found = trainer.resume(out)
+        if sharded:
+            epochs = [None] * torch.distributed.get_world_size()
+            torch.distributed.all_gather_object(epochs, trainer.state.epoch if found else -1)
+            if len(set(epochs)) > 1:
+                raise ArtifactError(
+                    f"{out / CHECKPOINTS}: the ranks' checkpoints are of different epochs "
+                    f"{epochs} (or missing); delete them to start over"
+                )
+    if rank == 0:
+        write_json(out / "config.json", config.model_dump(mode="json"))
     log.info("training on %d edges, %d held out, dtype %s", len(train), len(test), trainer.dtype)
     bar = tqdm(
         total=len(train) * config.num_epochs,
         initial=len(train) * trainer.state.epoch,
         unit="edge",
         unit_scale=True,
-        disable=not progress,
+        disable=not progress or rank != 0,
         desc="train-kge",
     )
     with bar:
@@ -309,7 +363,7 @@ def train_kge(
                 trainer.save_checkpoint(out)
             if on_epoch_end is not None:
                 on_epoch_end(trainer.state.epoch)
-    emb = trainer.embeddings(graph)
+    emb = trainer.embeddings(graph)  # sharded: assembled on rank 0, None elsewhere
     st = trainer.state
     metrics: dict = {
         "train": {
@@ -322,13 +376,19 @@ def train_kge(
             "compute_dtype": str(trainer.dtype).removeprefix("torch."),
             "threads": torch.get_num_threads(),
             **schedule,
+            "peak_rss_mb": distributed.peak_rss_mb(),  # this process (rank 0 when sharded)
         }
     }
-    if evaluate and len(test):
-        metrics.update(evaluate_embeddings(emb, graph, test, config))
-    emb.save(out)
-    write_json(out / "metrics.json", metrics)
-    mark_done(out, "kge", config.model_dump(mode="json"), graph=str(graph_dir))
+    if sharded:
+        metrics["distributed"] = trainer.shard_report()  # type: ignore[attr-defined]
+    if emb is not None:
+        if evaluate and len(test):
+            metrics.update(evaluate_embeddings(emb, graph, test, config))
+        emb.save(out)
+        write_json(out / "metrics.json", metrics)
+        mark_done(out, "kge", config.model_dump(mode="json"), graph=str(graph_dir))
+    if sharded:
+        torch.distributed.barrier()  # no rank returns before the artifact is finished
     return emb, metrics
 
 

@@ -35,6 +35,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from ntulm import distributed
 from ntulm.artifacts import atomic_path, is_done, mark_done, read_json, write_json
 from ntulm.errors import ConfigError
 from ntulm.lm.config import LMConfig, resolve_dtype
@@ -82,6 +83,9 @@ class FinetuneResult:
     overlap_eval: float = 0.0
     train_dtype: str = "float32"  # the resolved compute dtype of the fine-tuning steps
     social_posts: float = 0.0  # fraction of training posts with mined positives (social_weight)
+    train_loss: list[float] = field(default_factory=list)  # loss of each step's global batch
+    world_size: int = 1  # processes that trained it (data-parallel under torchrun)
+    peak_rss_mb: list[float] = field(default_factory=list)  # per process (rank order)
 
     @property
     def tokens_per_s(self) -> float:
@@ -115,13 +119,16 @@ def evaluate_bits(
     e_ntu: np.ndarray | None,
     batch_size: int = 64,
 ) -> float:
-    """Mean masked-token cross-entropy in bits (log2 perplexity) over fixed held-out masks."""
+    """Mean masked-token cross-entropy in bits (log2 perplexity) over fixed held-out masks.
+
+    Under torchrun each rank scores every W-th batch and the sums are all-reduced."""
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
     total, count = 0.0, 0
     lengths = np.array([len(m) for m, _ in masks])
-    for idx in length_grouped_batches(lengths, batch_size):
+    rank, world = _rank_world()
+    for idx in length_grouped_batches(lengths, batch_size)[rank::world]:
         ids, mask, e = _batch(
             model, [masks[i][0] for i in idx], e_ntu[idx] if e_ntu is not None else None, device
         )
@@ -133,7 +140,38 @@ def evaluate_bits(
         total += float(loss) * n
         count += n
     model.train(was_training)
+    if world > 1:
+        sums = torch.tensor([total, count], dtype=torch.float64, device=device)
+        torch.distributed.all_reduce(sums)
+        total, count = float(sums[0]), int(sums[1])
     return total / count / math.log(2) if count else math.nan
+
+
+def _rank_world() -> tuple[int, int]:
+    dist = torch.distributed
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+class _MLMStep(torch.nn.Module):
+    """``NTULM.mlm_loss`` as a ``forward``, so DistributedDataParallel can wrap it."""
+
+    def __init__(self, model: NTULM):
+        super().__init__()
+        self.model = model
+
+    def forward(self, ids, mask, labels, e):  # noqa: ANN001, ANN201
+        return self.model.mlm_loss(ids, mask, labels, e)[0]
+
+
+def _data_parallel(model: NTULM, device: torch.device) -> torch.nn.Module:
+    """DDP over the MLM step: gradients averaged over the ranks in backward. Parameters a step
+    leaves unused (BERT's pooler, an absent type's NTU vector) are allowed."""
+    from torch.nn.parallel import DistributedDataParallel
+
+    ids = [device.index] if device.type == "cuda" else None
+    return DistributedDataParallel(_MLMStep(model), device_ids=ids, find_unused_parameters=True)
 
 
 def _autocast(device: torch.device, dtype: str) -> contextlib.AbstractContextManager:
@@ -266,6 +304,17 @@ def finetune(
         if cfg.device == "auto"
         else cfg.device
     )
+    if distributed.launched():  # data-parallel: torchrun started one process per device
+        if cfg.social_weight > 0:
+            raise ConfigError(
+                "social_weight > 0 is not supported with several processes yet (its second "
+                "forward pass bypasses DistributedDataParallel); train it in one process"
+            )
+        if device.type == "cuda":
+            device = torch.device("cuda", distributed.local_rank())
+            torch.cuda.set_device(device)
+        distributed.init("nccl" if device.type == "cuda" else "gloo")
+    rank, world = _rank_world()
     dtype = resolve_dtype(cfg.train_dtype, device.type)
     log.info("fine-tuning on %s in %s (train_dtype=%s)", device, dtype, cfg.train_dtype)
     torch.manual_seed(cfg.seed)
@@ -303,6 +352,7 @@ def finetune(
         overlap_eval=float(overlap[ev].mean()),
         train_dtype=dtype,
         social_posts=float((pairs[:, 0] >= 0).mean()) if pairs is not None and len(tr) else 0.0,
+        world_size=world,
     )
     log.info(
         "%d training posts, %d held out; NTU overlap %.1f%% / %.1f%%",
@@ -337,7 +387,7 @@ def finetune(
     }
     ckpt = out / CHECKPOINT
     run_key = _run_key(cfg, dtype)
-    for orphan in out.glob(f".{CHECKPOINT}.*.tmp"):  # left by a run killed while saving
+    for orphan in out.glob(f".{CHECKPOINT}.*.tmp") if rank == 0 else ():  # a killed save's
         log.info("removing unfinished checkpoint %s", orphan)
         orphan.unlink(missing_ok=True)
     if resume and ckpt.exists():
@@ -360,6 +410,7 @@ def finetune(
             "initial_eval_bits",
             "train_tokens",
             "train_seconds",
+            "train_loss",
         ):
             setattr(res, k, state["result"][k])
         log.info("resuming from %s at step %d (epoch %d)", ckpt, state["step"], state["epoch"])
@@ -373,6 +424,8 @@ def finetune(
         log.info("held-out before fine-tuning: %.4f bits", res.initial_eval_bits)
 
     def save_checkpoint() -> None:
+        if rank != 0:  # the ranks hold the same weights and optimizer state: rank 0 writes
+            return
         state["result"] = res.to_json()
         payload = {
             "model": model.state_dict(),
@@ -385,9 +438,14 @@ def finetune(
             torch.save(payload, tmp)
 
     model.train()
+    step_module = _data_parallel(model, device) if world > 1 else None
     loss = torch.tensor(math.nan)
     bar = tqdm(
-        total=total, initial=state["step"], desc="fine-tune", disable=not cfg.progress, unit="step"
+        total=total,
+        initial=state["step"],
+        desc="fine-tune",
+        disable=not cfg.progress or rank != 0,
+        unit="step",
     )
     while not state["stopped"] and state["epoch"] < cfg.max_epochs and state["step"] < total:
         epoch = state["epoch"]
@@ -405,7 +463,14 @@ def finetune(
             masked, labels = mask_tokens(
                 ids.cpu(), mask.cpu(), model.tokenizer, cfg.mlm_probability, gen
             )
-            if (labels != -100).any():
+            if (labels != -100).any() and step_module is not None:
+                # The global batch is masked as one process masks it; each rank takes its rows.
+                loss = _data_parallel_step(step_module, masked, mask, labels, e, device, dtype)
+                torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+                opt.step()
+                opt.zero_grad(set_to_none=True)
+                res.train_loss.append(float(loss))
+            elif (labels != -100).any():
                 with _autocast(device, dtype):
                     loss, _ = model.mlm_loss(masked.to(device), mask, labels.to(device), e)
                     if pairs is not None:
@@ -417,6 +482,7 @@ def finetune(
                 torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
                 opt.step()
                 opt.zero_grad(set_to_none=True)
+                res.train_loss.append(float(loss.detach()))
             sched.step()
             state["batch"] += 1
             state["step"] += 1
@@ -438,7 +504,8 @@ def finetune(
         log.info("epoch %d: held-out %.4f bits (step %d)", epoch + 1, bits, state["step"])
         if bits < res.best_eval_bits - 1e-6:
             res.best_eval_bits, state["bad"] = bits, 0
-            model.save(out)
+            if rank == 0:
+                model.save(out)
         else:
             state["bad"] += 1
             if state["bad"] >= cfg.patience:
@@ -448,10 +515,57 @@ def finetune(
         save_checkpoint()
     bar.close()
 
-    write_json(out / RESULT, res.to_json())
-    mark_done(
-        out, STAGE, cfg.model_dump(mode="json"), best_eval_bits=res.best_eval_bits, steps=res.steps
-    )
-    ckpt.unlink(missing_ok=True)
-    shutil.rmtree(out / "tmp", ignore_errors=True)
+    res.peak_rss_mb = [distributed.peak_rss_mb()]
+    if world > 1:
+        res.peak_rss_mb = [0.0] * world
+        torch.distributed.all_gather_object(res.peak_rss_mb, distributed.peak_rss_mb())
+    if rank == 0:
+        write_json(out / RESULT, res.to_json())
+        mark_done(
+            out,
+            STAGE,
+            cfg.model_dump(mode="json"),
+            best_eval_bits=res.best_eval_bits,
+            steps=res.steps,
+        )
+        ckpt.unlink(missing_ok=True)
+        shutil.rmtree(out / "tmp", ignore_errors=True)
+    if world > 1:
+        torch.distributed.barrier()  # no rank returns before the artifact is finished
     return res
+
+
+def _data_parallel_step(
+    step_module: torch.nn.Module,
+    masked: torch.Tensor,  # (B, T) the global batch, masked
+    mask: torch.Tensor,  # (B, T)
+    labels: torch.Tensor,  # (B, T)
+    e: torch.Tensor | None,  # (B, D) or (B, K, D)
+    device: torch.device,
+    dtype: str,
+) -> torch.Tensor:
+    """Forward and backward of this rank's rows of the global batch; returns the global loss.
+
+    The loss is the mean over the global batch's masked tokens, as in one process: a rank's
+    mean over its ``n_r`` of the ``N`` targets is scaled by ``n_r·W / N`` before backward, so
+    DDP's average over the W ranks is the gradient of the global mean (an unscaled average of
+    the ranks' means would weight tokens unequally)."""
+    rank, world = _rank_world()
+    rows = torch.tensor_split(torch.arange(masked.shape[0]), world)[rank]
+    own = len(rows) > 0
+    rows = rows if own else torch.arange(1)  # a batch smaller than W: row 0 at weight 0
+    n_all = int((labels != -100).sum())
+    lab = labels[rows].to(device)
+    n_mine = int((lab != -100).sum()) if own else 0
+    inputs, attn = masked[rows].to(device), mask[rows]
+    e_mine = None if e is None else e[rows]
+    scale = n_mine * world / n_all
+    if not (lab != -100).any():  # no targets here: one dummy target (weight 0), so that the
+        lab[0, 0] = inputs[0, 0]  # rank still joins DDP's gradient all-reduce
+    with _autocast(device, dtype):
+        loss = step_module(inputs, attn, lab, e_mine)
+        scaled = loss * scale
+    scaled.backward()
+    total = (loss.detach().float() * n_mine).reshape(1)
+    torch.distributed.all_reduce(total)
+    return total[0] / n_all

