@@ -279,14 +279,20 @@ def test_finetune_save_load_identical_and_deterministic(backbone, ntu, tmp_path)
     ).exists()
     model = NTULM.load(tmp_path / "m")
     posts = _posts(10)
-    a = model.encode(posts, batch_size=4)
+    a = model.encode(posts, batch_size=4, concat_ntu=False)
     assert a.shape == (10, 32) and np.isfinite(a).all()
-    np.testing.assert_array_equal(a, model.encode(posts, batch_size=4))  # deterministic
+    np.testing.assert_array_equal(
+        a, model.encode(posts, batch_size=4, concat_ntu=False)
+    )  # deterministic
     again = NTULM.load(tmp_path / "m")
-    np.testing.assert_array_equal(a, again.encode(posts, batch_size=4))  # load is exact
+    np.testing.assert_array_equal(
+        a, again.encode(posts, batch_size=4, concat_ntu=False)
+    )  # load is exact
     # Saving the loaded model and loading it again gives identical embeddings.
     again.save(tmp_path / "copy")
-    np.testing.assert_array_equal(a, NTULM.load(tmp_path / "copy").encode(posts, batch_size=4))
+    np.testing.assert_array_equal(
+        a, NTULM.load(tmp_path / "copy").encode(posts, batch_size=4, concat_ntu=False)
+    )
 
 
 @pytest.mark.parametrize(
@@ -386,6 +392,24 @@ def test_no_ntu_baseline_and_post_concat(backbone, ntu, tmp_path):
     assert plain.shape == (5, 32) and concat.shape == (5, 40)
     np.testing.assert_array_equal(concat[:, :32], plain)
     np.testing.assert_allclose(concat[:, 32:], ntu_vectors(posts, ntu, ["author", "hashtag"])[0])
+
+
+def test_recommended_embedding_appends_e_ntu_by_default_for_ntulm(backbone, ntu, tmp_path):
+    """encode's default for an NTULM with one mean NTU vector is [mean pooling ; e_ntu] (the
+    recommended embedding); concat_ntu=False gives the paper's embedding; a no-NTU model is
+    unchanged."""
+    from ntulm.lm.encode import output_dim
+
+    finetune(_posts(), _cfg(backbone, max_steps=2), tmp_path / "ntulm", ntu=ntu)
+    model = NTULM.load(tmp_path / "ntulm")
+    posts = _posts(5)
+    default, paper = model.encode(posts), model.encode(posts, concat_ntu=False)
+    assert paper.shape == (5, 32) and default.shape == (5, 32 + ntu.dim)
+    assert output_dim(model) == 32 + ntu.dim and output_dim(model, concat_ntu=False) == 32
+    np.testing.assert_array_equal(default[:, :32], paper)
+    np.testing.assert_allclose(default[:, 32:], ntu_vectors(posts, ntu, ["author", "hashtag"])[0])
+    finetune(_posts(), _cfg(backbone, use_ntu=False, max_steps=2), tmp_path / "bert", ntu=ntu)
+    assert NTULM.load(tmp_path / "bert").encode(posts).shape == (5, 32)
 
 
 def test_config_errors_name_the_field():
@@ -546,7 +570,7 @@ def test_mean_plus_ntu_pooling_splits_the_paper_mean(backbone, ntu, tmp_path):
 
     model = _model(backbone, ntu)
     posts = _posts(7)
-    paper = encode(model, posts, batch_size=3)
+    paper = encode(model, posts, batch_size=3, concat_ntu=False)
     both = encode(model, posts, batch_size=3, pooling="mean+ntu")
     h = model.hidden_size
     assert both.shape == (7, 2 * h) == (7, output_dim(model, "mean+ntu"))

@@ -9,7 +9,7 @@ import yaml
 
 from ntulm.cli import main
 from ntulm.graph import build as graph_build
-from ntulm.pipeline import paper_variants
+from ntulm.pipeline import default_variants, paper_variants
 from ntulm.synthetic import write_corpus
 
 
@@ -169,7 +169,7 @@ def test_evaluate_saved_models_matches_run(tmp_path, backbone, capsys):
 
     # a pooling variant over an existing model: every stage reused, only its embeddings are new
     first = json.loads((run / "results.json").read_text())
-    cfg["variants"] = [v.model_dump(mode="json") for v in paper_variants()] + [
+    cfg["variants"] = [v.model_dump(mode="json") for v in default_variants()] + [
         {"name": "NTULM a+h mean+ntu", "model_of": "NTULM author+hashtag", "pooling": "mean+ntu"}
     ]
     (tmp_path / "cfg2.yaml").write_text(yaml.safe_dump(cfg))

@@ -137,7 +137,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--ntu", help="NTU embeddings directory (default: the copy saved with the model)"
     )
     e.add_argument(
-        "--concat-ntu", action="store_true", help="BERT-post-concat: append e_ntu to the embedding"
+        "--concat-ntu",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="append the post's e_ntu to the embedding (for a no-NTU model: BERT-post-concat); "
+        "default: on for an NTULM with one mean NTU vector (the recommended embedding, "
+        "benchmarks/results/fusion/), off otherwise",
     )
     e.add_argument("--batch-size", type=int, default=64)
     e.add_argument("--limit", type=int, default=0, help="stop after N posts (0: all)")

@@ -104,7 +104,7 @@ def encode(
     ntus: np.ndarray | None = None,
     batch_size: int = 64,
     show_progress_bar: bool = False,
-    concat_ntu: bool = False,
+    concat_ntu: bool | None = None,
     return_overlap: bool = False,
     dtype: str = "float32",
     pooling: str = "mean",
@@ -116,9 +116,14 @@ def encode(
     ``dtype="bfloat16"`` runs the encoder under bfloat16 autocast: about 3x faster than float32
     on CPUs with native bf16 (cosine to float32 above 0.999); ``"auto"`` picks bfloat16 there and
     float32 elsewhere. The output stays float32. ``pooling`` is ``"mean"`` (the paper),
-    ``"mean+ntu"`` or ``"gate"`` (see :func:`pool`).
+    ``"mean+ntu"`` or ``"gate"`` (see :func:`pool`). ``concat_ntu`` appends the post's e_ntu
+    (BERT-post-concat for a no-NTU model); by default (``None``) it is on with ``mean`` pooling
+    for models that inject one mean NTU vector and carry NTU embeddings, the recommended
+    embedding (:func:`recommended_concat`), and off otherwise.
     """
     check_pooling(model, pooling)
+    if concat_ntu is None:
+        concat_ntu = recommended_concat(model, pooling)
     assert model.cfg is not None and model.tokenizer is not None
     model.eval()
     device = next(model.parameters()).device
@@ -188,8 +193,20 @@ def check_pooling(model: NTULM, pooling: str) -> None:
         raise ConfigError("pooling: 'gate' needs a model fine-tuned with pooling_gate=true")
 
 
-def output_dim(model: NTULM, pooling: str = "mean", concat_ntu: bool = False) -> int:
+def recommended_concat(model: NTULM, pooling: str = "mean") -> bool:
+    """Whether the recommended embedding of ``model`` appends e_ntu: with the paper's ``mean``
+    pooling, for an NTULM that injects one mean NTU vector and carries its NTU embeddings. Chosen on validation splits over the fusion
+    designs (``benchmarks/results/fusion/``): the paper's mean pooling keeps the text's skill, the
+    appended raw vector keeps the NTU signal the pooled mean dilutes."""
+    return bool(
+        pooling == "mean" and model.use_ntu and model.typed is None and model.ntu is not None
+    )
+
+
+def output_dim(model: NTULM, pooling: str = "mean", concat_ntu: bool | None = None) -> int:
     """Width of :func:`encode`'s output for these options."""
+    if concat_ntu is None:
+        concat_ntu = recommended_concat(model, pooling)
     ntu = model.ntu.dim if concat_ntu and model.ntu is not None else 0
     return model.hidden_size * (2 if pooling == "mean+ntu" else 1) + ntu
 
@@ -212,7 +229,7 @@ def embed_to_parquet(
     *,
     batch_size: int = 64,
     chunk_posts: int = 16384,
-    concat_ntu: bool = False,
+    concat_ntu: bool | None = None,
     show_progress_bar: bool = False,
     limit: int = 0,
     dtype: str = "float32",
@@ -222,6 +239,8 @@ def embed_to_parquet(
     row group per chunk of ``chunk_posts``; written atomically. Returns the number of posts.
     Posts are sorted by length within each chunk (a larger chunk pads less)."""
     check_pooling(model, pooling)
+    if concat_ntu is None:
+        concat_ntu = recommended_concat(model, pooling)
     dim = output_dim(model, pooling, concat_ntu)
     schema = pa.schema(
         [("id", pa.string()), ("embedding", pa.list_(pa.float32(), dim)), ("overlap", pa.bool_())]

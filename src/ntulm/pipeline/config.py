@@ -110,6 +110,23 @@ def paper_variants() -> list[VariantSpec]:
     ]
 
 
+RECOMMENDED = "NTULM author+hashtag + e_ntu"
+
+
+def default_variants() -> list[VariantSpec]:
+    """The paper's columns and the recommended embedding: the NTULM author+hashtag model's mean
+    pooling with its raw e_ntu appended (chosen on validation splits over the fusion designs,
+    ``benchmarks/results/fusion/``; what :func:`ntulm.lm.encode.encode` gives by default)."""
+    return [
+        *paper_variants(),
+        VariantSpec(
+            name=RECOMMENDED,
+            post_concat_of="NTULM author+hashtag",
+            ntu_types=["author", "hashtag"],
+        ),
+    ]
+
+
 class PipelineConfig(StageConfig):
     """graph -> NTU embeddings -> fine-tuning (variants) -> post embeddings -> evaluation."""
 
@@ -127,7 +144,9 @@ class PipelineConfig(StageConfig):
     )
     eval: EvalConfig = Field(default_factory=EvalConfig, description="downstream MLP and tasks")
     variants: list[VariantSpec] = Field(
-        default_factory=paper_variants, description="models compared"
+        default_factory=default_variants,
+        description="models compared (default: the paper's five columns and the recommended "
+        f"'{RECOMMENDED}')",
     )
     baseline: str = Field("BERT", description="variant the % changes are measured against")
     seeds: list[int] = Field(

@@ -371,8 +371,8 @@ class Pipeline:
         if ntus is not None:
             kw = {"batch_size": self.cfg.eval.embed_batch_size, "dtype": self.cfg.eval.embed_dtype}
             if not posts:
-                return np.zeros((0, output_dim(model, pooling)), np.float32)
-            return encode(model, posts, ntus=ntus, pooling=pooling, **kw)
+                return np.zeros((0, output_dim(model, pooling, False)), np.float32)
+            return encode(model, posts, ntus=ntus, pooling=pooling, concat_ntu=False, **kw)
         memo = self._memo.setdefault(f"{model_fp}:{pooling}", {})
         keys = [(q.id, q.text, tuple(q.hashtags)) for q in posts]
         todo = list({k: q for k, q in zip(keys, posts, strict=True) if k not in memo}.items())
@@ -383,10 +383,11 @@ class Pipeline:
                 batch_size=self.cfg.eval.embed_batch_size,
                 dtype=self.cfg.eval.embed_dtype,
                 pooling=pooling,
+                concat_ntu=False,  # a variant appends e_ntu itself (post_concat_of)
             )
             memo.update((k, row) for (k, _), row in zip(todo, x, strict=True))
         if not keys:
-            return np.zeros((0, output_dim(model, pooling)), np.float32)
+            return np.zeros((0, output_dim(model, pooling, False)), np.float32)
         return np.stack([memo[k] for k in keys]).astype(np.float32)
 
 
