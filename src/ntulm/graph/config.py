@@ -92,7 +92,7 @@ class GraphConfig(StageConfig):
         description="Spark master URL for engine=spark: local[2], spark://host:7077, yarn, "
         "k8s://...; default: the one spark-submit gives, else local[*]",
     )
-    spark_conf: dict[str, str] = Field(
+    spark_conf: dict[str, str | int | float | bool] = Field(
         default_factory=dict,
         description="extra Spark settings for engine=spark, e.g. "
         "'spark_conf={spark.driver.memory: 8g, spark.sql.shuffle.partitions: 400}'",

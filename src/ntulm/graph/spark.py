@@ -90,7 +90,7 @@ def spark_session(config: GraphConfig, progress: bool = True) -> tuple[SparkSess
         os.environ["PYSPARK_PYTHON"] = sys.executable
     builder = builder.config("spark.ui.showConsoleProgress", str(progress).lower())
     for key, value in config.spark_conf.items():
-        builder = builder.config(key, value)
+        builder = builder.config(key, str(value).lower() if isinstance(value, bool) else str(value))
     try:
         return builder.getOrCreate(), True
     except Exception as exc:  # no Java, a bad master URL: one line, not a JVM trace
