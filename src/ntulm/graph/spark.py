@@ -218,15 +218,32 @@ def _write_artifact(spark: SparkSession, query: str, work: Path, out_file: Path)
     streams them in part order (the global order) into ``out_file``."""
     parts_dir = work / f"out-{out_file.stem}"
     spark.sql(query).write.parquet(str(parts_dir))
-    schema = ARTIFACT_SCHEMAS[out_file.name]
+    parts = sorted(parts_dir.glob("part-*.parquet"))
+    schema = _required_where_no_nulls(ARTIFACT_SCHEMAS[out_file.name], parts)
     with (
         atomic_path(out_file) as tmp,
         pq.ParquetWriter(tmp, schema, compression="zstd") as writer,
     ):
-        for part in sorted(parts_dir.glob("part-*.parquet")):
+        for part in parts:
             pf = pq.ParquetFile(part)
             for i in range(pf.num_row_groups):
                 writer.write_table(pf.read_row_group(i).select(schema.names).cast(schema))
+
+
+def _required_where_no_nulls(schema: pa.Schema, parts: list[Path]) -> pa.Schema:
+    """DuckDB writes a column as required (not null) when it holds no null; so do we, from the
+    null counts in the parts' metadata (a column without statistics stays nullable)."""
+    nulls = dict.fromkeys(schema.names, 0)
+    for part in parts:
+        meta = pq.ParquetFile(part).metadata
+        for g in range(meta.num_row_groups):
+            for c in range(meta.num_columns):
+                col = meta.row_group(g).column(c)
+                stats = col.statistics
+                known = stats is not None and stats.has_null_count
+                if col.path_in_schema in nulls:
+                    nulls[col.path_in_schema] += stats.null_count if known else 1
+    return pa.schema([f.with_nullable(nulls[f.name] > 0) for f in schema])
 
 
 def build_tables(
