@@ -55,13 +55,14 @@ def graph(posts: list[str], tmp: Path) -> tuple[dict, bool]:
             [*ntulm, "--out", str(tmp / "spark"), "--engine", "spark", "--master", "local[2]"]
         ),
     }
-    equal = all(
-        pq.read_table(tmp / "duck" / f).equals(pq.read_table(tmp / "spark" / f))
+    res["files_equal"] = {
+        f: pq.read_table(tmp / "duck" / f).equals(pq.read_table(tmp / "spark" / f))
         for f in ("edges.parquet", "nodes_user.parquet", "nodes_hashtag.parquet")
-    )
+    }
     stats = [json.loads((tmp / d / "stats.json").read_text()) for d in ("duck", "spark")]
     same = [{k: v for k, v in s.items() if k not in RUN_KEYS} for s in stats]
-    equal = equal and same[0] == same[1]
+    res["stats_differ_in"] = sorted(k for k in same[0] if same[0][k] != same[1].get(k))
+    equal = all(res["files_equal"].values()) and same[0] == same[1]
     res["edges"], res["nodes"] = stats[0]["edges"], stats[0]["nodes"]
     res["posts"] = stats[0]["posts"]["accepted"]
     res["spark_over_duckdb_wall"] = round(

@@ -134,7 +134,9 @@ def read_posts_table(
     quarantine: Path | None,
 ) -> ReadReport:
     """Read the input files in Spark tasks (one per file) into the Parquet posts table ``table``."""
-    files = [str(p.resolve()) for p in expand_paths(posts)]
+    # paths as given, so that reports and quarantine name files as the DuckDB path does; on a
+    # cluster give absolute paths on a shared filesystem
+    files = [str(p) for p in expand_paths(posts)]
     reader = PostReader(
         format=config.format,
         strict=config.strict,
