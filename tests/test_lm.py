@@ -591,3 +591,32 @@ def test_mean_plus_ntu_pooling_splits_the_paper_mean(backbone, ntu, tmp_path):
     finetune(_posts(), _cfg(backbone, use_ntu=False), tmp_path / "bert", ntu=ntu)
     with pytest.raises(ConfigError, match="needs a model with the NTU token"):
         encode(NTULM.load(tmp_path / "bert"), posts, pooling="mean+ntu")
+
+
+def test_cli_embed_shards_union_equals_single_process(backbone, ntu, tmp_path, capsys):
+    from ntulm.errors import ArtifactError
+    from ntulm.lm.shards import read_embeddings
+
+    posts = _write_posts(tmp_path / "posts.jsonl", n=30)
+    _model(backbone, ntu).save(tmp_path / "m")
+    base = ["-q", "embed", "--model", str(tmp_path / "m"), "--posts", str(posts)]
+    assert main([*base, "--out", str(tmp_path / "one.parquet")]) == 0
+    one = pq.read_table(tmp_path / "one.parquet").sort_by("id")
+    assert main([*base, "--out", str(tmp_path / "two"), "--nproc", "2"]) == 0  # 2 processes
+    for i in (0, 1):  # three shards run one by one, as a scheduler would; the last one missing
+        assert main([*base, "--out", str(tmp_path / "three"), "--shard", f"{i}/3"]) == 0
+    with pytest.raises(ArtifactError, match="part-00002-of-00003"):
+        read_embeddings(tmp_path / "three")
+    assert main([*base, "--out", str(tmp_path / "three"), "--shard", "2/3"]) == 0
+    for name, n in (("two", 2), ("three", 3)):
+        parts = sorted((tmp_path / name).glob("part-*.parquet"))
+        ids = [pq.read_table(p)["id"].to_pylist() for p in parts]
+        assert len(parts) == n and all(ids) and sum(map(len, ids)) == len(set().union(*ids)) == 30
+        got = read_embeddings(tmp_path / name).sort_by("id")
+        assert got["id"].equals(one["id"]) and got["overlap"].equals(one["overlap"])
+        np.testing.assert_allclose(  # batches pad differently per shard: float rounding only
+            np.asarray(got["embedding"].to_pylist()),
+            np.asarray(one["embedding"].to_pylist()),
+            atol=1e-5,
+        )
+    assert "30 post embeddings in 2 shard(s)" in capsys.readouterr().out

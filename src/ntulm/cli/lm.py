@@ -80,7 +80,38 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     return 0
 
 
+def _embed_sharded(args: argparse.Namespace) -> int:
+    from ntulm.lm.shards import embed_shard, embed_sharded, parse_shard
+
+    reader = {"format": args.format or "auto", "strict": args.strict}
+    options = {
+        "batch_size": args.batch_size,
+        "concat_ntu": args.concat_ntu,
+        "show_progress_bar": not args.quiet,
+        "dtype": args.dtype,
+        "pooling": args.pooling,
+    }
+    if not Path(args.model).is_dir():
+        raise ArtifactError(f"--model {args.model}: no such directory")
+    if args.ntu is not None and not Path(args.ntu).is_dir():
+        raise ArtifactError(f"--ntu {args.ntu}: no such directory")
+    common = {"reader": reader, "limit": args.limit, **options}
+    if args.shard:
+        index, count = parse_shard(args.shard)
+        done = [embed_shard(args.model, args.ntu, args.posts, args.out, index, count, **common)]
+    else:
+        if args.nproc < 1:
+            raise ConfigError(f"--nproc {args.nproc}: needs at least 1")
+        done = embed_sharded(args.model, args.ntu, args.posts, args.out, args.nproc, **common)
+    n = sum(d["posts"] for d in done)
+    print(f"{n:,} post embeddings in {len(done)} shard(s) -> {args.out}/")
+    print(json.dumps({"posts": done[0]["read"], "rejected": done[0]["rejected"]}))
+    return 0
+
+
 def cmd_embed(args: argparse.Namespace) -> int:
+    if args.shard or args.nproc:
+        return _embed_sharded(args)
     from ntulm.lm.encode import embed_to_parquet
     from ntulm.lm.model import NTULM
 
@@ -132,7 +163,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     add_posts_args(e)
     e.add_argument("--model", required=True, help="model directory from finetune")
-    e.add_argument("--out", required=True, help="output .parquet file")
+    e.add_argument(
+        "--out",
+        required=True,
+        help="output .parquet file; with --shard/--nproc a directory of part-<i>-of-<N>.parquet",
+    )
     e.add_argument(
         "--ntu", help="NTU embeddings directory (default: the copy saved with the model)"
     )
@@ -160,5 +195,19 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="mean: the paper's mean over word pieces and the NTU token; mean+ntu: [word-piece "
         "mean ; NTU token state], 2x wide, keeps the NTU signal undiluted (NTULM models only); "
         "gate: the learned gate of a model fine-tuned with pooling_gate",
+    )
+    shard = e.add_mutually_exclusive_group()
+    shard.add_argument(
+        "--shard",
+        metavar="i/N",
+        help="embed only shard i of N (every N-th post from the i-th) into --out DIR; run the N "
+        "shards anywhere (SLURM array, Kubernetes indexed job); their union is the whole output",
+    )
+    shard.add_argument(
+        "--nproc",
+        type=int,
+        default=0,
+        metavar="N",
+        help="run all N shards in N processes on this machine, the cores split between them",
     )
     e.set_defaults(func=cmd_embed)

@@ -30,46 +30,21 @@ from typing import Any
 import duckdb
 
 from ntulm.artifacts import atomic_path, mark_done, write_json, write_text
-from ntulm.errors import ArtifactError
+from ntulm.errors import ArtifactError, ConfigError
 from ntulm.graph.config import GraphConfig
+from ntulm.graph.sql import (
+    HASHTAG_VOCAB_SQL,
+    OUTPUTS,
+    USER_VOCAB_SQL,
+    edges_sql,
+    graph_steps,
+    stats_from_rows,
+    stats_sql,
+)
 from ntulm.posts.readers import PostReader, ReadReport
 from ntulm.posts.table import write_posts_table
 
 log = logging.getLogger(__name__)
-
-# (relation, SQL yielding post_id, u (user struct), h (hashtag)); `p` is the posts table.
-_ENGAGEMENT_SQL = {
-    "authored": [
-        "SELECT id AS post_id, author AS u, unnest(hashtags) AS h FROM p WHERE NOT is_retweet AND author IS NOT NULL",
-        "SELECT coalesce(retweet_of_id, id || ':original') AS post_id, retweet_of_author AS u, unnest(hashtags) AS h "
-        "FROM p WHERE is_retweet AND retweet_of_author IS NOT NULL",
-    ],
-    "favorited": [
-        "SELECT post_id, u, unnest(hashtags) AS h FROM (SELECT id AS post_id, unnest(favorited_by) AS u, hashtags FROM p)"
-    ],
-    "co_mentioned": [
-        "SELECT post_id, u, unnest(hashtags) AS h FROM (SELECT id AS post_id, unnest(mentions) AS u, hashtags FROM p)"
-    ],
-    "retweeted": [
-        "SELECT post_id, u, unnest(hashtags) AS h FROM (SELECT id AS post_id, unnest(retweeted_by) AS u, hashtags FROM p)",
-        "SELECT id AS post_id, author AS u, unnest(hashtags) AS h FROM p WHERE is_retweet AND author IS NOT NULL",
-    ],
-    "replied": [
-        "SELECT post_id, u, unnest(hashtags) AS h FROM (SELECT id AS post_id, unnest(replied_by) AS u, hashtags FROM p)",
-        "SELECT c.id AS post_id, c.author AS u, unnest(par.hashtags) AS h FROM p c "
-        "JOIN (SELECT DISTINCT ON (id) id, hashtags FROM p) par ON par.id = c.reply_to_id WHERE c.author IS NOT NULL",
-    ],
-}
-
-_USER_REFS = [
-    "SELECT author AS u FROM p",
-    "SELECT retweet_of_author AS u FROM p",
-    "SELECT reply_to_user AS u FROM p",
-    "SELECT unnest(mentions) AS u FROM p",
-    "SELECT unnest(favorited_by) AS u FROM p",
-    "SELECT unnest(retweeted_by) AS u FROM p",
-    "SELECT unnest(replied_by) AS u FROM p",
-]
 
 
 def connect(config: GraphConfig, spill_dir: Path) -> duckdb.DuckDBPyConnection:
@@ -96,13 +71,25 @@ def build_graph(
     (out / "DONE.json").unlink(missing_ok=True)  # unfinished until the tables are written
     t0 = time.perf_counter()
     work = Path(tempfile.mkdtemp(prefix=".work-", dir=out))
+    spark = None
     try:
-        report = read_posts_table(posts, config, work / "posts", out / "rejected.jsonl", progress)
+        if config.engine == "spark":  # the readers run inside Spark tasks, one per file
+            from ntulm.graph import spark as engine
+
+            spark, owned = engine.spark_session(config, progress)
+            quarantine = out / "rejected.jsonl"
+            report = engine.read_posts_table(spark, list(posts), config, work / "posts", quarantine)
+        else:
+            report = read_posts_table(
+                posts, config, work / "posts", out / "rejected.jsonl", progress
+            )
         t_read = time.perf_counter() - t0
         return build_graph_from_table(
             work / "posts", out, config, posts_report=report.to_json(), read_seconds=t_read, t0=t0
         )
     finally:
+        if spark is not None and owned:
+            spark.stop()
         shutil.rmtree(work, ignore_errors=True)
 
 
@@ -129,27 +116,13 @@ def build_graph_from_table(
     write_text(out / "config.json", config.to_json() + "\n")
     work = Path(tempfile.mkdtemp(prefix=".spill-", dir=out))
     try:
-        con = connect(config, work)
-        excluded = _exclude(con, config)
-        excluded_pairs = _exclude_edges(con, config)
-        where = f"WHERE {posts_filter}" if posts_filter else ""
-        con.execute(
-            f"CREATE VIEW p AS SELECT * FROM read_parquet('{table}/*.parquet') ANTI JOIN excluded USING (id) {where}"
-        )
-        stats = _build_tables(con, config, out)
-        if posts_filter:
-            stats["posts_filtered_out"] = con.execute(
-                f"SELECT count(*) FROM read_parquet('{table}/*.parquet') "
-                f"WHERE NOT coalesce({posts_filter}, false)"
-            ).fetchone()[0]
-        stats["posts_excluded"] = con.execute(
-            f"SELECT count(*) FROM read_parquet('{table}/*.parquet') SEMI JOIN excluded USING (id)"
-        ).fetchone()[0]
-        stats["exclude_list_ids"] = excluded
-        stats["exclude_edge_pairs"] = excluded_pairs
-        con.close()
+        if config.engine == "spark":
+            stats = _spark_tables(table, config, out, work, posts_filter)
+        else:
+            stats = _duckdb_tables(table, config, out, work, posts_filter)
     finally:
         shutil.rmtree(work, ignore_errors=True)
+    stats["engine"] = config.engine
     stats["posts"] = posts_report or {}
     stats["seconds"] = {"read": round(read_seconds, 2), "total": round(time.perf_counter() - t0, 2)}
     stats["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
@@ -160,6 +133,46 @@ def build_graph_from_table(
     )
     mark_done(out, "graph", config.model_dump(mode="json"))
     return stats
+
+
+def _duckdb_tables(
+    table: Path, config: GraphConfig, out: Path, work: Path, posts_filter: str | None
+) -> dict[str, Any]:
+    con = connect(config, work)
+    excluded = _exclude(con, config)
+    excluded_pairs = _exclude_edges(con, config)
+    where = f"WHERE {posts_filter}" if posts_filter else ""
+    con.execute(
+        f"CREATE VIEW p AS SELECT * FROM read_parquet('{table}/*.parquet') ANTI JOIN excluded USING (id) {where}"
+    )
+    stats = _build_tables(con, config, out)
+    if posts_filter:
+        stats["posts_filtered_out"] = con.execute(
+            f"SELECT count(*) FROM read_parquet('{table}/*.parquet') "
+            f"WHERE NOT coalesce({posts_filter}, false)"
+        ).fetchone()[0]
+    stats["posts_excluded"] = con.execute(
+        f"SELECT count(*) FROM read_parquet('{table}/*.parquet') SEMI JOIN excluded USING (id)"
+    ).fetchone()[0]
+    stats["exclude_list_ids"] = excluded
+    stats["exclude_edge_pairs"] = excluded_pairs
+    con.close()
+    return stats
+
+
+def _spark_tables(
+    table: Path, config: GraphConfig, out: Path, work: Path, posts_filter: str | None
+) -> dict[str, Any]:
+    if posts_filter:
+        raise ConfigError("the temporal cutoff (posts_filter) runs with engine=duckdb only")
+    from ntulm.graph import spark as engine
+
+    spark, owned = engine.spark_session(config)
+    try:
+        return engine.build_tables(spark, table, config, out, work)
+    finally:
+        if owned:
+            spark.stop()
 
 
 def read_posts_table(
@@ -189,19 +202,16 @@ def read_posts_table(
     )
 
 
-def _exclude(con: duckdb.DuckDBPyConnection, config: GraphConfig) -> int:
-    """Table ``excluded(id)`` from ``config.exclude_posts``; returns how many ids it lists."""
-    con.execute("CREATE TABLE excluded (id VARCHAR PRIMARY KEY)")
+def excluded_posts(config: GraphConfig) -> list[str]:
+    """The sorted post ids of ``config.exclude_posts`` (none without one)."""
     if config.exclude_posts is None:
-        return 0
+        return []
     path = Path(config.exclude_posts)
     if not path.is_file():
         raise ArtifactError(f"{path}: exclude_posts file not found")
-    ids = sorted(
+    return sorted(
         {line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()}
     )
-    con.execute("INSERT INTO excluded SELECT unnest($1)", [ids])
-    return len(ids)
 
 
 def edge_exclusion_lines(pairs: Sequence[tuple[str | None, str | None, str]]) -> str:
@@ -211,11 +221,11 @@ def edge_exclusion_lines(pairs: Sequence[tuple[str | None, str | None, str]]) ->
     )
 
 
-def _exclude_edges(con: duckdb.DuckDBPyConnection, config: GraphConfig) -> int:
-    """Table ``excluded_edges(uid, handle, hashtag)`` from ``config.exclude_edges``; how many."""
-    con.execute("CREATE TABLE excluded_edges (uid VARCHAR, handle VARCHAR, hashtag VARCHAR)")
+def excluded_edges(config: GraphConfig) -> list[tuple[str | None, str | None, str]]:
+    """``(user id, handle, hashtag)`` rows of ``config.exclude_edges``; a bad line is an error
+    naming the file and line."""
     if config.exclude_edges is None:
-        return 0
+        return []
     path = Path(config.exclude_edges)
     if not path.is_file():
         raise ArtifactError(f"{path}: exclude_edges file not found")
@@ -232,127 +242,40 @@ def _exclude_edges(con: duckdb.DuckDBPyConnection, config: GraphConfig) -> int:
         except (ValueError, KeyError, TypeError, AttributeError) as exc:
             raise ArtifactError(f"{path}: line {n}: bad excluded edge: {exc}") from None
         rows.append((uid, handle.lstrip("@").lower() if handle else None, tag))
+    return rows
+
+
+def _exclude(con: duckdb.DuckDBPyConnection, config: GraphConfig) -> int:
+    """Table ``excluded(id)`` from ``config.exclude_posts``; returns how many ids it lists."""
+    con.execute("CREATE TABLE excluded (id VARCHAR PRIMARY KEY)")
+    ids = excluded_posts(config)
+    if ids:
+        con.execute("INSERT INTO excluded SELECT unnest($1)", [ids])
+    return len(ids)
+
+
+def _exclude_edges(con: duckdb.DuckDBPyConnection, config: GraphConfig) -> int:
+    """Table ``excluded_edges(id, handle, hashtag)`` from ``config.exclude_edges``; how many."""
+    con.execute("CREATE TABLE excluded_edges (id VARCHAR, handle VARCHAR, hashtag VARCHAR)")
+    rows = excluded_edges(config)
     if rows:
         con.executemany("INSERT INTO excluded_edges VALUES (?, ?, ?)", rows)
     return len(rows)
 
 
 def _build_tables(con: duckdb.DuckDBPyConnection, config: GraphConfig, out: Path) -> dict[str, Any]:
-    # Handle -> id, where some record gives both (the most frequent pairing wins).
-    refs = " UNION ALL ".join(_USER_REFS)
+    for name, query in graph_steps(config, "duckdb"):
+        con.execute(f"CREATE TABLE {name} AS {query}")
     con.execute(
-        f"""CREATE TABLE alias AS
-        SELECT u.handle AS handle, arg_max(u.id, n) AS id FROM (
-            SELECT u, count(*) AS n FROM ({refs}) WHERE u.id IS NOT NULL AND u.handle IS NOT NULL GROUP BY u
-        ) GROUP BY u.handle"""
+        "CREATE TABLE user_nodes AS SELECT (row_number() OVER (ORDER BY key) - 1)::BIGINT AS node_id, "
+        f"* FROM ({USER_VOCAB_SQL})"
     )
     con.execute(
-        f"""CREATE TABLE id_handle AS
-        SELECT u.id AS id, arg_max(u.handle, n) AS handle FROM (
-            SELECT u, count(*) AS n FROM ({refs}) WHERE u.id IS NOT NULL AND u.handle IS NOT NULL GROUP BY u
-        ) GROUP BY u.id"""
+        "CREATE TABLE hashtag_nodes AS SELECT (row_number() OVER (ORDER BY key) - 1)::BIGINT AS node_id, "
+        f"* FROM ({HASHTAG_VOCAB_SQL})"
     )
-    parts = [
-        f"SELECT post_id, u, '{rel}' AS rel, h FROM ({sql})"
-        for rel in config.relations
-        for sql in _ENGAGEMENT_SQL[rel]
-    ]
-    con.execute(
-        f"""CREATE TABLE engagement AS
-        SELECT DISTINCT e.post_id, CASE WHEN e.u.id IS NOT NULL THEN 'id:' || e.u.id
-                                        WHEN a.id IS NOT NULL THEN 'id:' || a.id
-                                        ELSE '@' || e.u.handle END AS user_key, e.rel, e.h AS hashtag
-        FROM ({" UNION ALL ".join(parts)}) e LEFT JOIN alias a ON a.handle = e.u.handle
-        WHERE e.h IS NOT NULL AND e.h <> '' AND (e.u.id IS NOT NULL OR e.u.handle IS NOT NULL)"""
-    )
-    # Strict exclusion: (user, hashtag) pairs give no edge, whatever the relation or post. The
-    # users are resolved to one identity exactly as the engagement rows are.
-    removed = con.execute(
-        """DELETE FROM engagement WHERE EXISTS (
-            SELECT 1 FROM (
-                SELECT CASE WHEN x.uid IS NOT NULL THEN 'id:' || x.uid
-                            WHEN a.id IS NOT NULL THEN 'id:' || a.id
-                            ELSE '@' || x.handle END AS user_key, x.hashtag
-                FROM excluded_edges x LEFT JOIN alias a ON a.handle = x.handle) x
-            WHERE x.user_key = engagement.user_key AND x.hashtag = engagement.hashtag)"""
-    ).fetchone()[0]
-    before = con.execute(
-        "SELECT count(DISTINCT user_key), count(DISTINCT hashtag), count(*) FROM engagement"
-    ).fetchone()
-    max_tags = config.max_user_hashtags if config.max_user_hashtags is not None else 2**62
-    con.execute(
-        f"""CREATE TABLE kept AS
-        WITH tags AS (SELECT hashtag FROM engagement GROUP BY hashtag
-                      HAVING count(DISTINCT post_id) >= {config.min_hashtag_posts}),
-             e AS (SELECT * FROM engagement SEMI JOIN tags USING (hashtag)),
-             users AS (SELECT user_key FROM e GROUP BY user_key
-                       HAVING count(DISTINCT hashtag) BETWEEN {config.min_user_hashtags} AND {max_tags})
-        SELECT * FROM e SEMI JOIN users USING (user_key)"""
-    )
-    con.execute(
-        """CREATE TABLE user_nodes AS
-        SELECT (row_number() OVER (ORDER BY user_key) - 1)::BIGINT AS node_id, user_key AS key,
-               CASE WHEN starts_with(user_key, 'id:') THEN user_key[4:] END AS user_id,
-               CASE WHEN starts_with(user_key, '@') THEN user_key[2:] ELSE ih.handle END AS handle,
-               n AS posts
-        FROM (SELECT user_key, count(DISTINCT post_id) AS n FROM kept GROUP BY user_key) k
-        LEFT JOIN id_handle ih ON 'id:' || ih.id = k.user_key"""
-    )
-    con.execute(
-        """CREATE TABLE hashtag_nodes AS
-        SELECT (row_number() OVER (ORDER BY hashtag) - 1)::BIGINT AS node_id, hashtag AS key, n AS posts
-        FROM (SELECT hashtag, count(DISTINCT post_id) AS n FROM kept GROUP BY hashtag)"""
-    )
-    weight = "count(*)" if config.weighting == "count" else "1"
-    con.execute(
-        f"""CREATE TABLE edges AS
-        SELECT un.node_id AS lhs, k.rel AS rel, hn.node_id AS rhs, ({weight})::FLOAT AS weight
-        FROM kept k JOIN user_nodes un ON un.key = k.user_key JOIN hashtag_nodes hn ON hn.key = k.hashtag
-        GROUP BY un.node_id, k.rel, hn.node_id"""
-    )
-    for name, query in {
-        "edges.parquet": "SELECT * FROM edges ORDER BY rel, lhs, rhs",
-        "nodes_user.parquet": "SELECT * FROM user_nodes ORDER BY node_id",
-        "nodes_hashtag.parquet": "SELECT * FROM hashtag_nodes ORDER BY node_id",
-    }.items():
+    con.execute(f"CREATE TABLE edges AS {edges_sql(config)}")
+    for name, query in OUTPUTS.items():
         with atomic_path(out / name) as tmp:
             con.execute(f"COPY ({query}) TO '{tmp}' (FORMAT parquet, COMPRESSION zstd)")
-    return {**_stats(con, before), "engagements_excluded_by_edge": removed}
-
-
-def _summary(con: duckdb.DuckDBPyConnection, query: str) -> dict[str, float]:
-    row = con.execute(
-        f"""SELECT min(d), quantile_cont(d, 0.5), avg(d), quantile_cont(d, 0.9), quantile_cont(d, 0.99), max(d)
-        FROM ({query})"""
-    ).fetchone()
-    keys = ("min", "median", "mean", "p90", "p99", "max")
-    return {
-        k: (round(float(v), 2) if v is not None else 0.0) for k, v in zip(keys, row, strict=True)
-    }
-
-
-def _stats(con: duckdb.DuckDBPyConnection, before: tuple) -> dict[str, Any]:
-    per_rel = con.execute(
-        "SELECT rel, count(*), sum(weight) FROM edges GROUP BY rel ORDER BY rel"
-    ).fetchall()
-    n_users = con.execute("SELECT count(*) FROM user_nodes").fetchone()[0]
-    n_tags = con.execute("SELECT count(*) FROM hashtag_nodes").fetchone()[0]
-    unresolved = con.execute("SELECT count(*) FROM user_nodes WHERE user_id IS NULL").fetchone()[0]
-    posts_with_edges = con.execute("SELECT count(DISTINCT post_id) FROM kept").fetchone()[0]
-    return {
-        "nodes": {"user": n_users, "hashtag": n_tags},
-        "users_by_handle_only": unresolved,
-        "edges": sum(r[1] for r in per_rel),
-        "edges_per_relation": {r[0]: r[1] for r in per_rel},
-        "weight_per_relation": {r[0]: float(r[2]) for r in per_rel},
-        "posts_with_edges": posts_with_edges,
-        "before_filters": {"users": before[0], "hashtags": before[1], "engagements": before[2]},
-        "degree": {
-            "user_unique_hashtags": _summary(
-                con, "SELECT count(DISTINCT rhs) AS d FROM edges GROUP BY lhs"
-            ),
-            "hashtag_unique_users": _summary(
-                con, "SELECT count(DISTINCT lhs) AS d FROM edges GROUP BY rhs"
-            ),
-        },
-    }
+    return stats_from_rows({k: con.execute(q).fetchall() for k, q in stats_sql("duckdb").items()})

@@ -118,6 +118,23 @@ class GraphConfig(StageConfig):
         "records they cannot decide; python: the reference readers only (same table, slower)",
     )
 
+    engine: Literal["duckdb", "spark"] = Field(
+        default="duckdb",
+        description="where the relational steps run: duckdb (one process, out of core) or spark "
+        "(PySpark, local or a cluster; pip install 'ntulm[spark]' and a Java 17+ runtime); the "
+        "artifact is the same",
+    )
+    spark_master: str | None = Field(
+        default=None,
+        description="Spark master URL for engine=spark: local[2], spark://host:7077, yarn, "
+        "k8s://...; default: the one spark-submit gives, else local[*]",
+    )
+    spark_conf: dict[str, str | int | float | bool] = Field(
+        default_factory=dict,
+        description="extra Spark settings for engine=spark, e.g. "
+        "'spark_conf={spark.driver.memory: 8g, spark.sql.shuffle.partitions: 400}'",
+    )
+
     @field_validator("relations")
     @classmethod
     def _relations(cls, v: list[str]) -> list[str]:
