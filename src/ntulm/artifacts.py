@@ -145,10 +145,9 @@ def done_info(out_dir: str | Path, stage: str | None = None) -> dict[str, Any] |
 
 
 def _legacy_complete(out: Path, stage: str | None) -> bool:
-    # Before DONE.json carried the run fingerprint, ``ntulm run`` marked two kinds of directory
-    # with PIPELINE.json alone: the posts table (written whole before the marker) and the
-    # embedding caches (each file written atomically, with its fingerprint inside).
-    return stage in ("posts", "embeddings")
+    # Before DONE.json carried the run fingerprint, ``ntulm run`` marked the posts table (which
+    # no stage command makes) with PIPELINE.json alone, written after the whole table.
+    return stage == "posts"
 
 
 def _from_legacy(legacy: dict[str, Any]) -> dict[str, Any]:
