@@ -99,6 +99,15 @@ class NTUEmbeddings:
 
         return self.index("hashtag", normalize_hashtag(tag))
 
+    def lookup(self, node_type: str, ntu: Any) -> int | None:
+        """Row of one NTU of a post in the table of its node type (``posts/ntus.py`` says which):
+        a :class:`UserRef` in ``user``, a hashtag in ``hashtag``; ``None`` if unknown."""
+        if node_type == "user":
+            return self.lookup_user(ntu)
+        if node_type == "hashtag":
+            return self.lookup_hashtag(ntu)
+        raise ArtifactError(f"embeddings: no lookup for node type {node_type!r}")
+
     def vector(self, node_type: str, key: str) -> np.ndarray | None:
         i = self.index(node_type, key)
         return None if i is None else self.tables[node_type][i]
