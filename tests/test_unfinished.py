@@ -112,15 +112,30 @@ def test_saved_model_is_finished_and_loads(backbone, ntu, tmp_path):
 
 
 # ---------------------------------------------------------------------------- kge and graph
-def test_finetune_and_evaluate_refuse_unfinished_ntu_embeddings(ntu, tmp_path, capsys):
+def test_finetune_embed_evaluate_refuse_unfinished_ntu_embeddings(backbone, ntu, tmp_path, capsys):
     ntu.save(tmp_path / "ntu")
     (tmp_path / "ntu" / DONE).unlink()  # train-kge killed, or still running
     posts = _jsonl(tmp_path / "p.jsonl", _posts(4))
+    needle = f"--ntu {tmp_path / 'ntu'}: {UNFINISHED} kge artifact"
     code, err = _cli(
         capsys, "finetune", "--posts", str(posts), "--ntu", str(tmp_path / "ntu"),
         "--out", str(tmp_path / "m"),
     )  # fmt: skip
-    assert code == 2 and f"--ntu {tmp_path / 'ntu'}: {UNFINISHED} kge artifact" in err
+    assert code == 2 and needle in err
+    torch.manual_seed(0)
+    model, _ = NTULM.from_backbone(_cfg(backbone, use_ntu=False), None)
+    model.save(tmp_path / "bert")  # a finished model
+    code, err = _cli(
+        capsys, "embed", "--model", str(tmp_path / "bert"), "--posts", str(posts),
+        "--ntu", str(tmp_path / "ntu"), "--out", str(tmp_path / "e.parquet"),
+    )  # fmt: skip
+    assert code == 2 and needle in err
+    code, err = _cli(
+        capsys, "evaluate", "--model", f"bert={tmp_path / 'bert'}", "--posts", str(posts),
+        "--ntu", str(tmp_path / "ntu"), "--out", str(tmp_path / "ev"), "--post-concat", "bert",
+        "eval.tasks=[{type: classification, label: community}]",
+    )  # fmt: skip
+    assert code == 2 and needle in err
 
 
 def test_train_kge_and_ntu_stats_refuse_an_unfinished_graph(tmp_path, capsys):
