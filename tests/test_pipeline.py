@@ -10,6 +10,7 @@ import yaml
 from ntulm.cli import main
 from ntulm.graph import build as graph_build
 from ntulm.pipeline import default_variants, paper_variants
+from ntulm.pipeline import run as pipeline_run
 from ntulm.synthetic import write_corpus
 
 
@@ -107,10 +108,17 @@ def test_run_end_to_end_and_reuse(tmp_path, backbone, capsys, monkeypatch):
     assert (out / "improvement.png").stat().st_size > 0 and (
         out / "perplexity.png"
     ).stat().st_size > 0
-    # a second run reuses every stage and gives the same numbers
+    # a second run reuses every stage and every task's cached embeddings (none is encoded
+    # again), and gives the same numbers
+    encoded = []
+    real_encode = pipeline_run.encode
+    monkeypatch.setattr(
+        pipeline_run, "encode", lambda *a, **k: encoded.append(1) or real_encode(*a, **k)
+    )
     assert main(["run", "--config", str(tmp_path / "cfg.yaml"), "--out", str(out), "-q"]) == 0
     second = capsys.readouterr().out
     assert "stages run: none;" in second and len(reads) == 1
+    assert encoded == []
     res2 = json.loads((out / "results.json").read_text())
     assert [r["metrics"] for r in res2["runs"]] == [r["metrics"] for r in res["runs"]]
     # graph/ and kge/ copied into another output directory are reused there (the hashtag

@@ -13,6 +13,12 @@ def launched() -> bool:
     return int(os.environ.get("WORLD_SIZE", "1")) > 1
 
 
+def writer() -> bool:
+    """Whether this process writes the artifact: a plain process, or rank 0 under torchrun (read
+    from the environment, so it can be asked before the process group is joined)."""
+    return os.environ.get("RANK", "0") == "0"
+
+
 def local_rank() -> int:
     return int(os.environ.get("LOCAL_RANK", "0"))
 

@@ -29,9 +29,10 @@ def _load_ntu(path: str | None):  # noqa: ANN202 - NTUEmbeddings | None
         raise ArtifactError(
             f"--ntu {path}: no such directory (expected NTU embeddings from `ntulm train-kge`)"
         )
+    from ntulm.artifacts import require_done
     from ntulm.kge import NTUEmbeddings
 
-    return NTUEmbeddings.load(path)
+    return NTUEmbeddings.load(require_done(path, "kge", "--ntu"))
 
 
 def _sample(reader: PostReader, paths: list[str], cfg: LMConfig) -> Iterator[tuple[Post, str]]:
@@ -112,9 +113,11 @@ def _embed_sharded(args: argparse.Namespace) -> int:
 def cmd_embed(args: argparse.Namespace) -> int:
     if args.shard or args.nproc:
         return _embed_sharded(args)
+    from ntulm.artifacts import require_done
     from ntulm.lm.encode import embed_to_parquet
-    from ntulm.lm.model import NTULM
+    from ntulm.lm.model import NTULM, STAGE
 
+    require_done(args.model, STAGE, "--model")  # not a fine-tune killed after an epoch
     model = NTULM.load(args.model, ntu=_load_ntu(args.ntu))
     if args.concat_ntu and model.ntu is None:
         raise ConfigError("--concat-ntu needs NTU embeddings (--ntu DIR)")

@@ -29,7 +29,7 @@ from typing import Any
 
 import duckdb
 
-from ntulm.artifacts import atomic_path, mark_done, write_json, write_text
+from ntulm.artifacts import atomic_path, mark_done, output_lock, unmark, write_json, write_text
 from ntulm.errors import ArtifactError, ConfigError
 from ntulm.graph.config import GraphConfig
 from ntulm.graph.sql import (
@@ -66,31 +66,35 @@ def build_graph(
 ) -> dict[str, Any]:
     """Build the graph artifact (``docs/artifacts.md``) from post files/directories; return stats."""
     config = config or GraphConfig()
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "DONE.json").unlink(missing_ok=True)  # unfinished until the tables are written
-    t0 = time.perf_counter()
-    work = Path(tempfile.mkdtemp(prefix=".work-", dir=out))
-    spark = None
-    try:
-        if config.engine == "spark":  # the readers run inside Spark tasks, one per file
-            from ntulm.graph import spark as engine
-
-            spark, owned = engine.spark_session(config, progress)
+    with output_lock(out_dir) as out:  # one run per directory; a dead run's .work-* removed
+        unmark(out)  # unfinished until the tables are written
+        t0 = time.perf_counter()
+        work = Path(tempfile.mkdtemp(prefix=".work-", dir=out))
+        spark = owned = None
+        try:
             quarantine = out / "rejected.jsonl"
-            report = engine.read_posts_table(spark, list(posts), config, work / "posts", quarantine)
-        else:
-            report = read_posts_table(
-                posts, config, work / "posts", out / "rejected.jsonl", progress
+            if config.engine == "spark":  # the readers run inside Spark tasks, one per file
+                from ntulm.graph import spark as engine
+
+                spark, owned = engine.spark_session(config, progress)
+                report = engine.read_posts_table(
+                    spark, list(posts), config, work / "posts", quarantine
+                )
+            else:
+                report = read_posts_table(posts, config, work / "posts", quarantine, progress)
+            t_read = time.perf_counter() - t0
+            return build_graph_from_table(
+                work / "posts",
+                out,
+                config,
+                posts_report=report.to_json(),
+                read_seconds=t_read,
+                t0=t0,
             )
-        t_read = time.perf_counter() - t0
-        return build_graph_from_table(
-            work / "posts", out, config, posts_report=report.to_json(), read_seconds=t_read, t0=t0
-        )
-    finally:
-        if spark is not None and owned:
-            spark.stop()
-        shutil.rmtree(work, ignore_errors=True)
+        finally:
+            if spark is not None and owned:
+                spark.stop()
+            shutil.rmtree(work, ignore_errors=True)
 
 
 def build_graph_from_table(
@@ -107,12 +111,29 @@ def build_graph_from_table(
     one ``ntulm run`` also builds its tasks from; the posts are not read again. ``posts_report``
     (the reader's counts) goes into ``stats.json``. ``posts_filter``: an SQL predicate over a
     posts row; only rows where it is true enter the graph (``ntulm run``'s temporal cutoff)."""
-    config = config or GraphConfig()
+    with output_lock(out_dir):
+        return _build_graph_from_table(
+            Path(table),
+            Path(out_dir),
+            config or GraphConfig(),
+            posts_report,
+            read_seconds,
+            t0,
+            posts_filter,
+        )
+
+
+def _build_graph_from_table(
+    table: Path,
+    out: Path,
+    config: GraphConfig,
+    posts_report: dict[str, Any] | None,
+    read_seconds: float,
+    t0: float | None,
+    posts_filter: str | None,
+) -> dict[str, Any]:
     t0 = time.perf_counter() if t0 is None else t0
-    table = Path(table)
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "DONE.json").unlink(missing_ok=True)
+    unmark(out)
     write_text(out / "config.json", config.to_json() + "\n")
     work = Path(tempfile.mkdtemp(prefix=".spill-", dir=out))
     try:

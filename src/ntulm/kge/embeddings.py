@@ -7,7 +7,8 @@ nearest neighbours, and an atomic ``save``/``load`` to an artifact directory:
 - ``embeddings.safetensors``: one tensor per node type (``table.<type>``, (n, dim) float32) and
   one per relation (``relation.<name>``, (dim,) float32);
 - ``nodes_<type>.parquet``: row order and keys (copies of the graph's node tables);
-- ``embeddings.json``: dim, node types, relations and the resolved training config.
+- ``embeddings.json``: dim, node types, relations and the resolved training config;
+- ``DONE.json``: the completion marker (stage ``kge``, ``ntulm.artifacts``), written last.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from safetensors.numpy import load_file, save_file
 
-from ntulm.artifacts import atomic_path, read_json, write_json
+from ntulm.artifacts import atomic_path, mark_done, read_json, unmark, write_json
 from ntulm.errors import ArtifactError
 
 if TYPE_CHECKING:
@@ -98,6 +99,15 @@ class NTUEmbeddings:
 
         return self.index("hashtag", normalize_hashtag(tag))
 
+    def lookup(self, node_type: str, ntu: Any) -> int | None:
+        """Row of one NTU of a post in the table of its node type (``posts/ntus.py`` says which):
+        a :class:`UserRef` in ``user``, a hashtag in ``hashtag``; ``None`` if unknown."""
+        if node_type == "user":
+            return self.lookup_user(ntu)
+        if node_type == "hashtag":
+            return self.lookup_hashtag(ntu)
+        raise ArtifactError(f"embeddings: no lookup for node type {node_type!r}")
+
     def vector(self, node_type: str, key: str) -> np.ndarray | None:
         i = self.index(node_type, key)
         return None if i is None else self.tables[node_type][i]
@@ -129,9 +139,12 @@ class NTUEmbeddings:
         return [(self.keys[among][j], float(sims[j])) for j in top]
 
     # ------------------------------------------------------------------ save / load
-    def save(self, out_dir: str | Path) -> None:
+    def save(self, out_dir: str | Path, *, done: bool = True) -> None:
+        """Write the artifact; ``done``: also its completion marker (``train_kge`` writes its own
+        after the metrics)."""
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
+        unmark(out)
         tensors = {
             f"table.{t}": np.ascontiguousarray(a, dtype=np.float32) for t, a in self.tables.items()
         }
@@ -159,6 +172,8 @@ class NTUEmbeddings:
             "config": self.config,
         }
         write_json(out / META, meta)
+        if done:
+            mark_done(out, "kge", self.config)
 
     @classmethod
     def load(cls, out_dir: str | Path) -> NTUEmbeddings:

@@ -9,6 +9,7 @@ A checkpoint is written atomically after every ``checkpoint_every`` epochs.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import time
@@ -22,7 +23,7 @@ from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
 from ntulm import distributed
-from ntulm.artifacts import DONE, atomic_path, fingerprint, mark_done, write_json
+from ntulm.artifacts import atomic_path, fingerprint, mark_done, output_lock, unmark, write_json
 from ntulm.errors import ArtifactError
 from ntulm.kge.config import KGEConfig
 from ntulm.kge.data import GraphData, load_graph, loss_weights, split_edges
@@ -309,14 +310,28 @@ def train_kge(
 
     Started by ``torchrun`` with several processes (``ntulm train-kge --nproc N``), the tables
     are sharded row-wise over the ranks (``kge/sharded.py``); rank 0 writes the artifact and
-    gets the embeddings, the other ranks get None."""
+    gets the embeddings, the other ranks get None. The run owns ``out_dir``
+    (:func:`~ntulm.artifacts.output_lock`, held by rank 0)."""
+    with output_lock(out_dir) if distributed.writer() else contextlib.nullcontext():
+        return _train_kge(graph_dir, out_dir, config, resume, progress, evaluate, on_epoch_end)
+
+
+def _train_kge(
+    graph_dir: str | Path,
+    out_dir: str | Path,
+    config: KGEConfig | None,
+    resume: bool,
+    progress: bool,
+    evaluate: bool,
+    on_epoch_end: Callable[[int], None] | None,
+) -> tuple[NTUEmbeddings | None, dict]:
     config = config or KGEConfig()
     out = Path(out_dir)
     sharded = distributed.launched()  # started by torchrun: tables sharded over the ranks
     rank = distributed.init("gloo")[0] if sharded else 0
     if rank == 0:
         out.mkdir(parents=True, exist_ok=True)
-        (out / DONE).unlink(missing_ok=True)  # incomplete until this run finishes
+        unmark(out)  # incomplete until this run finishes
     if config.num_threads:
         torch.set_num_threads(config.num_threads)
     graph = load_graph(graph_dir, config)
@@ -384,7 +399,7 @@ def train_kge(
     if emb is not None:
         if evaluate and len(test):
             metrics.update(evaluate_embeddings(emb, graph, test, config))
-        emb.save(out)
+        emb.save(out, done=False)
         write_json(out / "metrics.json", metrics)
         mark_done(out, "kge", config.model_dump(mode="json"), graph=str(graph_dir))
     if sharded:

@@ -11,10 +11,10 @@ from typing import Literal
 from pydantic import Field, field_validator, model_serializer, model_validator
 
 from ntulm.config import StageConfig
-from ntulm.posts import NTU_TYPES
+from ntulm.posts.ntus import EMBEDDED_NTU_TYPES, check_ntu_types
 
 # NTU types the LM can average into e_ntu: those the NTU embeddings have tables for.
-LM_NTU_TYPES = ("author", "hashtag", "mention")
+LM_NTU_TYPES = EMBEDDED_NTU_TYPES
 
 
 class TextNormConfig(StageConfig):
@@ -132,15 +132,7 @@ class LMConfig(StageConfig):
     @field_validator("ntu_types")
     @classmethod
     def _known_types(cls, v: list[str]) -> list[str]:
-        bad = [t for t in v if t not in LM_NTU_TYPES]
-        if bad:
-            known = ", ".join(LM_NTU_TYPES)
-            other = [t for t in bad if t in NTU_TYPES]
-            why = " (no NTU embedding table for it)" if other else ""
-            raise ValueError(f"unknown NTU type(s) {bad}{why}; use some of {known}")
-        if not v:
-            raise ValueError("at least one NTU type (or use_ntu=false)")
-        return list(dict.fromkeys(v))
+        return check_ntu_types(v)  # the registry, posts/ntus.py
 
     @model_serializer(mode="wrap")
     def _dump(self, handler):  # noqa: ANN001, ANN202 (pydantic's serializer protocol)

@@ -15,6 +15,7 @@ import torch
 
 from ntulm.lm.config import LMConfig, TextNormConfig
 from ntulm.lm.text import normalize_text
+from ntulm.posts.ntus import in_registry_order
 
 if TYPE_CHECKING:
     from ntulm.kge import NTUEmbeddings
@@ -24,14 +25,13 @@ if TYPE_CHECKING:
 def post_ntu_rows(
     post: Post, ntu: NTUEmbeddings, types: Sequence[str]
 ) -> list[tuple[str, int | None]]:
-    """``(table, row or None)`` for each NTU of the post of the configured types."""
+    """``(table, row or None)`` for each NTU of the post of the configured types, in the
+    registry's order (``posts/ntus.py``); an unknown type is a :class:`ValueError`, never a
+    silent mean vector."""
     rows: list[tuple[str, int | None]] = []
-    if "author" in types and post.author is not None:
-        rows.append(("user", ntu.lookup_user(post.author)))
-    if "mention" in types:
-        rows.extend(("user", ntu.lookup_user(u)) for u in post.mentions)
-    if "hashtag" in types:
-        rows.extend(("hashtag", ntu.lookup_hashtag(t)) for t in post.hashtags)
+    for t in in_registry_order(types):
+        assert t.node_type is not None  # checked: only types with an embedding table
+        rows.extend((t.node_type, ntu.lookup(t.node_type, v)) for v in t.values(post))
     return rows
 
 

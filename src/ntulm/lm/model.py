@@ -36,7 +36,15 @@ from transformers import AutoModelForMaskedLM, AutoTokenizer, PreTrainedModel
 from transformers.masking_utils import create_bidirectional_mask
 from transformers.utils import logging as hf_logging
 
-from ntulm.artifacts import atomic_path, read_json, write_json
+from ntulm.artifacts import (
+    DONE,
+    atomic_path,
+    mark_done,
+    read_json,
+    require_done,
+    unmark,
+    write_json,
+)
 from ntulm.errors import ArtifactError, ConfigError
 from ntulm.lm.config import LMConfig, resolve_backbone
 from ntulm.lm.fusion import GatePooling, TypedNTUTokens
@@ -54,6 +62,7 @@ FUSION = "ntu_fusion.safetensors"  # per-type NTU tokens and/or the pooling gate
 LM_META = "lm.json"  # NTU configuration: use_ntu, ntu_dim, ntu_types, ntu_layernorm, fusion
 LM_CONFIG = "lm_config.json"  # the resolved LMConfig
 NTU_DIR = "ntu"  # a copy of the NTU embeddings, so the model directory is self-contained
+STAGE = "lm"  # the stage of its DONE.json
 
 
 def inject_ntu(
@@ -236,9 +245,13 @@ class NTULM(nn.Module):
         model.tokenizer, model.cfg = tokenizer, cfg
         return model, head_new
 
-    def save(self, out_dir: str | Path) -> None:
+    def save(self, out_dir: str | Path, *, done: bool = True) -> None:
+        """Write the model directory; ``done``: also its completion marker (stage ``lm``), which
+        :meth:`load` requires. Fine-tuning saves its best epoch with ``done=False`` and marks the
+        directory when the run ends, so a run killed after an epoch leaves no model to trust."""
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
+        unmark(out)
         self.mlm.save_pretrained(out / MODEL_DIR, safe_serialization=True)
         self.tokenizer.save_pretrained(out / MODEL_DIR)
         meta: dict[str, Any] = {
@@ -273,15 +286,20 @@ class NTULM(nn.Module):
         if self.cfg is not None:
             write_json(out / LM_CONFIG, self.cfg.model_dump(mode="json"))
         write_json(out / LM_META, meta)
+        if done:
+            mark_done(out, STAGE, self.cfg.model_dump(mode="json") if self.cfg else {})
 
     @classmethod
     def load(cls, out_dir: str | Path, ntu: NTUEmbeddings | None = None) -> NTULM:
-        """Load a saved model; the NTU embeddings come from ``ntu`` or the saved copy."""
+        """Load a finished model directory (``ntulm finetune``, :meth:`save`); the NTU
+        embeddings come from ``ntu`` or the saved copy. A directory without its ``DONE.json``
+        (a fine-tuning run killed or still running) is refused with an :class:`ArtifactError`."""
         out = Path(out_dir)
-        if not (out / LM_META).exists():
+        if not (out / LM_META).exists() and not (out / DONE).exists():
             raise ArtifactError(
                 f"{out}: not an NTULM model directory (no {LM_META}; run `ntulm finetune`)"
             )
+        require_done(out, STAGE, "model")
         meta = read_json(out / LM_META)
         cfg = LMConfig.build(read_json(out / LM_CONFIG), source=str(out / LM_CONFIG))
         with _quiet_transformers(cfg.progress):

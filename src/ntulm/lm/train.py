@@ -36,7 +36,15 @@ import torch
 from tqdm.auto import tqdm
 
 from ntulm import distributed
-from ntulm.artifacts import atomic_path, is_done, mark_done, read_json, write_json
+from ntulm.artifacts import (
+    atomic_path,
+    is_done,
+    mark_done,
+    output_lock,
+    read_json,
+    unmark,
+    write_json,
+)
 from ntulm.errors import ConfigError
 from ntulm.lm.config import LMConfig, resolve_dtype
 from ntulm.lm.data import (
@@ -50,7 +58,7 @@ from ntulm.lm.data import (
 )
 from ntulm.lm.encode import pool
 from ntulm.lm.fusion import drop_ntus
-from ntulm.lm.model import NTULM
+from ntulm.lm.model import NTULM, STAGE
 from ntulm.lm.social import mine_pairs, nt_xent, pick_partners, text_embeddings
 from ntulm.memory import TRIM_EVERY, trim
 
@@ -62,7 +70,6 @@ log = logging.getLogger(__name__)
 
 CHECKPOINT = "checkpoint.pt"
 RESULT = "train_result.json"
-STAGE = "lm"
 
 
 @dataclass
@@ -284,8 +291,21 @@ def finetune(
     resume: bool = False,
     on_step: Callable[[int], None] | None = None,
 ) -> FinetuneResult:
-    """Fine-tune on ``posts`` and save the best epoch to ``out_dir``; see the module docstring."""
-    out = Path(out_dir)
+    """Fine-tune on ``posts`` and save the best epoch to ``out_dir``; see the module docstring.
+    The run owns ``out_dir`` (:func:`~ntulm.artifacts.output_lock`); it is marked finished last."""
+    # the artifact's writer owns the directory (rank 0 under torchrun)
+    with output_lock(out_dir) if distributed.writer() else contextlib.nullcontext():
+        return _finetune(posts, cfg, Path(out_dir), ntu, resume, on_step)
+
+
+def _finetune(
+    posts: Sequence[Post],
+    cfg: LMConfig,
+    out: Path,
+    ntu: NTUEmbeddings | None,
+    resume: bool,
+    on_step: Callable[[int], None] | None,
+) -> FinetuneResult:
     if resume and is_done(out, STAGE, cfg.model_dump(mode="json")) and (out / RESULT).exists():
         log.info("%s: already finished, nothing to resume", out)
         saved = read_json(out / RESULT)
@@ -295,6 +315,7 @@ def finetune(
         raise ConfigError("use_ntu=true needs NTU embeddings (--ntu DIR), or use --no-ntu")
     if cfg.social_weight > 0 and ntu is None:
         raise ConfigError("social_weight > 0 needs NTU embeddings (--ntu DIR) to mine pairs")
+    unmark(out)  # a model saved after an epoch is not a finished one
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)
     device = torch.device(
@@ -505,7 +526,7 @@ def finetune(
         if bits < res.best_eval_bits - 1e-6:
             res.best_eval_bits, state["bad"] = bits, 0
             if rank == 0:
-                model.save(out)
+                model.save(out, done=False)
         else:
             state["bad"] += 1
             if state["bad"] >= cfg.patience:

@@ -18,6 +18,7 @@ from ntulm.evaluate.config import EvalConfig
 from ntulm.graph.config import GraphConfig
 from ntulm.kge.config import KGEConfig
 from ntulm.lm.config import LMConfig
+from ntulm.posts.ntus import check_ntu_types
 
 
 class VariantSpec(StageConfig):
@@ -25,7 +26,10 @@ class VariantSpec(StageConfig):
 
     name: str = Field(..., description="name in tables and figures, e.g. 'NTULM author+hashtag'")
     use_ntu: bool = Field(True, description="inject the NTU token (false: the 'BERT' baseline)")
-    ntu_types: list[str] = Field(["author", "hashtag"], description="NTU types averaged into e_ntu")
+    ntu_types: list[str] = Field(
+        ["author", "hashtag"],
+        description="NTU types averaged into e_ntu (some of author, mention, hashtag)",
+    )
     post_concat_of: str | None = Field(
         None,
         description="post-concat: no model of its own; the named model variant's embedding "
@@ -57,6 +61,17 @@ class VariantSpec(StageConfig):
         if not self.lm:  # as before the field existed: same fingerprints, same caches
             data.pop("lm", None)
         return data
+
+    @field_validator("ntu_types")
+    @classmethod
+    def _known_types(cls, v: list[str]) -> list[str]:
+        return check_ntu_types(v, allow_empty=True)  # the registry, posts/ntus.py
+
+    @model_validator(mode="after")
+    def _types_if_used(self) -> VariantSpec:
+        if (self.use_ntu or self.post_concat_of) and not self.ntu_types:
+            raise ValueError("ntu_types: at least one NTU type for a variant that uses NTUs")
+        return self
 
     control: Literal["shuffled", "mean"] | None = Field(
         None,
@@ -230,7 +245,17 @@ class PipelineConfig(StageConfig):
                     raise ValueError(
                         f"variants: {v.name!r} model_of must name a variant with its own model"
                     )
-                v = v.model_copy(update={"use_ntu": base.use_ntu, "ntu_types": base.ntu_types})
+                given = {
+                    k: getattr(v, k) for k in ("use_ntu", "ntu_types") if k in v.model_fields_set
+                }
+                taken = {"use_ntu": base.use_ntu, "ntu_types": base.ntu_types}
+                if any(given[k] != taken[k] for k in given):
+                    raise ValueError(
+                        f"variants: {v.name!r} takes use_ntu and ntu_types from its model_of "
+                        f"{base.name!r} ({taken}); do not set others"
+                    )
+                # validated like any variant (model_copy would skip the validators)
+                v = VariantSpec.model_validate({**v.model_dump(mode="json"), **taken})
                 self.variants[i] = v
             if v.pooling == "mean+ntu" and not v.use_ntu:
                 raise ValueError(f"variants: {v.name!r} pooling 'mean+ntu' needs an NTU model")

@@ -17,10 +17,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ntulm.artifacts import fingerprint, read_json, write_text
+from ntulm.artifacts import fingerprint, output_lock, read_json, require_done, write_text
 from ntulm.errors import ArtifactError, ConfigError
 from ntulm.kge import NTUEmbeddings
-from ntulm.lm.model import LM_META, NTULM
+from ntulm.lm.model import LM_META, NTULM, STAGE
 from ntulm.lm.train import RESULT
 from ntulm.pipeline.config import PipelineConfig, VariantSpec
 from ntulm.pipeline.run import Pipeline, overlap_flags
@@ -49,7 +49,7 @@ def parse_model_args(items: list[str]) -> dict[str, Path]:
             raise ConfigError(f"--model {item!r}: the name {name!r} is given twice")
         if not (d / LM_META).exists():
             raise ArtifactError(f"--model {item!r}: {d} is not an `ntulm finetune` directory")
-        models[name] = d
+        models[name] = require_done(d, STAGE, "--model")  # not a fine-tune killed mid-way
     if not models:
         raise ConfigError("--model NAME=DIR: at least one model")
     return models
@@ -111,7 +111,19 @@ def evaluate_saved(
     ntu: str | Path | None = None,
     progress: bool = True,
 ) -> dict[str, Any]:
-    """Evaluate saved models on ``cfg.eval.tasks`` and write ``results.json`` and the report."""
+    """Evaluate saved models on ``cfg.eval.tasks`` and write ``results.json`` and the report.
+    The run owns ``out_dir`` (:func:`~ntulm.artifacts.output_lock`)."""
+    with output_lock(out_dir):
+        return _evaluate_saved(cfg, models, out_dir, ntu, progress)
+
+
+def _evaluate_saved(
+    cfg: PipelineConfig,
+    models: dict[str, Path],
+    out_dir: str | Path,
+    ntu: str | Path | None,
+    progress: bool,
+) -> dict[str, Any]:
     from ntulm.pipeline.report import write_report
     from ntulm.pipeline.run import _family
 
@@ -132,7 +144,7 @@ def evaluate_saved(
             "in the config)"
         )
     loaded = {name: (NTULM.load(d), model_fingerprint(d)) for name, d in models.items()}
-    emb = NTUEmbeddings.load(ntu) if ntu is not None else None
+    emb = NTUEmbeddings.load(require_done(ntu, "kge", "--ntu")) if ntu is not None else None
     if emb is None:  # the overlap flags and post-concat use one table: the first NTULM's
         emb = next((m.ntu for m, _ in loaded.values() if m.ntu is not None), None)
     uses_ntu = any(v.use_ntu or v.post_concat_of for v in cfg.variants)

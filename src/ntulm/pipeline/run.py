@@ -8,9 +8,13 @@ Layout of the output directory::
     embeddings/<variant>/<task>.npz   cached post embeddings (train/val/test + overlap flags)
     results.json report.md *.png      results and the report (``report.py``)
 
-Every stage directory carries ``PIPELINE.json`` with the fingerprint of everything that made it
-(its config, its inputs, the fingerprints upstream). A second run with the same config reuses each
-finished stage; a change re-runs that stage and everything after it.
+The run owns the directory (``ntulm.artifacts.output_lock``: a second run into it fails at once).
+Every stage directory's ``DONE.json`` (the one completion marker, ``ntulm.artifacts``) carries
+``run_fingerprint``, the fingerprint of everything that made it (its config, its inputs, the
+fingerprints upstream). A second run with the same config reuses each finished stage; a change
+re-runs that stage and everything after it; a stage interrupted mid-way has no marker and is
+re-run. Each embedding file is written atomically with its fingerprint inside, which is its own
+proof of completeness. (Directories of older versions, marked by ``PIPELINE.json``, are reused.)
 
 Choices (documented in the report):
 - task splits use ``eval.seed`` once; ``seeds`` vary the downstream MLP (and, with
@@ -38,8 +42,16 @@ from typing import Any
 
 import numpy as np
 
-from ntulm.artifacts import fingerprint, read_json, write_json, write_text
-from ntulm.errors import ArtifactError, ConfigError
+from ntulm.artifacts import (
+    atomic_path,
+    fingerprint,
+    is_fresh,
+    mark_run,
+    output_lock,
+    read_json,
+    write_text,
+)
+from ntulm.errors import ConfigError
 from ntulm.evaluate.config import TaskSpec
 from ntulm.evaluate.controls import control_ntus
 from ntulm.evaluate.protocol import validation_task
@@ -50,7 +62,7 @@ from ntulm.graph.build import build_graph_from_table, edge_exclusion_lines, read
 from ntulm.kge import NTUEmbeddings, train_kge
 from ntulm.lm.data import ntu_vectors
 from ntulm.lm.encode import encode, output_dim
-from ntulm.lm.model import NTULM
+from ntulm.lm.model import NTULM, STAGE
 from ntulm.lm.train import CHECKPOINT, finetune
 from ntulm.memory import trim
 from ntulm.pipeline.config import PipelineConfig, VariantSpec
@@ -59,22 +71,10 @@ from ntulm.posts import Post
 from ntulm.posts.rows import PostsTable
 
 log = logging.getLogger(__name__)
-MARK = "PIPELINE.json"
 
 
 def _slug(name: str) -> str:
     return "".join(c if c.isalnum() else "_" for c in name.lower()).strip("_")
-
-
-def _fresh(stage_dir: Path, fp: str) -> bool:
-    try:
-        return read_json(stage_dir / MARK)["fingerprint"] == fp
-    except (ArtifactError, KeyError):
-        return False
-
-
-def _mark(stage_dir: Path, fp: str, **info: Any) -> None:
-    write_json(stage_dir / MARK, {"fingerprint": fp, **info})
 
 
 class Pipeline:
@@ -102,9 +102,10 @@ class Pipeline:
         if g.columns or g.labels:  # (absent otherwise: earlier fingerprints unchanged)
             reader_cfg.update(g.reader_options())
         fp = fingerprint([self.cfg.posts, reader_cfg])
-        if _fresh(d, fp):
+        done = is_fresh(d, "posts", fp)
+        if done is not None and "report" in done:
             self.reused.append("posts")
-            self.read_report = read_json(d / MARK)["report"]
+            self.read_report = done["report"]
         else:
             t = time.perf_counter()
             if d.exists():
@@ -112,7 +113,7 @@ class Pipeline:
             report = read_posts_table(self.cfg.posts, g, d, d / "rejected.jsonl", self.progress)
             self.read_report = report.to_json()
             self.timings["posts"] = time.perf_counter() - t
-            _mark(d, fp, report=self.read_report)
+            mark_run(d, "posts", fp, report=self.read_report)
             self.ran.append("posts")
         self.posts_fp = fp
         log.info(
@@ -204,7 +205,7 @@ class Pipeline:
             where = before_sql(self.temporal.at)
             parts.append(["temporal cutoff", self.temporal.at])
         fp = fingerprint(parts)
-        if _fresh(d, fp):
+        if is_fresh(d, "graph", fp):
             self.reused.append("graph")
         else:
             t = time.perf_counter()
@@ -212,7 +213,7 @@ class Pipeline:
                 self.out / "posts", d, cfg, posts_report=self.read_report, posts_filter=where
             )
             self.timings["graph"] = time.perf_counter() - t
-            _mark(d, fp)
+            mark_run(d, "graph", fp)
             self.ran.append("graph")
         self.graph_stats = read_json(d / "stats.json")
         return fp
@@ -220,14 +221,14 @@ class Pipeline:
     def kge(self, graph_fp: str) -> tuple[NTUEmbeddings, str]:
         d = self.out / "kge"
         fp = fingerprint([self.cfg.kge.model_dump(mode="json"), graph_fp])
-        if _fresh(d, fp):
+        if is_fresh(d, "kge", fp):
             self.reused.append("kge")
             emb = NTUEmbeddings.load(d)
         else:
             t = time.perf_counter()
             emb, _ = train_kge(self.out / "graph", d, self.cfg.kge, progress=self.progress)
             self.timings["kge"] = time.perf_counter() - t
-            _mark(d, fp)
+            mark_run(d, "kge", fp)
             self.ran.append("kge")
         self.kge_metrics = read_json(d / "metrics.json") if (d / "metrics.json").exists() else {}
         return emb, fp
@@ -248,7 +249,8 @@ class Pipeline:
                 fingerprint([p.id for p in sample]),
             ]
         )
-        if _fresh(d, fp):
+        done = is_fresh(d, STAGE, fp)
+        if done is not None and "result" in done:
             self.reused.append(f"finetune {v.name}{suffix}")
         else:
             t = time.perf_counter()
@@ -258,9 +260,10 @@ class Pipeline:
             res = finetune(sample, quiet, d, ntu=emb if needs_ntu else None, resume=resume)
             self.timings[f"finetune {v.name}{suffix}"] = time.perf_counter() - t
             trim()
-            _mark(d, fp, result=res.to_json())
+            done = {"result": res.to_json()}
+            mark_run(d, STAGE, fp, **done)
             self.ran.append(f"finetune {v.name}{suffix}")
-        return d, fp, read_json(d / MARK)["result"]
+        return d, fp, done["result"]
 
     # -- embeddings ------------------------------------------------------------------------
     def embeddings(
@@ -283,7 +286,7 @@ class Pipeline:
                 task_content_key(task),
             ]
         )
-        if _fresh(d, fingerprint([fp, "dir"])) and path.exists():
+        if path.exists():  # written atomically: a file that exists is whole
             with np.load(path) as z:
                 if str(z["fingerprint"]) == fp:
                     return {k: z[k] for k in z.files}
@@ -310,11 +313,8 @@ class Pipeline:
                 e_ntu = ntus if ntus is not None else ntu_vectors(posts, emb, v.ntu_types)[0]
                 x = np.concatenate([x, e_ntu], axis=1)
             arrays[split] = np.asarray(x, dtype=np.float32)
-        d.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp.npz")
-        np.savez(tmp, **arrays)
-        tmp.replace(path)
-        _mark(d, fingerprint([fp, "dir"]))
+        with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+            np.savez(fh, **arrays)
         return arrays
 
     # -- evaluation --------------------------------------------------------------------------
@@ -395,6 +395,12 @@ def run_pipeline(
     config: PipelineConfig, out_dir: str | Path, *, progress: bool = True
 ) -> dict[str, Any]:
     """Run every stage (reusing finished ones) and write ``results.json`` and the report."""
+
+    with output_lock(out_dir):  # one run per directory; a dead run's leftovers removed
+        return _run_pipeline(config, out_dir, progress)
+
+
+def _run_pipeline(config: PipelineConfig, out_dir: str | Path, progress: bool) -> dict[str, Any]:
     from ntulm.pipeline.report import write_report
 
     cfg = config

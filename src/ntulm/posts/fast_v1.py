@@ -22,10 +22,8 @@ import gc
 import html
 import io
 import logging
-import multiprocessing
 from collections import deque
 from collections.abc import Iterator, Sequence
-from concurrent.futures import ProcessPoolExecutor
 from datetime import datetime
 from itertools import accumulate, chain
 from pathlib import Path
@@ -39,6 +37,7 @@ from msgspec import UNSET, Struct, UnsetType
 from ntulm.posts.extract import extract_ntus, normalize_handle, normalize_hashtag, url_domain
 from ntulm.posts.formats import RecordError, _str_id, _v1_time, parse_twitter_v1
 from ntulm.posts.schema import POSTS_SCHEMA, Post, posts_to_columns
+from ntulm.workers import worker_pool
 
 if TYPE_CHECKING:
     from ntulm.posts.readers import PostReader, Quarantine
@@ -483,8 +482,7 @@ def v1_tables(
         source = io.BytesIO(data) if data is not None else fh
         chunks = _numbered(_chunks(source, chunk_bytes))
         if workers > 1:
-            ctx = multiprocessing.get_context("spawn")  # no fork of a threaded process
-            pool = ProcessPoolExecutor(workers, mp_context=ctx)
+            pool = worker_pool(workers)  # spawn; the workers die with this process
             pending: deque = deque()
             results: Iterator = _ordered(pool, pending, chunks, name, max_chars, 2 * workers)
         else:

@@ -31,6 +31,7 @@ from typing import IO, Any
 import ijson
 import pyarrow as pa
 
+from ntulm.artifacts import AtomicFile
 from ntulm.errors import InputError
 from ntulm.posts.formats import (
     FORMATS,
@@ -112,20 +113,17 @@ def no_posts_error(report: ReadReport) -> InputError:
 
 class Quarantine:
     """Rejected records as JSON Lines: ``{"file", "line", "problem", "raw"}``; written atomically
-    (to a temporary file renamed on close)."""
+    (to a temporary file of this reader's own, renamed on close)."""
 
     def __init__(self, path: str | Path | None):
         self.path = Path(path) if path else None
-        self._fh: IO[str] | None = None
-        self._tmp: Path | None = None
+        self._out: AtomicFile | None = None
 
     def write(self, file: str, line: int | None, problem: str, raw: Any) -> None:
         if self.path is None:
             return
-        if self._fh is None:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._tmp = self.path.with_name(f".{self.path.name}.tmp")
-            self._fh = open(self._tmp, "w", encoding="utf-8")
+        if self._out is None:
+            self._out = AtomicFile(self.path)  # a temp name of this reader's own
         if isinstance(raw, bytes):
             raw = raw.decode("utf-8", errors="backslashreplace")
         elif not isinstance(raw, str):
@@ -137,13 +135,12 @@ class Quarantine:
         out = json.dumps(rec, ensure_ascii=False)
         if _LONE.search(out):  # a lone surrogate is not UTF-8: keep it as its JSON escape
             out = json.dumps(rec)
-        self._fh.write(out + "\n")
+        self._out.fh.write(out + "\n")
 
     def close(self) -> None:
-        if self._fh is not None and self._tmp is not None and self.path is not None:
-            self._fh.close()
-            os.replace(self._tmp, self.path)
-            self._fh = None
+        if self._out is not None:
+            self._out.commit()
+            self._out = None
 
 
 @dataclass

@@ -17,7 +17,7 @@ from typing import Any
 
 import pyarrow as pa
 
-NTU_TYPES = ("author", "hashtag", "mention", "url", "media")
+from ntulm.posts.ntus import NTU_TYPES  # noqa: F401 - the registry is posts/ntus.py
 
 
 @dataclass(frozen=True, slots=True)

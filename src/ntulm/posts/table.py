@@ -12,11 +12,10 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import multiprocessing
 import os
 import shutil
 from collections.abc import Iterable
-from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, wait
+from concurrent.futures import FIRST_EXCEPTION, wait
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -26,6 +25,7 @@ from ntulm.artifacts import atomic_path
 from ntulm.errors import InputError
 from ntulm.posts.readers import PostReader, ReadReport, expand_paths, no_posts_error
 from ntulm.posts.schema import POSTS_SCHEMA
+from ntulm.workers import worker_pool
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +47,8 @@ def write_posts_table(
     that accepts no post raises :class:`InputError` saying what was skipped and rejected."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    if reader.quarantine_path:  # a new read, a new quarantine: none of a previous run's records
+        Path(reader.quarantine_path).unlink(missing_ok=True)
     files = list(expand_paths(paths, reader._skip_file))
     workers = min(workers or os.cpu_count() or 1, max(len(files), 1))
     if workers <= 1:
@@ -100,8 +102,7 @@ def _write_parallel(
         part_q = out_dir / f"rejected-{i:05d}.jsonl" if quarantine else None
         part_reader = dataclasses.replace(reader, quarantine_path=part_q, report=ReadReport())
         jobs.append((part_reader, file, out_dir / f"part-{i:05d}.parquet", batch_size))
-    ctx = multiprocessing.get_context("spawn")  # no fork of a process that may hold threads
-    with ProcessPoolExecutor(workers, mp_context=ctx) as pool:
+    with worker_pool(workers) as pool:  # workers die with this process (ntulm.workers)
         futures = [pool.submit(_read_one, *job) for job in jobs]
         bar = tqdm(total=len(files), desc="reading files", unit=" files", disable=not progress)
         pending = set(futures)
