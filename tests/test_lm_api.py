@@ -106,3 +106,66 @@ def test_encode_names_the_bad_dict_and_field(model, bad, needle):
 def test_encode_refuses_a_single_post_instead_of_a_list(model):
     with pytest.raises(TypeError, match="list"):
         model.encode(RECORDS[0])
+
+
+# ---------------------------------------------------------------------------- loading elsewhere
+LONG = "breaking news about the election in ohio tonight and then some more words to truncate"
+TEXTS = ["vote today #maga", "great rally with @Bob today http://t.co/xyz", LONG, "hello"]
+
+
+def test_saved_model_directory_has_a_card_naming_every_file(model, tmp_path):
+    model.save(tmp_path / "m")
+    card = (tmp_path / "m" / "README.md").read_text()
+    for path in (tmp_path / "m").iterdir():  # every file the directory holds is explained
+        assert f"`{path.name}" in card, path.name
+    assert "without the NTU token" in card and "ntulm export" in card
+    assert "AutoModel" in card and "SentenceTransformer" in card
+
+
+def test_card_of_a_no_ntu_model_says_the_text_path_is_the_whole_model(backbone, tmp_path):
+    cfg = LMConfig.build({"backbone": backbone, "use_ntu": False, "progress": False})
+    m, _ = NTULM.from_backbone(cfg, None)
+    m.save(tmp_path / "bert")
+    card = (tmp_path / "bert" / "README.md").read_text()
+    assert "no-NTU baseline" in card and "without the NTU token" not in card
+    assert "ntu_projection" not in card
+
+
+def test_export_sentence_transformers_gives_the_text_only_vectors(model, tmp_path, capfd):
+    from sentence_transformers import SentenceTransformer
+
+    from ntulm.cli import main
+    from ntulm.lm import normalize_text
+
+    model.save(tmp_path / "m")
+    out = tmp_path / "st"
+    capfd.readouterr()
+    assert main(["-q", "export", "--model", str(tmp_path / "m"), "--out", str(out)]) == 0
+    said = capfd.readouterr().out
+    assert "TEXT PATH" in said and "no NTU token" in said
+    modules = json.loads((out / "modules.json").read_text())
+    assert [m["path"] for m in modules] == ["", "1_Pooling"]
+    assert json.loads((out / "1_Pooling" / "config.json").read_text())["pooling_mode"] == "mean"
+    assert "text path only" in (out / "README.md").read_text()
+
+    st = SentenceTransformer(str(out), device="cpu")
+    assert "MISSING" not in capfd.readouterr().err  # no random pooler reported on load
+    assert st.max_seq_length == model.cfg.max_length
+    clean = [normalize_text(t, model.cfg.text) for t in TEXTS]
+    got = st.encode(clean, convert_to_numpy=True)
+    want = model.encode(TEXTS, text_only=True)  # ntulm normalises the raw texts itself
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+    # ... and that is not the NTULM embedding: the NTU token changes the vectors
+    assert np.abs(model.encode(TEXTS, concat_ntu=False) - want).max() > 1e-3
+
+
+def test_export_refuses_a_non_empty_out_and_a_non_model(model, tmp_path, capsys):
+    from ntulm.cli import main
+
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "x").write_text("x")
+    model.save(tmp_path / "m")
+    assert main(["export", "--model", str(tmp_path / "m"), "--out", str(tmp_path / "full")]) == 2
+    assert "not an empty directory" in capsys.readouterr().err
+    assert main(["export", "--model", str(tmp_path), "--out", str(tmp_path / "o")]) == 2
+    assert "not an NTULM model directory" in capsys.readouterr().err

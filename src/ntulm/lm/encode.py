@@ -130,6 +130,7 @@ def encode(
     return_overlap: bool = False,
     dtype: str = "float32",
     pooling: str = "mean",
+    text_only: bool = False,
 ) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
     """Embeddings of ``posts``, (N, H) float32 (H + ntu_dim with ``concat_ntu``), in input order.
 
@@ -144,16 +145,22 @@ def encode(
     (BERT-post-concat for a no-NTU model); by default (``None``) it is on with ``mean`` pooling
     for models that inject one mean NTU vector and carry NTU embeddings, the recommended
     embedding (:func:`recommended_concat`), and off otherwise.
+    ``text_only=True`` runs the encoder on the
+    word pieces alone, without the NTU token (mean pooling): what transformers or
+    sentence-transformers compute from ``model/`` or an ``ntulm export``.
     """
     check_pooling(model, pooling)
+    if text_only and pooling != "mean":
+        raise ConfigError(f"pooling: {pooling!r} needs the NTU token; text_only takes 'mean'")
     posts = as_posts(posts)
-    if concat_ntu is None:
-        concat_ntu = recommended_concat(model, pooling)
+    if concat_ntu is None:  # the text path alone appends nothing by default
+        concat_ntu = False if text_only else recommended_concat(model, pooling)
     assert model.cfg is not None and model.tokenizer is not None
     model.eval()
     device = next(model.parameters()).device
     bf16 = resolve_dtype(check_dtype(dtype), device.type) == "bfloat16"
-    e_ntu, overlap = post_ntus(model, posts, ntus, need=model.use_ntu or concat_ntu)
+    need = (model.use_ntu and not text_only) or concat_ntu
+    e_ntu, overlap = post_ntus(model, posts, ntus, need=need)
     texts = [p.text if isinstance(p, Post) else p for p in posts]
     tokens = tokenize(texts, model.tokenizer, model.cfg.max_length, model.cfg.text)
     width = model.hidden_size * (2 if pooling == "mean+ntu" else 1)
@@ -166,11 +173,12 @@ def encode(
         if k % TRIM_EVERY == 0:
             trim()  # freed activations of other batch shapes back to the OS (memory.py)
         ids, mask = pad_batch(tokens, idx, model.tokenizer.pad_token_id)
-        e = torch.from_numpy(e_ntu[idx]).to(device) if model.use_ntu else None
+        inject = model.use_ntu and not text_only
+        e = torch.from_numpy(e_ntu[idx]).to(device) if inject else None
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
             hidden, full_mask = model.hidden_states(
-                ids.to(device), mask.to(device), e
-            )  # (B, T+1, H)
+                ids.to(device), mask.to(device), e, text_only=text_only
+            )  # (B, T+1, H); (B, T, H) without the NTU token
         pooled = pool(model, hidden.float(), full_mask, ids.shape[1], pooling)
         out[idx] = pooled.float().cpu().numpy()
     if concat_ntu:

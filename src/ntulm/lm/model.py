@@ -36,8 +36,9 @@ from transformers import AutoModelForMaskedLM, AutoTokenizer, PreTrainedModel
 from transformers.masking_utils import create_bidirectional_mask
 from transformers.utils import logging as hf_logging
 
-from ntulm.artifacts import atomic_path, read_json, write_json
+from ntulm.artifacts import atomic_path, read_json, write_json, write_text
 from ntulm.errors import ArtifactError, ConfigError
+from ntulm.lm.card import CARD, model_card
 from ntulm.lm.config import LMConfig, resolve_backbone
 from ntulm.lm.fusion import GatePooling, TypedNTUTokens
 
@@ -270,9 +271,12 @@ class NTULM(nn.Module):
                 save_file(fusion, str(tmp))
         if self.ntu is not None:
             self.ntu.save(out / NTU_DIR)
-        if self.cfg is not None:
-            write_json(out / LM_CONFIG, self.cfg.model_dump(mode="json"))
+        cfg = self.cfg.model_dump(mode="json") if self.cfg is not None else None
+        if cfg is not None:
+            write_json(out / LM_CONFIG, cfg)
         write_json(out / LM_META, meta)
+        # what each file is and what each loader gives (other libraries: no NTU token)
+        write_text(out / CARD, model_card(meta, cfg, sorted(p.name for p in out.iterdir())))
 
     @classmethod
     def load(cls, out_dir: str | Path, ntu: NTUEmbeddings | None = None) -> NTULM:
