@@ -71,6 +71,7 @@ def cmd_quickstart(args: argparse.Namespace) -> int:
     cfg = PipelineConfig.from_sources(args.config, args.overrides, base=quickstart_config(posts))
     results = run_pipeline(cfg, out / "run", progress=not args.quiet)
     print_summary(results, out / "run")
+    print(f"everything this quickstart wrote is under {out.resolve()} (delete it when done)")
     return 0
 
 

@@ -5,7 +5,7 @@ Layout of the output directory::
     config.json                resolved PipelineConfig
     graph/ kge/                stage artifacts
     lm/<variant>[-s<seed>]/    fine-tuned models (no model for BERT-post-concat)
-    embeddings/<variant>/<task>.npz   cached post embeddings (train/val/test + overlap flags)
+    embeddings/<variant>/<task>.npz   cached post embeddings (train/val/test, their post ids)
     results.json report.md *.png      results and the report (``report.py``)
 
 Every stage directory carries ``PIPELINE.json`` with the fingerprint of everything that made it
@@ -284,8 +284,8 @@ class Pipeline:
             ]
         )
         if _fresh(d, fingerprint([fp, "dir"])) and path.exists():
-            with np.load(path) as z:
-                if str(z["fingerprint"]) == fp:
+            with np.load(path) as z:  # a file from before the ids were kept is recomputed
+                if str(z["fingerprint"]) == fp and "test_ids" in z.files:
                     return {k: z[k] for k in z.files}
         arrays: dict[str, np.ndarray] = {"fingerprint": np.array(fp)}
         splits = (("train", task.train), ("val", task.val), ("test", task.test))
@@ -310,6 +310,8 @@ class Pipeline:
                 e_ntu = ntus if ntus is not None else ntu_vectors(posts, emb, v.ntu_types)[0]
                 x = np.concatenate([x, e_ntu], axis=1)
             arrays[split] = np.asarray(x, dtype=np.float32)
+            # row i of the split is post ids[i]: the file can be used without rebuilding the task
+            arrays[f"{split}_ids"] = np.array([q.id for q in posts], dtype=np.str_)
         d.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(path.name + ".tmp.npz")
         np.savez(tmp, **arrays)
