@@ -342,9 +342,10 @@ class Pipeline:
             for spec, task in tasks:
                 arrays = self.embeddings(v, model, fp, task, emb)
                 lookup = _lookup(task, arrays)
+                name = v.name if finetune_seed is None else f"{v.name} (ft seed {finetune_seed})"
                 for seed in seeds:
                     res = evaluate_task(
-                        task, lookup, self.cfg.eval, seed=seed, overlap=flags[task.name]
+                        task, lookup, self.cfg.eval, seed=seed, overlap=flags[task.name], model=name
                     )
                     res.update(
                         variant=v.name, family=_family(spec, task), finetune_seed=finetune_seed
