@@ -169,3 +169,28 @@ def test_export_refuses_a_non_empty_out_and_a_non_model(model, tmp_path, capsys)
     assert "not an empty directory" in capsys.readouterr().err
     assert main(["export", "--model", str(tmp_path), "--out", str(tmp_path / "o")]) == 2
     assert "not an NTULM model directory" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------- what the logs show
+@pytest.mark.parametrize("quiet", [True, False])
+def test_cli_logs_have_no_bars_or_escape_codes_off_a_terminal(backbone, tmp_path, capfd, quiet):
+    """stderr is not a terminal here: no progress bars (ours or transformers' loading and
+    writing bars), so no carriage returns or cursor escape codes between the log lines."""
+    from transformers.utils import logging as hf_logging
+
+    from ntulm.cli import main
+
+    posts = tmp_path / "posts.jsonl"
+    rows = [
+        {"id": str(i), "text": f"post number {i} #tag{i % 3}", "author": f"u{i % 4}"}
+        for i in range(24)
+    ]
+    posts.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    argv = ["finetune", "--posts", str(posts), "--no-ntu", "--out", str(tmp_path / "m"),
+            f"backbone={backbone}", "max_steps=2", "max_epochs=1", "max_length=16"]  # fmt: skip
+    capfd.readouterr()
+    assert main((["-q"] if quiet else []) + argv) == 0
+    err = capfd.readouterr().err
+    for needle in ("\r", "\x1b", "Writing model shards", "Loading weights", "it/s", "step/s"):
+        assert needle not in err, (needle, err[-500:])
+    assert hf_logging.is_progress_bar_enabled()  # the library's switch is restored afterwards

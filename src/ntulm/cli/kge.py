@@ -20,7 +20,7 @@ def cmd_train_kge(args: argparse.Namespace) -> int:
         args.out,
         config,
         resume=args.resume,
-        progress=not args.quiet,
+        progress=args.progress,
         evaluate=not args.no_eval,
     )
     if emb is None:  # a rank other than 0 of a sharded run: rank 0 reports

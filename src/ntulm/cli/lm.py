@@ -56,7 +56,7 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     overrides = list(args.overrides)
     if args.no_ntu:
         overrides.append("use_ntu=false")
-    if args.quiet:
+    if not args.progress:
         overrides.append("progress=false")
     cfg = LMConfig.from_sources(args.config, overrides)
     if cfg.use_ntu and not args.ntu:
@@ -125,7 +125,7 @@ def cmd_embed(args: argparse.Namespace) -> int:
         args.out,
         batch_size=args.batch_size,
         concat_ntu=args.concat_ntu,
-        show_progress_bar=not args.quiet,
+        show_progress_bar=args.progress,
         limit=args.limit,
         dtype=args.dtype,
         pooling=args.pooling,

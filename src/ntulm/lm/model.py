@@ -240,8 +240,9 @@ class NTULM(nn.Module):
     def save(self, out_dir: str | Path) -> None:
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
-        self.mlm.save_pretrained(out / MODEL_DIR, safe_serialization=True)
-        self.tokenizer.save_pretrained(out / MODEL_DIR)
+        with _quiet_transformers(self.cfg.progress if self.cfg is not None else True):
+            self.mlm.save_pretrained(out / MODEL_DIR, safe_serialization=True)  # its bar, too
+            self.tokenizer.save_pretrained(out / MODEL_DIR)
         meta: dict[str, Any] = {
             "use_ntu": self.use_ntu,
             "ntu_dim": self.ntu_dim,

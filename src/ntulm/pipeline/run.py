@@ -86,7 +86,7 @@ class Pipeline:
         self.ran: list[str] = []
         self.timings: dict[str, float] = {}
         self._memo: dict[str, dict[tuple, np.ndarray]] = {}
-        self.stage = StageLog(enabled=progress)
+        self.stage = StageLog()  # log lines, shown or not by the log level (not bars)
         self.temporal: Temporal | None = None
 
     # -- data and tasks --------------------------------------------------------------------
