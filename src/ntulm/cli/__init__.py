@@ -11,6 +11,7 @@ import importlib
 import logging
 import os
 import sys
+import warnings
 from collections.abc import Iterator
 
 # OpenMP threads that spin while waiting collapse on a busy machine (a fine-tuning step took
@@ -171,7 +172,9 @@ def progress_bars(enabled: bool) -> Iterator[None]:
             os.environ[key] = old
         hf = sys.modules.get("transformers.utils.logging")
         if hf is not None and was_on:
-            hf.enable_progress_bar()
+            with warnings.catch_warnings():  # huggingface_hub keeps its own off: it read the env
+                warnings.simplefilter("ignore")
+                hf.enable_progress_bar()
 
 
 def main(argv: list[str] | None = None) -> int:
