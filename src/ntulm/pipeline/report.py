@@ -489,13 +489,17 @@ def kge_table(kge: dict[str, Any]) -> str:
     ]
     for r in sorted(rels, key=lambda r: (r == "overall", r)):
         m = lp[r]
+        edges = m.get("edges", m.get("n", 0) // 2)  # n counts ranks: two per edge
+        few = " (few)" if r != "overall" and edges < 50 else ""
         rows.append(
-            f"| {r} | {m.get('n', 0):,} | {m['mrr']:.4f} | {m.get('hits@1', 0):.3f} | "
+            f"| {r} | {edges:,}{few} | {m['mrr']:.4f} | {m.get('hits@1', 0):.3f} | "
             f"{m.get('hits@10', 0):.3f} | {m.get('hits@50', 0):.3f} | "
             f"{(rnd.get(r) or {}).get('mrr', float('nan')):.4f} |"
         )
     protocol = lp.get("protocol")
     note = (protocol[0].upper() + protocol[1:] + ".") if isinstance(protocol, str) else ""
+    for warning in lp.get("warnings") or []:
+        note += f" Warning: {warning}."
     train = kge.get("train") or {}
     if train:
         note += f" Trained on {train.get('edges', 0):,} edges, {train.get('epochs', '?')} epochs."
