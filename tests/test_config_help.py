@@ -62,4 +62,3 @@ def test_typos_in_nested_sections_and_list_items(tmp_path, capsys):
     assert "eval.tasks.0.top_kk: unknown key (did you mean 'top_k'" in err
     assert "variants.0.use_ntuu: unknown key (did you mean 'use_ntu'" in err
     assert "kge.dimensio: unknown key (did you mean 'dimension'" in err
-
