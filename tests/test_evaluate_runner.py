@@ -1,5 +1,8 @@
 """The downstream MLP and evaluate_task end to end with small embedding functions."""
 
+import logging
+import re
+
 import numpy as np
 import pytest
 import torch
@@ -15,6 +18,7 @@ from ntulm.evaluate import (
     retrieval_task,
     train_mlp,
 )
+from ntulm.evaluate.runner import result_line
 from ntulm.evaluate.significance import metric_of
 from ntulm.posts.formats import parse_jsonl
 from ntulm.synthetic import generate_posts
@@ -110,6 +114,20 @@ def test_evaluate_task_classification_with_overlap_split(corpus):
     change = percent_change(result, base)
     assert change["metrics"]["macro_f1"] == pytest.approx(0.0)  # same embeddings, same seed
     assert set(change["overlap"]) == set(result["metrics"])
+
+
+def test_result_log_line_names_the_model_and_rounds_to_4_digits(corpus, caplog):
+    task = classification_task(corpus, "community", split_by="author", seed=0)
+    with caplog.at_level(logging.INFO, logger="ntulm.evaluate.runner"):
+        result = evaluate_task(task, bag_of_words, FAST, seed=1, model="hashed words")
+    (line,) = [r.getMessage() for r in caplog.records if "community" in r.getMessage()]
+    assert line.startswith(f"hashed words | community | seed 1 | n_test {len(task.test)} | ")
+    numbers = re.findall(r"\d+\.\d+", line)
+    assert len(numbers) == len(result["metrics"]) and all(
+        len(x.split(".")[1]) == 4 for x in numbers
+    )
+    assert f"macro_f1 {result['metrics']['macro_f1']:.4f}" in line
+    assert result_line({"task": "t", "metrics": {"auc": None}}) == "model | t | auc n/a"
 
 
 def test_evaluate_task_retrieval_map(corpus):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 
 import numpy as np
 import pytest
@@ -122,9 +123,22 @@ def test_cli_end_to_end(graph, tmp_path, capsys):
         + ["num_epochs=2", "loss_fn=softmax"]
     )
     assert rc == 0
-    assert "MRR" in capsys.readouterr().out
+    said = capsys.readouterr().out
+    assert "MRR" in said and " n=" in said  # held-out edges per relation
     assert is_done(out, "kge")
     assert NTUEmbeddings.load(out).config["loss_fn"] == "softmax"
+
+
+def test_few_held_out_edges_are_warned_with_n(graph, tmp_path, caplog):
+    cfg = KGEConfig(**{**TINY, "num_epochs": 1, "eval_fraction": 0.01})
+    with caplog.at_level(logging.WARNING, logger="ntulm.kge.train"):
+        _, metrics = train_kge(graph[0], tmp_path / "o", cfg, progress=False)
+    lp = metrics["link_prediction"]
+    few = [r for r, m in lp.items() if isinstance(m, dict) and r != "overall" and m["edges"] < 50]
+    assert few  # about 11 held-out edges in all
+    (line,) = [r.getMessage() for r in caplog.records if "held-out edge" in r.getMessage()]
+    for r in few:
+        assert f"{r}: {lp[r]['edges']} held-out edge(s)" in line
 
 
 def test_cli_bad_graph_path(tmp_path, capsys):

@@ -2,15 +2,19 @@
 
 import json
 import shutil
+import subprocess
+from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
+import pytest
 import yaml
 
-from ntulm.cli import main
+from ntulm.cli import build_parser, main
 from ntulm.graph import build as graph_build
 from ntulm.pipeline import default_variants, paper_variants
 from ntulm.pipeline import run as pipeline_run
+from ntulm.posts import PostReader
 from ntulm.synthetic import write_corpus
 
 
@@ -149,8 +153,28 @@ def test_quickstart_with_a_backbone(tmp_path, backbone, capsys):
     assert main(argv) == 0
     out = capsys.readouterr().out
     assert "synthetic corpus" in out and "Table 2" in out and "NTULM author+hashtag" in out
+    assert f"everything this quickstart wrote is under {(tmp_path / 'qs').resolve()}" in out
     res = json.loads((tmp_path / "qs" / "run" / "results.json").read_text())
     assert any(r["n"]["non_overlap"] > 0 for r in res["runs"])  # newcomers form a non-overlap slice
+    # per-task embeddings carry the post id of every row, and the ids are the corpus's posts
+    corpus = {p.id for p, _ in PostReader().iter_posts([tmp_path / "qs" / "posts.jsonl.gz"])}
+    with np.load(tmp_path / "qs" / "run" / "embeddings" / "ntulm_author" / "community.npz") as z:
+        for split in ("train", "val", "test"):
+            ids = z[f"{split}_ids"].tolist()
+            assert len(ids) == len(z[split]) > 0 and len(set(ids)) == len(ids)
+            assert set(ids) <= corpus
+
+
+def test_quickstart_default_output_is_ignored_by_git():
+    """`ntulm quickstart` run from a checkout writes under a directory git ignores."""
+    root = Path(__file__).resolve().parents[1]
+    if not (root / ".git").exists():
+        pytest.skip("not a git checkout")
+    out = build_parser().parse_args(["quickstart"]).out
+    assert out == "ntulm-quickstart"
+    for path in (f"{out}/run/report.md", f"{out}/posts.jsonl.gz"):
+        probe = subprocess.run(["git", "check-ignore", "-q", path], cwd=root)
+        assert probe.returncode == 0, f"{path} is not ignored by .gitignore"
 
 
 def test_evaluate_saved_models_matches_run(tmp_path, backbone, capsys):

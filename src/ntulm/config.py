@@ -7,12 +7,15 @@ is saved beside every artifact (``config.json``) so a run can be reproduced or r
 
 from __future__ import annotations
 
+import difflib
 import json
+import typing
 from pathlib import Path
 from typing import Any, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic_core import PydanticUndefined
 
 from ntulm.errors import ConfigError
 
@@ -33,7 +36,10 @@ class StageConfig(BaseModel):
             problems = []
             for err in exc.errors():
                 field = ".".join(str(p) for p in err["loc"]) or "<root>"
-                problems.append(f"{field}: {err['msg']}")
+                msg = err["msg"]
+                if err["type"] == "extra_forbidden":  # a typo, most of the time
+                    msg = "unknown key" + _suggest(cls, err["loc"])
+                problems.append(f"{field}: {msg}")
             raise ConfigError(f"{source}: invalid {cls.__name__}: " + "; ".join(problems)) from None
 
     @classmethod
@@ -58,13 +64,60 @@ class StageConfig(BaseModel):
         return json.dumps(self.model_dump(mode="json"), indent=2, sort_keys=True)
 
     @classmethod
-    def help_text(cls) -> str:
-        """One line per field: name, type, default and description (for ``--help``)."""
+    def help_text(cls, prefix: str = "") -> str:
+        """One line per field: name, type, default and description (for ``--help``); the fields
+        of a nested config as dotted keys (``text.mentions``), as overrides spell them."""
         lines = []
         for name, field in cls.model_fields.items():
-            ann = getattr(field.annotation, "__name__", str(field.annotation))
-            lines.append(f"  {name} ({ann}, default {field.default!r}): {field.description or ''}")
+            ann = field.annotation
+            if isinstance(ann, type) and issubclass(ann, StageConfig):
+                lines.append(f"  {prefix}{name}.*: {field.description or ''}")
+                lines.append(ann.help_text(prefix=f"{prefix}{name}."))
+                continue
+            default = field.get_default(call_default_factory=True)
+            shown = "required" if default is PydanticUndefined else f"default {default!r}"
+            lines.append(
+                f"  {prefix}{name} ({_type_name(ann)}, {shown}): {field.description or ''}"
+            )
         return "\n".join(lines)
+
+
+def _type_name(ann: Any) -> str:
+    if typing.get_origin(ann) is typing.Literal:
+        return " | ".join(repr(a) for a in typing.get_args(ann))
+    if typing.get_origin(ann) is None and hasattr(ann, "__name__"):
+        return ann.__name__  # a plain class: int, str, ...
+    return str(ann).replace("typing.", "")  # list[str], str | None, ...
+
+
+def _models_in(ann: Any) -> list[type[BaseModel]]:
+    """The config classes inside an annotation (``X``, ``list[X]``, ``X | None``, unions, ...)."""
+    if isinstance(ann, type) and issubclass(ann, BaseModel):
+        return [ann]
+    out: list[type[BaseModel]] = []
+    for arg in typing.get_args(ann):
+        out.extend(_models_in(arg))
+    return out
+
+
+def _suggest(cls: type[BaseModel], loc: tuple[Any, ...]) -> str:
+    """``" (did you mean 'max_steps'?)"`` for the unknown key at ``loc``, else the valid keys."""
+    here: list[type[BaseModel]] = [cls]
+    for part in loc[:-1]:
+        nxt: list[type[BaseModel]] = []
+        for model in here:
+            if isinstance(part, str) and part in model.model_fields:
+                nxt.extend(_models_in(model.model_fields[part].annotation))
+            else:  # a list index, a dict key or a union tag: the same config class
+                nxt.append(model)
+        here = nxt
+    valid = sorted({k for model in here for k in model.model_fields})
+    if not valid:
+        return ""
+    close = difflib.get_close_matches(str(loc[-1]), valid, n=2, cutoff=0.6)
+    if close:
+        return " (did you mean " + " or ".join(repr(c) for c in close) + "?)"
+    return f" (valid keys: {', '.join(valid)})"
 
 
 def read_yaml(path: str | Path) -> dict[str, Any]:

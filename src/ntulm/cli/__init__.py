@@ -6,10 +6,13 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import logging
 import os
 import sys
+import warnings
+from collections.abc import Iterator
 
 # OpenMP threads that spin while waiting collapse on a busy machine (a fine-tuning step took
 # 10x longer with one other process running); sleeping waiters cost little when it is idle.
@@ -40,7 +43,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"ntulm {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     parser.add_argument(
-        "-q", "--quiet", action="store_true", help="warnings only, no progress bars"
+        "-q",
+        "--quiet",
+        action="store_true",
+        help="warnings only, no progress bars (bars are shown only on a terminal anyway)",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name in COMMAND_MODULES:
@@ -141,6 +147,36 @@ def reader_args(args: argparse.Namespace) -> dict:
     return {"columns": args.columns, "labels": [{"path": f} for f in args.labels or []]}
 
 
+@contextlib.contextmanager
+def progress_bars(enabled: bool) -> Iterator[None]:
+    """Progress bars of ntulm (``args.progress``) and of the libraries it calls: with
+    ``enabled=False`` transformers' bars (loading and writing checkpoints) are off too, through
+    the switch transformers and huggingface_hub read when imported (they are imported lazily,
+    after this) and, if already imported, their functions; restored afterwards."""
+    if enabled:
+        yield
+        return
+    key = "HF_HUB_DISABLE_PROGRESS_BARS"
+    old = os.environ.get(key)
+    os.environ[key] = "1"
+    hf = sys.modules.get("transformers.utils.logging")
+    was_on = hf.is_progress_bar_enabled() if hf is not None else old is None
+    if hf is not None:
+        hf.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if old is None:
+            del os.environ[key]
+        else:
+            os.environ[key] = old
+        hf = sys.modules.get("transformers.utils.logging")
+        if hf is not None and was_on:
+            with warnings.catch_warnings():  # huggingface_hub keeps its own off: it read the env
+                warnings.simplefilter("ignore")
+                hf.enable_progress_bar()
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -149,8 +185,12 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(
         level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S"
     )
+    # Bars only on a terminal: written to a file or a pipe they are carriage returns and cursor
+    # escape codes between the log lines. -q: no bars anywhere, ours or transformers'.
+    args.progress = not args.quiet and sys.stderr.isatty()
     try:
-        return int(args.func(args) or 0)
+        with progress_bars(args.progress):
+            return int(args.func(args) or 0)
     except NTULMError as exc:
         print(f"ntulm {args.command}: error: {exc}", file=sys.stderr)
         return exc.exit_code

@@ -33,7 +33,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         baseline=args.baseline,
         post_concat_of=args.post_concat,
     )
-    results = evaluate_saved(cfg, models, args.out, ntu=args.ntu, progress=not args.quiet)
+    results = evaluate_saved(cfg, models, args.out, ntu=args.ntu, progress=args.progress)
     print_summary(results, Path(args.out))
     return 0
 

@@ -30,7 +30,7 @@ def _config(args: argparse.Namespace) -> GraphConfig:
 
 def cmd_build_graph(args: argparse.Namespace) -> int:
     config = _config(args)
-    stats = build_graph(args.posts, args.out, config, progress=not args.quiet)
+    stats = build_graph(args.posts, args.out, config, progress=args.progress)
     posts = stats["posts"]
     print(
         f"posts: read {posts['read']:,}, accepted {posts['accepted']:,}, rejected {posts['rejected']:,}"
@@ -52,7 +52,7 @@ def cmd_build_graph(args: argparse.Namespace) -> int:
 
 
 def cmd_ntu_stats(args: argparse.Namespace) -> int:
-    cov = ntu_coverage(args.posts, args.graph, _config(args), progress=not args.quiet)
+    cov = ntu_coverage(args.posts, args.graph, _config(args), progress=args.progress)
     if args.json:
         json.dump(cov, sys.stdout, indent=2)
         print()

@@ -12,6 +12,7 @@ def cmd_train_kge(args: argparse.Namespace) -> int:
     status = relaunch_under_torchrun(args)
     if status is not None:
         return status
+    from ntulm.kge.evaluate import MIN_RELIABLE_EDGES
     from ntulm.kge.train import train_kge  # torch is imported only when the command runs
 
     config = KGEConfig.from_sources(args.config, args.overrides)
@@ -20,7 +21,7 @@ def cmd_train_kge(args: argparse.Namespace) -> int:
         args.out,
         config,
         resume=args.resume,
-        progress=not args.quiet,
+        progress=args.progress,
         evaluate=not args.no_eval,
     )
     if emb is None:  # a rank other than 0 of a sharded run: rank 0 reports
@@ -40,11 +41,15 @@ def cmd_train_kge(args: argparse.Namespace) -> int:
         print(f"link prediction on {tr['held_out_edges']:,} held-out edges ({lp['protocol']}):")
         for name, m in lp.items():
             if isinstance(m, dict):
+                few = " (few: unreliable)" if m.get("edges", 0) < MIN_RELIABLE_EDGES else ""
                 print(
-                    f"  {name:14s} MRR {m['mrr']:.4f}  Hits@1 {m['hits@1']:.4f}  "
-                    f"Hits@10 {m['hits@10']:.4f}  Hits@50 {m['hits@50']:.4f}  "
+                    f"  {name:14s} n={m.get('edges', 0):,}{few}  MRR {m['mrr']:.4f}  "
+                    f"Hits@1 {m['hits@1']:.4f}  Hits@10 {m['hits@10']:.4f}  "
+                    f"Hits@50 {m['hits@50']:.4f}  "
                     f"(random: MRR {rb[name]['mrr']:.4f}, Hits@10 {rb[name]['hits@10']:.4f})"
                 )
+        for warning in lp.get("warnings", []):
+            print(f"  warning: {warning}")
     print(f"-> {args.out}")
     return 0
 

@@ -57,7 +57,7 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     overrides = list(args.overrides)
     if args.no_ntu:
         overrides.append("use_ntu=false")
-    if args.quiet:
+    if not args.progress:
         overrides.append("progress=false")
     cfg = LMConfig.from_sources(args.config, overrides)
     if cfg.use_ntu and not args.ntu:
@@ -128,7 +128,7 @@ def cmd_embed(args: argparse.Namespace) -> int:
         args.out,
         batch_size=args.batch_size,
         concat_ntu=args.concat_ntu,
-        show_progress_bar=not args.quiet,
+        show_progress_bar=args.progress,
         limit=args.limit,
         dtype=args.dtype,
         pooling=args.pooling,
@@ -136,6 +136,18 @@ def cmd_embed(args: argparse.Namespace) -> int:
     print(f"{n:,} post embeddings -> {args.out}")
     print(
         json.dumps({"posts": reader.report.to_json()["read"], "rejected": reader.report.rejected})
+    )
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from ntulm.lm.export import export_model
+
+    out = export_model(args.model, args.out, args.format)
+    print(
+        f"{out}: a sentence-transformers model of the TEXT PATH of {args.model} (encoder + mean "
+        "pooling over the word pieces; no NTU token, so not the NTULM embedding). "
+        f"Load it with SentenceTransformer({str(out)!r}); {out}/README.md says more."
     )
     return 0
 
@@ -214,3 +226,21 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="run all N shards in N processes on this machine, the cores split between them",
     )
     e.set_defaults(func=cmd_embed)
+
+    x = sub.add_parser(
+        "export",
+        help="a model's text path as a sentence-transformers directory (no NTU token)",
+        description="Write the text path of a fine-tuned model (the encoder without the NTU token, "
+        "mean pooling over the word pieces) as a sentence-transformers model directory. Other "
+        "libraries cannot compute the NTU token: the export gives the vectors of "
+        "encode(texts, text_only=True), not the NTULM embedding.",
+    )
+    x.add_argument("--model", required=True, help="model directory from finetune")
+    x.add_argument("--out", required=True, help="output directory (new or empty)")
+    x.add_argument(
+        "--format",
+        choices=("sentence-transformers",),
+        default="sentence-transformers",
+        help="export format (default: sentence-transformers)",
+    )
+    x.set_defaults(func=cmd_export)

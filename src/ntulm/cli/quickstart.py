@@ -69,8 +69,9 @@ def cmd_quickstart(args: argparse.Namespace) -> int:
     posts = write_corpus(out / "posts.jsonl.gz", n_posts=args.posts, purity=0.5, seed=args.seed)
     print(f"synthetic corpus (generated, not real data): {args.posts:,} posts -> {posts}")
     cfg = PipelineConfig.from_sources(args.config, args.overrides, base=quickstart_config(posts))
-    results = run_pipeline(cfg, out / "run", progress=not args.quiet)
+    results = run_pipeline(cfg, out / "run", progress=args.progress)
     print_summary(results, out / "run")
+    print(f"everything this quickstart wrote is under {out.resolve()} (delete it when done)")
     return 0
 
 

@@ -17,7 +17,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             "--config FILE is required (see benchmarks/paper_cpu.yaml for an example)"
         )
     cfg = PipelineConfig.from_sources(args.config, args.overrides)
-    results = run_pipeline(cfg, args.out, progress=not args.quiet)
+    results = run_pipeline(cfg, args.out, progress=args.progress)
     print_summary(results, Path(args.out))
     return 0
 

@@ -56,6 +56,7 @@ def evaluate_task(
     config: EvalConfig,
     seed: int | None = None,
     overlap: np.ndarray | None = None,
+    model: str | None = None,
 ) -> dict[str, Any]:
     """Result of ``task`` on the embeddings ``embed`` gives (JSON-able)::
 
@@ -69,6 +70,7 @@ def evaluate_task(
     ``seed`` (default ``config.seed``) seeds the MLP. ``overlap`` replaces the test posts' flags
     from ``embed``: pass the NTULM's flags when evaluating a text-only baseline, so both are
     split on the same posts (Table 4). A value that cannot be computed is ``None`` with a note.
+    ``model`` names the embeddings in the log line of the result (:func:`result_line`).
     """
     seed = config.seed if seed is None else seed
     x_test, flags = _embed(embed, task.test, "test")
@@ -139,5 +141,17 @@ def evaluate_task(
     result.update(n=n, training=training, notes=notes)
     # per test post, what the paired bootstrap needs to recompute the headline metric
     result["per_post"] = per_post
-    log.info("%s: %s", task.name, result["metrics"])
+    log.info("%s", result_line(result, model))
     return result
+
+
+def result_line(result: dict[str, Any], model: str | None = None) -> str:
+    """One log line per result: ``NTULM author | community | seed 1 | macro_f1 0.8407, ...``
+    (4 digits; the model named, so the lines of several models can be told apart)."""
+    metrics = ", ".join(
+        f"{k} {'n/a' if v is None else f'{v:.4f}'}" for k, v in result["metrics"].items()
+    )
+    seed = f" | seed {result['seed']}" if result.get("seed") is not None else ""
+    n = result.get("n", {}).get("test")
+    size = f" | n_test {n}" if n is not None else ""
+    return f"{model or 'model'} | {result['task']}{seed}{size} | {metrics}"

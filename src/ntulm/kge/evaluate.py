@@ -16,6 +16,9 @@ from dataclasses import dataclass
 import torch
 
 HITS_AT = (1, 10, 50)
+# Below this many held-out edges a relation's MRR is mostly noise (one edge moves it by up to
+# 1/n): tiny corpora give MRR 1.0 or nan from a handful of edges. Warned about, with n.
+MIN_RELIABLE_EDGES = 50
 
 
 @dataclass
@@ -101,10 +104,13 @@ def link_prediction(
     seed: int = 0,
     batch: int = 512,
 ) -> dict:
-    """Filtered MRR / Hits@k per relation (both sides averaged) and over all relations."""
+    """Filtered MRR / Hits@k per relation (both sides averaged) and over all relations, each with
+    ``n`` (ranks: two per edge) and ``edges`` (held-out edges evaluated); ``warnings`` names the
+    relations with fewer than :data:`MIN_RELIABLE_EDGES` edges."""
     gen = torch.Generator().manual_seed(seed + 7919)
     out: dict = {}
     all_ranks = []
+    few: list[str] = []
     for r, (name, lt, rt) in enumerate(relations):
         L, Rt = tables[lt].float(), tables[rt].float()
         rvec = relation_vectors[r].float()
@@ -132,8 +138,20 @@ def link_prediction(
         rl = torch.cat(ranks_l) if ranks_l else torch.zeros(0, dtype=torch.double)
         both = torch.cat([rr, rl])
         all_ranks.append(both)
-        out[name] = {**_summary(both), "rhs": _summary(rr), "lhs": _summary(rl)}
+        out[name] = {**_summary(both), "edges": len(sel), "rhs": _summary(rr), "lhs": _summary(rl)}
+        if len(sel) < MIN_RELIABLE_EDGES:
+            few.append(f"{name}: {len(sel)} held-out edge(s)")
     out["overall"] = _summary(torch.cat(all_ranks) if all_ranks else torch.zeros(0))
+    out["overall"]["edges"] = sum(out[name]["edges"] for name, _, _ in relations)
+    # a list, not a dict: readers take the dict entries as relations
+    out["warnings"] = (
+        [
+            f"fewer than {MIN_RELIABLE_EDGES} held-out edges, so MRR and Hits@k are unreliable "
+            f"(nan: none at all): {'; '.join(few)}"
+        ]
+        if few
+        else []
+    )
     out["protocol"] = (
         "filtered ranking of the true rhs among "
         + ("all nodes of the type" if not num_candidates else f"{num_candidates} sampled nodes")

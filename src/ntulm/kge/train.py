@@ -425,9 +425,12 @@ def evaluate_embeddings(
         rand_tables, torch.randn(rvec.shape, generator=gen), rels, test, graph.edges, **kw
     )
     log.info(
-        "link prediction (%.1fs): MRR %.4f (random baseline %.4f)",
+        "link prediction (%.1fs): MRR %.4f over %d held-out edges (random baseline %.4f)",
         time.perf_counter() - t0,
         model["overall"]["mrr"],
+        model["overall"]["edges"],
         baseline["overall"]["mrr"],
     )
+    for warning in model["warnings"]:
+        log.warning("link prediction: %s", warning)
     return {"link_prediction": model, "random_baseline": baseline}

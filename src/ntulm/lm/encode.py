@@ -1,8 +1,8 @@
 """Post embeddings from a fine-tuned model (paper §3.3): embed_ntulm = mean of the final hidden
 states ``[z_0 .. z_n, z_ntu]`` over the valid tokens and the NTU token, with the model frozen.
 
-- :func:`encode` is the Python verb (sentence-transformers style), over post records, or texts
-  with their e_ntu rows (a text without NTUs gets the mean NTU vector);
+- :func:`encode` is the Python verb (sentence-transformers style), over post records (``Post`` or
+  dicts of the JSON Lines schema), or texts with their e_ntu rows (a text without NTUs gets the mean NTU vector);
 - ``concat_ntu=True`` gives the BERT-post-concat baseline: ``[mean-pooled embedding ; e_ntu]``;
 - ``pooling="mean+ntu"`` (not the paper's; for NTULM models) gives ``[mean over the word pieces ;
   z_ntu]``, 2H wide: in the mean the NTU token weighs 1/(n+1), and on IRA the NTU slot's final
@@ -26,7 +26,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
@@ -45,6 +45,28 @@ if TYPE_CHECKING:
     from ntulm.lm.model import NTULM
 
 log = logging.getLogger(__name__)
+
+
+def as_posts(posts: Sequence[Post | str | dict[str, Any]]) -> list[Post | str]:
+    """Posts as :func:`encode` takes them: :class:`Post` records and plain texts as they are,
+    dicts read as records of the JSON Lines schema (``Post.from_json``, exactly as the file
+    reader reads a line; an error names the item and the field)."""
+    if isinstance(posts, (str, dict, Post)):
+        raise TypeError("posts: expected a list of posts, texts or dicts, got a single one")
+    out: list[Post | str] = []
+    for i, p in enumerate(posts):
+        if isinstance(p, (Post, str)):
+            out.append(p)
+        elif isinstance(p, dict):
+            try:
+                out.append(Post.from_json(p))
+            except ValueError as exc:
+                raise ValueError(f"posts[{i}]: {exc}") from None
+        else:
+            raise TypeError(
+                f"posts[{i}]: expected a Post, a text or a dict, got {type(p).__name__}"
+            )
+    return out
 
 
 def post_ntus(
@@ -99,7 +121,7 @@ def pad_batch(
 @torch.inference_mode()
 def encode(
     model: NTULM,
-    posts: Sequence[Post | str],
+    posts: Sequence[Post | str | dict[str, Any]],
     *,
     ntus: np.ndarray | None = None,
     batch_size: int = 64,
@@ -108,11 +130,14 @@ def encode(
     return_overlap: bool = False,
     dtype: str = "float32",
     pooling: str = "mean",
+    text_only: bool = False,
 ) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
     """Embeddings of ``posts``, (N, H) float32 (H + ntu_dim with ``concat_ntu``), in input order.
 
-    ``posts`` are :class:`Post` records or plain texts; ``ntus`` optionally gives each one's e_ntu
-    row directly, (N, ntu_dim). With ``return_overlap`` also returns the overlap flags, (N,) bool.
+    ``posts`` are :class:`Post` records, dicts of the JSON Lines schema (``{"id": "1", "text":
+    "...", "author": "alice", "hashtags": ["nlp"]}``, read as the file reader reads a line) or
+    plain texts (no NTUs: the mean vector); ``ntus`` optionally gives each one's e_ntu row
+    directly, (N, ntu_dim). With ``return_overlap`` also returns the overlap flags, (N,) bool.
     ``dtype="bfloat16"`` runs the encoder under bfloat16 autocast: about 3x faster than float32
     on CPUs with native bf16 (cosine to float32 above 0.999); ``"auto"`` picks bfloat16 there and
     float32 elsewhere. The output stays float32. ``pooling`` is ``"mean"`` (the paper),
@@ -120,15 +145,22 @@ def encode(
     (BERT-post-concat for a no-NTU model); by default (``None``) it is on with ``mean`` pooling
     for models that inject one mean NTU vector and carry NTU embeddings, the recommended
     embedding (:func:`recommended_concat`), and off otherwise.
+    ``text_only=True`` runs the encoder on the
+    word pieces alone, without the NTU token (mean pooling): what transformers or
+    sentence-transformers compute from ``model/`` or an ``ntulm export``.
     """
     check_pooling(model, pooling)
-    if concat_ntu is None:
-        concat_ntu = recommended_concat(model, pooling)
+    if text_only and pooling != "mean":
+        raise ConfigError(f"pooling: {pooling!r} needs the NTU token; text_only takes 'mean'")
+    posts = as_posts(posts)
+    if concat_ntu is None:  # the text path alone appends nothing by default
+        concat_ntu = False if text_only else recommended_concat(model, pooling)
     assert model.cfg is not None and model.tokenizer is not None
     model.eval()
     device = next(model.parameters()).device
     bf16 = resolve_dtype(check_dtype(dtype), device.type) == "bfloat16"
-    e_ntu, overlap = post_ntus(model, posts, ntus, need=model.use_ntu or concat_ntu)
+    need = (model.use_ntu and not text_only) or concat_ntu
+    e_ntu, overlap = post_ntus(model, posts, ntus, need=need)
     texts = [p.text if isinstance(p, Post) else p for p in posts]
     tokens = tokenize(texts, model.tokenizer, model.cfg.max_length, model.cfg.text)
     width = model.hidden_size * (2 if pooling == "mean+ntu" else 1)
@@ -141,11 +173,12 @@ def encode(
         if k % TRIM_EVERY == 0:
             trim()  # freed activations of other batch shapes back to the OS (memory.py)
         ids, mask = pad_batch(tokens, idx, model.tokenizer.pad_token_id)
-        e = torch.from_numpy(e_ntu[idx]).to(device) if model.use_ntu else None
+        inject = model.use_ntu and not text_only
+        e = torch.from_numpy(e_ntu[idx]).to(device) if inject else None
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
             hidden, full_mask = model.hidden_states(
-                ids.to(device), mask.to(device), e
-            )  # (B, T+1, H)
+                ids.to(device), mask.to(device), e, text_only=text_only
+            )  # (B, T+1, H); (B, T, H) without the NTU token
         pooled = pool(model, hidden.float(), full_mask, ids.shape[1], pooling)
         out[idx] = pooled.float().cpu().numpy()
     if concat_ntu:

@@ -44,8 +44,10 @@ from ntulm.artifacts import (
     require_done,
     unmark,
     write_json,
+    write_text,
 )
 from ntulm.errors import ArtifactError, ConfigError
+from ntulm.lm.card import CARD, model_card
 from ntulm.lm.config import LMConfig, resolve_backbone
 from ntulm.lm.fusion import GatePooling, TypedNTUTokens
 
@@ -252,8 +254,9 @@ class NTULM(nn.Module):
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
         unmark(out)
-        self.mlm.save_pretrained(out / MODEL_DIR, safe_serialization=True)
-        self.tokenizer.save_pretrained(out / MODEL_DIR)
+        with _quiet_transformers(self.cfg.progress if self.cfg is not None else True):
+            self.mlm.save_pretrained(out / MODEL_DIR, safe_serialization=True)  # its bar, too
+            self.tokenizer.save_pretrained(out / MODEL_DIR)
         meta: dict[str, Any] = {
             "use_ntu": self.use_ntu,
             "ntu_dim": self.ntu_dim,
@@ -283,9 +286,12 @@ class NTULM(nn.Module):
                 save_file(fusion, str(tmp))
         if self.ntu is not None:
             self.ntu.save(out / NTU_DIR)
-        if self.cfg is not None:
-            write_json(out / LM_CONFIG, self.cfg.model_dump(mode="json"))
+        cfg = self.cfg.model_dump(mode="json") if self.cfg is not None else None
+        if cfg is not None:
+            write_json(out / LM_CONFIG, cfg)
         write_json(out / LM_META, meta)
+        # what each file is and what each loader gives (other libraries: no NTU token)
+        write_text(out / CARD, model_card(meta, cfg, sorted(p.name for p in out.iterdir())))
         if done:
             mark_done(out, STAGE, self.cfg.model_dump(mode="json") if self.cfg else {})
 

@@ -260,6 +260,17 @@ def write_predictions(runs: list[dict[str, Any]], path: Path) -> None:
         pq.write_table(table, tmp, compression="zstd")
 
 
+def improvement_bars(
+    agg: dict, variant: str, tasks: list[str], subset: str
+) -> tuple[list[float], list[float]]:
+    """Mean and std over seeds of the % change of the headline metric, per task, for one
+    subset; NaN (no bar, marked n/a) where the slice is empty, e.g. no non-overlap test posts."""
+    vals = [agg["changes"].get((variant, t, subset), []) for t in tasks]
+    means = [float(np.mean(c)) if c else float("nan") for c in vals]
+    errs = [float(np.std(c, ddof=1)) if len(c) > 1 else 0.0 for c in vals]
+    return means, errs
+
+
 def figures(results: dict[str, Any], agg: dict, out: Path) -> list[str]:
     import matplotlib
 
@@ -278,12 +289,12 @@ def figures(results: dict[str, Any], agg: dict, out: Path) -> list[str]:
         x = np.arange(len(tasks))
         for ax, v in zip(axes[:, 0], others, strict=True):
             for j, s in enumerate(SUBSETS):
-                vals = [agg["changes"].get((v, t, s), []) for t in tasks]
-                means = [float(np.mean(c)) if c else 0.0 for c in vals]
-                errs = [float(np.std(c, ddof=1)) if len(c) > 1 else 0.0 for c in vals]
-                ax.bar(
-                    x + (j - 1) * width, means, width, yerr=errs, label=SUBSET_NAMES[s], capsize=2
-                )
+                means, errs = improvement_bars(agg, v, tasks, s)
+                pos = x + (j - 1) * width
+                ax.bar(pos, means, width, yerr=errs, label=SUBSET_NAMES[s], capsize=2)
+                for p, m in zip(pos, means, strict=True):
+                    if np.isnan(m):  # an empty slice: no bar, and say so rather than draw a 0
+                        ax.text(p, 0, "n/a", ha="center", va="bottom", fontsize=6, rotation=90)
             ax.axhline(0, color="black", linewidth=0.8)
             ax.set_title(f"{v}: % change of the headline metric vs {base}", fontsize=10)
             ax.set_xticks(x, tasks, rotation=30, ha="right", fontsize=8)
@@ -489,13 +500,17 @@ def kge_table(kge: dict[str, Any]) -> str:
     ]
     for r in sorted(rels, key=lambda r: (r == "overall", r)):
         m = lp[r]
+        edges = m.get("edges", m.get("n", 0) // 2)  # n counts ranks: two per edge
+        few = " (few)" if r != "overall" and edges < 50 else ""
         rows.append(
-            f"| {r} | {m.get('n', 0):,} | {m['mrr']:.4f} | {m.get('hits@1', 0):.3f} | "
+            f"| {r} | {edges:,}{few} | {m['mrr']:.4f} | {m.get('hits@1', 0):.3f} | "
             f"{m.get('hits@10', 0):.3f} | {m.get('hits@50', 0):.3f} | "
             f"{(rnd.get(r) or {}).get('mrr', float('nan')):.4f} |"
         )
     protocol = lp.get("protocol")
     note = (protocol[0].upper() + protocol[1:] + ".") if isinstance(protocol, str) else ""
+    for warning in lp.get("warnings") or []:
+        note += f" Warning: {warning}."
     train = kge.get("train") or {}
     if train:
         note += f" Trained on {train.get('edges', 0):,} edges, {train.get('epochs', '?')} epochs."

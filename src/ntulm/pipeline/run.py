@@ -5,7 +5,7 @@ Layout of the output directory::
     config.json                resolved PipelineConfig
     graph/ kge/                stage artifacts
     lm/<variant>[-s<seed>]/    fine-tuned models (no model for BERT-post-concat)
-    embeddings/<variant>/<task>.npz   cached post embeddings (train/val/test + overlap flags)
+    embeddings/<variant>/<task>.npz   cached post embeddings (train/val/test, their post ids)
     results.json report.md *.png      results and the report (``report.py``)
 
 The run owns the directory (``ntulm.artifacts.output_lock``: a second run into it fails at once).
@@ -86,7 +86,7 @@ class Pipeline:
         self.ran: list[str] = []
         self.timings: dict[str, float] = {}
         self._memo: dict[str, dict[tuple, np.ndarray]] = {}
-        self.stage = StageLog(enabled=progress)
+        self.stage = StageLog()  # log lines, shown or not by the log level (not bars)
         self.temporal: Temporal | None = None
 
     # -- data and tasks --------------------------------------------------------------------
@@ -288,7 +288,7 @@ class Pipeline:
         )
         if path.exists():  # written atomically: a file that exists is whole
             with np.load(path) as z:
-                if str(z["fingerprint"]) == fp:
+                if str(z["fingerprint"]) == fp and "test_ids" in z.files:
                     return {k: z[k] for k in z.files}
         arrays: dict[str, np.ndarray] = {"fingerprint": np.array(fp)}
         splits = (("train", task.train), ("val", task.val), ("test", task.test))
@@ -313,6 +313,8 @@ class Pipeline:
                 e_ntu = ntus if ntus is not None else ntu_vectors(posts, emb, v.ntu_types)[0]
                 x = np.concatenate([x, e_ntu], axis=1)
             arrays[split] = np.asarray(x, dtype=np.float32)
+            # row i of the split is post ids[i]: the file can be used without rebuilding the task
+            arrays[f"{split}_ids"] = np.array([q.id for q in posts], dtype=np.str_)
         with atomic_path(path) as tmp, open(tmp, "wb") as fh:
             np.savez(fh, **arrays)
         return arrays
@@ -340,9 +342,10 @@ class Pipeline:
             for spec, task in tasks:
                 arrays = self.embeddings(v, model, fp, task, emb)
                 lookup = _lookup(task, arrays)
+                name = v.name if finetune_seed is None else f"{v.name} (ft seed {finetune_seed})"
                 for seed in seeds:
                     res = evaluate_task(
-                        task, lookup, self.cfg.eval, seed=seed, overlap=flags[task.name]
+                        task, lookup, self.cfg.eval, seed=seed, overlap=flags[task.name], model=name
                     )
                     res.update(
                         variant=v.name, family=_family(spec, task), finetune_seed=finetune_seed

@@ -45,7 +45,7 @@ def _str_id(value: Any, field: str) -> str:
     raise RecordError(f"field '{field}' must be a non-empty string or integer id")
 
 
-def _user(value: Any, field: str) -> UserRef:
+def parse_user(value: Any, field: str = "user") -> UserRef:
     """Project schema user: ``"alice"`` / ``"@alice"`` (handle), ``123`` or ``"id:123"`` (id), or
     ``{"id": ..., "handle": ...}`` (``screen_name`` / ``username`` accepted for ``handle``)."""
     if isinstance(value, bool):
@@ -72,6 +72,9 @@ def _user(value: Any, field: str) -> UserRef:
             raise RecordError(f"field '{field}': a user object needs 'id' or 'handle'")
         return ref
     raise RecordError(f"field '{field}': a user must be a handle, id or object")
+
+
+_user = parse_user
 
 
 def _str_list(value: Any, field: str) -> list[str]:

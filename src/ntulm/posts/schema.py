@@ -64,6 +64,30 @@ class Post:
     lang: str | None = None
     labels: dict[str, str] = field(default_factory=dict)
 
+    def __post_init__(self) -> None:
+        # Users may be given as the JSON Lines files give them: "alice" / "@alice" (a handle),
+        # 123 or "id:123" (an id), {"id": ..., "handle": ...}. ``Post(author="alice")`` then
+        # means what ``{"author": "alice"}`` means in a file, instead of failing at the NTU lookup.
+        for name in _USERS:
+            ref = getattr(self, name)
+            if ref is not None and not isinstance(ref, UserRef):
+                setattr(self, name, _as_user(ref, name))
+        for name in _USER_LISTS:
+            refs = getattr(self, name)
+            if refs and not all(isinstance(u, UserRef) for u in refs):
+                users = [_as_user(u, f"{name}[{i}]") for i, u in enumerate(refs)]
+                setattr(self, name, list(dict.fromkeys(users)))
+
+    @classmethod
+    def from_json(cls, obj: dict[str, Any]) -> Post:
+        """A post from a record of the project's JSON Lines schema (a plain dict, as one line of
+        a ``.jsonl`` file), read exactly as the file reader reads it: ``id``, ``text`` and
+        ``author`` required; NTU lists not given are extracted from the text. Raises
+        ``ValueError`` naming the field for a record the reader would reject."""
+        from ntulm.posts.formats import parse_jsonl
+
+        return parse_jsonl(obj)
+
     def to_json(self) -> dict[str, Any]:
         """The project's JSON Lines record, which reads back as this post: empty fields are left
         out, except the NTU lists (``hashtags``, ``mentions``, ``urls``, ``media``), whose
@@ -147,6 +171,14 @@ def invalid_field(post: Post) -> str | None:
     if any(_LONE_SURROGATE.search(x) for x in strings):
         return "a string holds a lone UTF-16 surrogate (\\ud800-\\udfff)"
     return None
+
+
+def _as_user(value: Any, field: str) -> UserRef:
+    if isinstance(value, UserRef):
+        return value
+    from ntulm.posts.formats import parse_user  # formats imports this module
+
+    return parse_user(value, field)
 
 
 _USER = pa.struct([("id", pa.string()), ("handle", pa.string())])
