@@ -62,3 +62,24 @@ def backbone(tmp_path_factory, tokenizer) -> str:
     BertForMaskedLM(tiny_bert_config(tokenizer)).save_pretrained(d)
     tokenizer.save_pretrained(d)
     return str(d)
+
+
+@pytest.fixture(scope="module")
+def ntu():
+    """A tiny NTU embedding artifact (3 users, one unknown by handle; 2 hashtags; dim 8; seed 0)
+    shared by the LM tests."""
+    import numpy as np
+
+    from ntulm.kge import NTUEmbeddings
+
+    rng = np.random.default_rng(0)
+    return NTUEmbeddings(
+        tables={
+            "user": rng.normal(size=(3, 8)).astype(np.float32),
+            "hashtag": rng.normal(size=(2, 8)).astype(np.float32),
+        },
+        keys={"user": ["id:1", "id:2", "@carol"], "hashtag": ["maga", "news"]},
+        relations={},
+        user_handles=["alice", "bob", None],
+        config={},
+    )

@@ -50,21 +50,6 @@ def headless_backbone(tmp_path_factory, tokenizer) -> str:
     return str(d)
 
 
-@pytest.fixture(scope="module")
-def ntu() -> NTUEmbeddings:
-    rng = np.random.default_rng(0)
-    return NTUEmbeddings(
-        tables={
-            "user": rng.normal(size=(3, 8)).astype(np.float32),
-            "hashtag": rng.normal(size=(2, 8)).astype(np.float32),
-        },
-        keys={"user": ["id:1", "id:2", "@carol"], "hashtag": ["maga", "news"]},
-        relations={},
-        user_handles=["alice", "bob", None],
-        config={},
-    )
-
-
 def _posts(n: int = 40) -> list[Post]:
     return [
         Post(

@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 import torch
 
-from ntulm.kge import NTUEmbeddings
 from ntulm.lm import NTULM, LMConfig
 from ntulm.posts import Post, PostReader, UserRef
 
@@ -20,21 +19,6 @@ RECORDS = [
     {"id": 4, "text": "nobody knows me #unknowntag", "author": "dave"},
     {"id": "5", "text": "no author here", "author": None},
 ]
-
-
-@pytest.fixture(scope="module")
-def ntu() -> NTUEmbeddings:
-    rng = np.random.default_rng(0)
-    return NTUEmbeddings(
-        tables={
-            "user": rng.normal(size=(3, 8)).astype(np.float32),
-            "hashtag": rng.normal(size=(2, 8)).astype(np.float32),
-        },
-        keys={"user": ["id:1", "id:2", "@carol"], "hashtag": ["maga", "news"]},
-        relations={},
-        user_handles=["alice", "bob", None],
-        config={},
-    )
 
 
 @pytest.fixture(scope="module")
