@@ -348,7 +348,7 @@ def ira_tables(
 ) -> Iterator[pa.Table]:
     """Posts of one IRA CSV file as :data:`POSTS_SCHEMA` tables, under ``reader``'s bad-input
     policy (counts in ``reader.report``, rejects to ``q``), identical to the reference reader."""
-    name, stem = str(path), path.name.split(".")[0]
+    name, stem = str(path), reader.id_prefix(path)
     data = _read_bytes(path)
     header = _header(data)
     if not header:

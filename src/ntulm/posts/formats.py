@@ -17,7 +17,8 @@ from __future__ import annotations
 
 import html
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -26,7 +27,6 @@ import msgspec
 from ntulm.posts.extract import extract_ntus, normalize_handle, normalize_hashtag
 from ntulm.posts.schema import Post, UserRef
 
-FORMATS = ("jsonl", "twitter_v1", "twitter_v2", "ira_csv", "table")
 IRA_COLUMNS = ("external_author_id", "author", "content", "publish_date")
 IRA_LABELS = ("account_category", "account_type", "region", "post_type")
 
@@ -505,3 +505,44 @@ def parse_ira_row(row: dict[str, str | None], row_id: str) -> Post:
     from ntulm.posts.tabular import IRA, parse_row
 
     return parse_row(row, IRA, row_id)
+
+
+# --- the formats ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Format:
+    """One input format and its implementation. The reader dispatches on :data:`REGISTRY`, so the
+    formats that ``--format``, configs and messages offer are exactly the ones implemented here:
+    adding a format is a row (and a test)."""
+
+    name: str
+    description: str
+    # JSON formats: one parsed record (a line, an array item, a document) -> (post or
+    # RecordError, the part of the record it comes from; None: the whole record)
+    parse: Callable[[Any], Iterator[tuple[Post | RecordError, Any]]] | None = None
+    # tabular formats (parse None): the built-in column mapping (posts/tabular.py PRESETS), or
+    # None for the reader's own mapping (--columns)
+    preset: str | None = None
+
+
+def _one(fn: Callable[[Any], Post]) -> Callable[[Any], Iterator[tuple[Post, None]]]:
+    """A one-post parser in the ``(post, part)`` shape of the v2 parser."""
+
+    def many(obj: Any) -> Iterator[tuple[Post, None]]:
+        yield fn(obj), None
+
+    return many
+
+
+REGISTRY: dict[str, Format] = {
+    f.name: f
+    for f in (
+        Format("jsonl", "the project's JSON Lines schema (docs/posts.md)", _one(parse_jsonl)),
+        Format("twitter_v1", "Twitter API v1.1 tweet objects", _one(parse_twitter_v1)),
+        Format("twitter_v2", "Twitter API v2 responses or tweets", iter_twitter_v2),
+        Format("ira_csv", "FiveThirtyEight's IRA tweets CSV (or Parquet)", preset="ira"),
+        Format("table", "CSV, TSV or Parquet through a column mapping (--columns)"),
+    )
+}
+FORMATS = tuple(REGISTRY)  # what --format accepts besides "auto"

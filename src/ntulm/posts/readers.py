@@ -33,20 +33,12 @@ import pyarrow as pa
 
 from ntulm.artifacts import AtomicFile
 from ntulm.errors import InputError
-from ntulm.posts.formats import (
-    FORMATS,
-    IRA_COLUMNS,
-    RecordError,
-    iter_twitter_v2,
-    parse_jsonl,
-    parse_twitter_v1,
-)
+from ntulm.posts.config import DUPLICATES, ENGINES
+from ntulm.posts.formats import FORMATS, IRA_COLUMNS, REGISTRY, RecordError
 from ntulm.posts.schema import POSTS_SCHEMA, Post, invalid_field, posts_to_columns
 
 log = logging.getLogger(__name__)
 
-ENGINES = ("fast", "python")
-DUPLICATES = ("first", "error", "keep-all")
 GZIP_MAGIC = b"\x1f\x8b"
 _SNIFF_BYTES = 1 << 26  # at most this much of a file is read to detect its format
 _SNIFF_LINES = 10  # non-blank lines (or array items) looked at to detect it
@@ -159,9 +151,13 @@ class PostReader:
     # tabular input (posts/tabular.py): a column mapping, and labels joined from side tables
     columns: Any = None
     labels: tuple = ()
-    # Posts repeating an earlier post's id, in the posts table (posts/table.py): keep the first
-    # (the others are rejections), fail (error), or keep all (counted only).
+    # Posts repeating an earlier post's id (in input order): keep the first (the others are
+    # rejections), fail (error), or keep all (counted only). The posts table applies it across
+    # files read in parallel (posts/table.py), iter_posts as it streams.
     duplicates: str = "first"
+    # file -> prefix of its default post ids ``<prefix>:<line>`` (tabular files without an id
+    # column); set for every file read (:func:`id_prefixes`), or given by the caller
+    id_prefixes: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         from ntulm.posts.tabular import LayoutError, parse_columns, side_labels
@@ -215,19 +211,50 @@ class PostReader:
             )
         return None
 
+    def id_prefix(self, path: Path) -> str:
+        """The prefix of ``path``'s default post ids ``<prefix>:<line>``."""
+        return self.id_prefixes.get(str(path)) or path.name.split(".")[0]
+
+    def files(self, paths: Iterable[str | Path]) -> list[Path]:
+        """The files under ``paths`` (:func:`input_files`; a missing path fails at once), each
+        given its id prefix (:func:`id_prefixes`) unless the caller gave one."""
+        found = list(input_files(paths, self._skip_file))
+        for name, prefix in id_prefixes(found).items():
+            self.id_prefixes.setdefault(name, prefix)
+        return [f for f, _ in found]
+
     # -- entry point ------------------------------------------------------------------------
     def iter_posts(self, paths: Iterable[str | Path]) -> Iterator[tuple[Post, str]]:
-        """Yield ``(post, "file:line")`` for every accepted post of every file under ``paths``."""
-        files = list(expand_paths(paths, self._skip_file))  # a missing path fails at once
+        """Yield ``(post, "file:line")`` for every accepted post of every file under ``paths``,
+        under the ``duplicates`` policy (the ids seen are held in memory)."""
+        files = self.files(paths)
         q = Quarantine(self.quarantine_path)
+        seen: set[str] = set()
         try:
             for path in files:
                 for post, src in self._iter_file(path, q):
+                    if post.id in seen and not self._duplicate(q, post, src):
+                        continue
+                    seen.add(post.id)
                     for side in self._side:
                         self.report.labelled[side.path] += side.apply_post(post)
                     yield post, src
         finally:
             q.close()
+
+    def _duplicate(self, q: Quarantine, post: Post, src: str) -> bool:
+        """Count a post whose id an earlier post has; whether to keep it (``keep-all``)."""
+        self.report.duplicate_ids += 1
+        file, _, line = src.rpartition(":")
+        if self.duplicates == "error":
+            raise InputError(file, int(line), f"duplicate post id {post.id!r}")
+        if self.duplicates == "keep-all":
+            return True
+        self.report.accepted -= 1  # accepted when read: now a rejection, as in the posts table
+        self.report.rejected += 1
+        self.report.reasons["duplicate post id"] += 1
+        q.write(file, int(line), "duplicate post id (an earlier post has it)", post.id)
+        return False
 
     def _detect(self, path: Path) -> tuple[str, str | None] | None:
         """``(format, layout)`` of a file, or ``None`` when it is skipped (counted as such)."""
@@ -319,7 +346,7 @@ class PostReader:
     def _iter_tables(
         self, paths: Iterable[str | Path], batch_size: int, threads: int | None
     ) -> Iterator[pa.Table]:
-        files = list(expand_paths(paths, self._skip_file))
+        files = self.files(paths)
         q = Quarantine(self.quarantine_path)
         try:
             for path in files:
@@ -398,16 +425,14 @@ class PostReader:
         self, path: Path, fmt: str, layout: str | None, q: Quarantine
     ) -> Iterator[tuple[Post, int, Any]]:
         name = str(path)
-        if fmt in ("ira_csv", "table"):
-            from ntulm.posts.tabular import IRA, table_records
+        spec = REGISTRY[fmt]
+        if spec.parse is None:  # rows of a table, through a column mapping
+            from ntulm.posts.tabular import PRESETS, table_records
 
-            yield from table_records(self, path, q, IRA if fmt == "ira_csv" else self.layout)
+            layout_ = PRESETS[spec.preset] if spec.preset else self.layout
+            yield from table_records(self, path, q, layout_)
             return
-        parse = {
-            "jsonl": _one(parse_jsonl),
-            "twitter_v1": _one(parse_twitter_v1),
-            "twitter_v2": iter_twitter_v2,
-        }[fmt]
+        parse = spec.parse
         layout = layout or _sniff_layout(path)
         if layout == "array":
             items: Iterator[tuple[int, Any, Any]] = _array_items(path)
@@ -444,13 +469,6 @@ class _Bad:
         self.problem = problem
 
 
-def _one(fn):  # adapt a one-post parser to the ``(post, part)`` shape of the v2 parser
-    def many(obj: Any) -> Iterator[tuple[Post, None]]:
-        yield fn(obj), None
-
-    return many
-
-
 def expand_paths(
     paths: Iterable[str | Path], on_skip: Callable[[str, str], None] | None = None
 ) -> Iterator[Path]:
@@ -460,14 +478,51 @@ def expand_paths(
     reason. Entries that are not readable regular files are yielded all the same: the reader
     skips them with the reason (:func:`file_problem`). A missing path given by name is an
     :class:`InputError`."""
+    return (f for f, _ in input_files(paths, on_skip))
+
+
+def input_files(
+    paths: Iterable[str | Path], on_skip: Callable[[str, str], None] | None = None
+) -> Iterator[tuple[Path, Path | None]]:
+    """:func:`expand_paths` with the directory each file was found under (``None`` for a file
+    given by name)."""
     for p in paths:
         p = Path(p)
         if p.is_dir():
-            yield from _walk(p, on_skip or (lambda path, why: None))
+            for f in _walk(p, on_skip or (lambda path, why: None)):
+                yield f, p
         elif p.exists() or p.is_symlink():  # a dangling link or a loop: skipped by the reader
-            yield p
+            yield p, None
         else:
             raise InputError(str(p), None, "no such file or directory")
+
+
+def id_prefixes(files: Iterable[tuple[Path, Path | None]]) -> dict[str, str]:
+    """File -> the prefix of its default post ids ``<prefix>:<line>`` (the ids of tabular files
+    without an id column, such as the IRA CSV). The prefix is the file's name without extensions,
+    as in earlier versions; where that would give two different input files the same ids (the same
+    name in two directories, ``x.csv`` beside ``x.csv.gz``), each of those files takes the first
+    of these that tells them apart: its path below the directory given in ``--posts`` without
+    extensions (``a/x``), the same with them (``a/x.csv``), the path as given. A file given twice
+    is one file: its posts repeat their ids (and are duplicates)."""
+    names = {str(f): (f, root) for f, root in files}
+    options = {}
+    for name, (f, root) in names.items():
+        rel = Path(os.path.relpath(f, root)).as_posix() if root is not None else f.name
+        head, _, base = rel.rpartition("/")
+        bare = f"{head}/{base.split('.')[0]}" if head else base.split(".")[0]
+        options[name] = (f.name.split(".")[0], bare, rel, name)
+    level = dict.fromkeys(names, 0)
+    for _ in range(len(next(iter(options.values()), ()))):
+        groups: dict[str, list[str]] = {}
+        for name in names:
+            groups.setdefault(options[name][level[name]], []).append(name)
+        clash = [n for group in groups.values() if len(group) > 1 for n in group]
+        if not clash:
+            break
+        for n in clash:
+            level[n] = min(level[n] + 1, 3)
+    return {name: options[name][level[name]] for name in names}
 
 
 def _walk(top: Path, on_skip: Callable[[str, str], None]) -> Iterator[Path]:

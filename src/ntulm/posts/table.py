@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 
 from ntulm.artifacts import atomic_path
 from ntulm.errors import InputError
-from ntulm.posts.readers import PostReader, ReadReport, expand_paths, no_posts_error
+from ntulm.posts.readers import PostReader, ReadReport, no_posts_error
 from ntulm.posts.schema import POSTS_SCHEMA
 from ntulm.workers import worker_pool
 
@@ -49,7 +49,7 @@ def write_posts_table(
     out_dir.mkdir(parents=True, exist_ok=True)
     if reader.quarantine_path:  # a new read, a new quarantine: none of a previous run's records
         Path(reader.quarantine_path).unlink(missing_ok=True)
-    files = list(expand_paths(paths, reader._skip_file))
+    files = reader.files(paths)  # with their id prefixes, for the reader of each file
     workers = min(workers or os.cpu_count() or 1, max(len(files), 1))
     if workers <= 1:
         _write_part(reader, files, out_dir / "part-00000.parquet", batch_size, progress)

@@ -341,7 +341,7 @@ def _csv_records(
     from ntulm.posts.formats import RecordError
     from ntulm.posts.readers import open_text
 
-    name, stem = str(path), path.name.split(".")[0]
+    name, stem = str(path), reader.id_prefix(path)
     with open_text(path) as fh:
         first = fh.readline()
         delim = _delimiter(first, path)
@@ -381,7 +381,7 @@ def _parquet_records(
 
     from ntulm.posts.formats import RecordError
 
-    name, stem = str(path), path.name.split(".")[0]
+    name, stem = str(path), reader.id_prefix(path)
     pf = pq.ParquetFile(path)
     check_header(name, list(pf.schema_arrow.names), layout)
     wanted = [c for c in dict.fromkeys(layout.columns.values()) if c in pf.schema_arrow.names]
