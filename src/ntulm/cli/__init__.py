@@ -8,11 +8,13 @@ from __future__ import annotations
 import argparse
 import contextlib
 import importlib
+import json
 import logging
 import os
 import sys
 import warnings
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 # OpenMP threads that spin while waiting collapse on a busy machine (a fine-tuning step took
 # 10x longer with one other process running); sleeping waiters cost little when it is idle.
@@ -21,6 +23,9 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from ntulm import __version__
 from ntulm.errors import ConfigError, NTULMError
+
+if TYPE_CHECKING:
+    from ntulm.posts.config import ReaderConfig
 
 # Subcommand modules, in the order of the data flow.
 COMMAND_MODULES = (
@@ -119,32 +124,86 @@ def add_posts_args(
     required: bool = True,
     help: str = "post files or directories (gzip ok)",  # noqa: A002 - argparse's name
 ) -> None:
-    """``--posts PATH...``, ``--format`` and ``--strict``, shared by every command that reads posts."""
+    """``--posts PATH...`` and the reader flags, shared by every command that reads posts: each
+    flag sets a key of :class:`~ntulm.posts.config.ReaderConfig` (also ``read.KEY=VALUE``)."""
+    from ntulm.posts.config import DUPLICATES, ENGINES
     from ntulm.posts.formats import FORMATS
 
-    p.add_argument("--posts", nargs="+", required=required, metavar="PATH", help=help)
-    p.add_argument(
+    g = p.add_argument_group(
+        "reading posts",
+        "the reader settings (docs/posts.md), also given as read.KEY=VALUE or a config's read "
+        "section; a flag wins",
+    )
+    g.add_argument("--posts", nargs="+", required=required, metavar="PATH", help=help)
+    g.add_argument(
         "--format", choices=("auto", *FORMATS), help="input format (default: detect per file)"
     )
-    p.add_argument("--strict", action="store_true", help="fail on the first bad record (exit 2)")
-    p.add_argument(
+    g.add_argument("--strict", action="store_true", help="fail on the first bad record (exit 2)")
+    g.add_argument(
         "--columns",
         metavar="MAPPING",
         help="CSV/TSV/Parquet posts: field=column pairs, e.g. text=content,author=user,id=tweet_id"
         ",party=party (other names become labels), or a preset: ira (docs/posts.md)",
     )
-    p.add_argument(
+    g.add_argument(
         "--labels",
         action="append",
         metavar="FILE",
         help="side table of labels joined onto the posts by author (id or handle) in its first "
-        "column; repeatable; the config's 'labels' key has all options (docs/posts.md)",
+        "column; repeatable; the config's 'read.labels' key has all options (docs/posts.md)",
+    )
+    g.add_argument(
+        "--max-text-chars", type=int, metavar="N", help="reject longer texts (default 10000)"
+    )
+    g.add_argument(
+        "--duplicates",
+        choices=DUPLICATES,
+        help="posts repeating an earlier post's id: keep the first (default), error, keep-all",
+    )
+    g.add_argument(
+        "--reader", choices=ENGINES, help="reader engine (default fast; python: the reference)"
+    )
+    g.add_argument(
+        "--no-quarantine",
+        action="store_true",
+        help="do not write rejected records to rejected.jsonl (they are still counted)",
     )
 
 
-def reader_args(args: argparse.Namespace) -> dict:
-    """``PostReader`` keyword arguments from :func:`add_posts_args`' tabular options."""
-    return {"columns": args.columns, "labels": [{"path": f} for f in args.labels or []]}
+def read_overrides(args: argparse.Namespace) -> list[str]:
+    """The reader flags of :func:`add_posts_args` as ``read.KEY=VALUE`` overrides (put after a
+    command's own overrides, so that a flag wins)."""
+    out = []
+    if getattr(args, "format", None):
+        out.append(f"read.format={args.format}")
+    if getattr(args, "strict", False):
+        out.append("read.strict=true")
+    if getattr(args, "columns", None):
+        out.append(f"read.columns={json.dumps(args.columns)}")
+    if getattr(args, "labels", None):
+        out.append(f"read.labels={json.dumps([{'path': f} for f in args.labels])}")
+    if getattr(args, "max_text_chars", None) is not None:
+        out.append(f"read.max_text_chars={args.max_text_chars}")
+    if getattr(args, "duplicates", None):
+        out.append(f"read.duplicates={args.duplicates}")
+    if getattr(args, "reader", None):
+        out.append(f"read.engine={args.reader}")
+    if getattr(args, "no_quarantine", False):
+        out.append("read.quarantine=false")
+    return out
+
+
+def reader_config(args: argparse.Namespace) -> tuple[ReaderConfig, list[str]]:
+    """For a command whose own config has no ``read`` section (``finetune``, ``embed``): its
+    :class:`~ntulm.posts.config.ReaderConfig` from the ``read.*`` overrides and the reader flags,
+    and the command's other overrides."""
+    from ntulm.posts.config import ReaderConfig
+
+    own, read = [], []
+    for item in [*getattr(args, "overrides", []), *read_overrides(args)]:
+        (read if item.startswith("read.") else own).append(item)
+    cfg = ReaderConfig.from_sources(None, [item.removeprefix("read.") for item in read])
+    return cfg, own
 
 
 @contextlib.contextmanager

@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
-from ntulm.cli import add_config_args, add_posts_args
+from ntulm.cli import add_config_args, add_posts_args, read_overrides
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
@@ -14,15 +13,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from ntulm.pipeline.evaluate import evaluate_config, evaluate_saved, parse_model_args
 
     models = parse_model_args(args.model)
-    overrides = list(args.overrides)
-    if args.format:
-        overrides.append(f"graph.format={args.format}")
-    if args.strict:
-        overrides.append("graph.strict=true")
-    if args.columns:
-        overrides.append(f"graph.columns={json.dumps(args.columns)}")
-    if args.labels:
-        overrides.append(f"graph.labels={json.dumps([{'path': f} for f in args.labels])}")
+    overrides = list(args.overrides) + read_overrides(args)
     if args.seeds:
         overrides.append("seeds=[" + ",".join(str(s) for s in args.seeds) + "]")
     cfg = evaluate_config(

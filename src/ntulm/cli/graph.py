@@ -6,20 +6,12 @@ import argparse
 import json
 import sys
 
-from ntulm.cli import add_config_args, add_posts_args
+from ntulm.cli import add_config_args, add_posts_args, read_overrides
 from ntulm.graph import GraphConfig, build_graph, format_table5, ntu_coverage
 
 
 def _config(args: argparse.Namespace) -> GraphConfig:
-    overrides = list(args.overrides)
-    if args.format:
-        overrides.append(f"format={args.format}")
-    if args.strict:
-        overrides.append("strict=true")
-    if args.columns:
-        overrides.append(f"columns={json.dumps(args.columns)}")
-    if args.labels:
-        overrides.append(f"labels={json.dumps([{'path': f} for f in args.labels])}")
+    overrides = list(args.overrides) + read_overrides(args)
     if getattr(args, "engine", None) or getattr(args, "master", None):
         overrides.append(f"engine={args.engine or 'spark'}")  # a master URL means Spark
     if getattr(args, "master", None):

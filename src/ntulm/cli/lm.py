@@ -14,12 +14,14 @@ from ntulm.cli import (
     add_config_args,
     add_nproc_arg,
     add_posts_args,
-    reader_args,
+    reader_config,
     relaunch_under_torchrun,
 )
 from ntulm.errors import ArtifactError, ConfigError
 from ntulm.lm.config import LMConfig
+from ntulm.lm.shards import quarantine_beside
 from ntulm.posts import Post, PostReader
+from ntulm.posts.readers import no_posts_error, require_posts
 
 
 def _load_ntu(path: str | None):  # noqa: ANN202 - NTUEmbeddings | None
@@ -54,7 +56,7 @@ def cmd_finetune(args: argparse.Namespace) -> int:
         return status
     from ntulm.lm.train import _rank_world, finetune
 
-    overrides = list(args.overrides)
+    read, overrides = reader_config(args)
     if args.no_ntu:
         overrides.append("use_ntu=false")
     if not args.progress:
@@ -63,10 +65,14 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     if cfg.use_ntu and not args.ntu:
         raise ConfigError("--ntu DIR is required (or --no-ntu for the baseline without NTUs)")
     ntu = _load_ntu(args.ntu)
-    reader = PostReader(format=args.format or "auto", strict=args.strict, **reader_args(args))
+    # every rank reads the posts; rank 0 keeps the quarantine
+    reader = read.reader(Path(args.out) / "rejected.jsonl" if _rank_world()[0] == 0 else None)
     posts = [p for p, _ in _sample(reader, args.posts, cfg)]
     if len(posts) < 2:
-        raise ConfigError(f"--posts: {len(posts)} usable post(s) read; need at least 2")
+        kept = f"{len(posts)} post(s) kept"
+        if reader.report.accepted > len(posts):  # the sample, not the input, is too small
+            kept += f" of {reader.report.accepted:,} accepted (sample_rate, max_posts)"
+        raise no_posts_error(reader.report, args.posts, f"{kept}; fine-tuning needs at least 2")
     res = finetune(posts, cfg, args.out, ntu=ntu, resume=args.resume)
     if _rank_world()[0] != 0:  # data-parallel: rank 0 reports
         return 0
@@ -84,7 +90,7 @@ def cmd_finetune(args: argparse.Namespace) -> int:
 def _embed_sharded(args: argparse.Namespace) -> int:
     from ntulm.lm.shards import embed_shard, embed_sharded, parse_shard
 
-    reader = {"format": args.format or "auto", "strict": args.strict}
+    read, _ = reader_config(args)
     options = {
         "batch_size": args.batch_size,
         "concat_ntu": args.concat_ntu,
@@ -96,7 +102,7 @@ def _embed_sharded(args: argparse.Namespace) -> int:
         raise ArtifactError(f"--model {args.model}: no such directory")
     if args.ntu is not None and not Path(args.ntu).is_dir():
         raise ArtifactError(f"--ntu {args.ntu}: no such directory")
-    common = {"reader": reader, "limit": args.limit, **options}
+    common = {"reader": read.model_dump(mode="json"), "limit": args.limit, **options}
     if args.shard:
         index, count = parse_shard(args.shard)
         done = [embed_shard(args.model, args.ntu, args.posts, args.out, index, count, **common)]
@@ -121,10 +127,12 @@ def cmd_embed(args: argparse.Namespace) -> int:
     model = NTULM.load(args.model, ntu=_load_ntu(args.ntu))
     if args.concat_ntu and model.ntu is None:
         raise ConfigError("--concat-ntu needs NTU embeddings (--ntu DIR)")
-    reader = PostReader(format=args.format or "auto", strict=args.strict, **reader_args(args))
+    read, _ = reader_config(args)
+    reader = read.reader(quarantine_beside(args.out))
+    stream = require_posts(reader.iter_posts(args.posts), reader, args.posts)  # none: no output
     n = embed_to_parquet(
         model,
-        reader.iter_posts(args.posts),
+        stream,
         args.out,
         batch_size=args.batch_size,
         concat_ntu=args.concat_ntu,

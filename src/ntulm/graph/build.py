@@ -41,7 +41,7 @@ from ntulm.graph.sql import (
     stats_from_rows,
     stats_sql,
 )
-from ntulm.posts.readers import PostReader, ReadReport
+from ntulm.posts.readers import ReadReport
 from ntulm.posts.table import write_posts_table
 
 log = logging.getLogger(__name__)
@@ -203,18 +203,10 @@ def read_posts_table(
     quarantine: Path | None,
     progress: bool,
 ) -> ReadReport:
-    """Read ``posts`` under the config's bad-input policy into the Parquet table ``table``."""
-    reader = PostReader(
-        format=config.format,
-        strict=config.strict,
-        max_text_chars=config.max_text_chars,
-        quarantine_path=quarantine,
-        engine=config.reader,
-        **config.reader_options(),
-        duplicates=config.duplicates,
-    )
+    """Read ``posts`` under the config's reader settings (``config.read``) into the Parquet
+    table ``table``, quarantining rejected records at ``quarantine`` (if ``read.quarantine``)."""
     return write_posts_table(
-        reader,
+        config.read.reader(quarantine),
         posts,
         table,
         batch_size=config.batch_size,

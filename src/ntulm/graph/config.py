@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import Field, field_validator, model_validator
 
 from ntulm.config import StageConfig
+from ntulm.posts.config import LabelTableConfig, ReaderConfig, lift_read_keys
+
+__all__ = ["ALL_RELATIONS", "PAPER_RELATIONS", "GraphConfig", "LabelTableConfig", "Relation"]
 
 Relation = Literal["authored", "favorited", "co_mentioned", "retweeted", "replied"]
 ALL_RELATIONS: tuple[Relation, ...] = (
@@ -17,25 +20,6 @@ ALL_RELATIONS: tuple[Relation, ...] = (
     "replied",
 )
 PAPER_RELATIONS: tuple[Relation, ...] = ("authored", "favorited", "co_mentioned")
-
-
-class LabelTableConfig(StageConfig):
-    """Labels joined from a side table onto the posts as they are read (``docs/posts.md``)."""
-
-    path: str = Field(..., description="CSV, TSV or Parquet file of labels (gzip ok for CSV)")
-    by: Literal["author", "id"] = Field(
-        "author",
-        description="join key: the post's author (id or handle, '@' optional, any case) or the "
-        "post id",
-    )
-    key: str | None = Field(None, description="key column of the table (default: its first)")
-    columns: dict[str, str] | None = Field(
-        None,
-        description="label name -> column (default: every other column under its own name)",
-    )
-    overwrite: bool = Field(
-        False, description="the table's labels win over a post's own labels of the same name"
-    )
 
 
 class GraphConfig(StageConfig):
@@ -62,32 +46,11 @@ class GraphConfig(StageConfig):
     min_hashtag_posts: int = Field(
         default=1, ge=1, description="keep hashtags used in at least this many posts"
     )
-    format: Literal["auto", "jsonl", "twitter_v1", "twitter_v2", "ira_csv", "table"] = Field(
-        default="auto", description="input format; auto detects it from each file's content"
-    )
-    columns: dict[str, str] | str | None = Field(
-        default=None,
-        description="tabular input (CSV/TSV/Parquet): post field or label name -> column, as a "
-        "mapping or 'text=content,author=user,party=party' (fields: id, text, author, author_id, "
-        "created_at, hashtags, mentions, urls, media, is_retweet, retweet_of_id, "
-        "retweet_of_author, reply_to_id, reply_to_user, lang; any other name is a label), or a "
-        "preset: ira",
-    )
-    labels: list[LabelTableConfig] = Field(
-        default_factory=list,
-        description="side tables of labels joined onto the posts by author or post id, e.g. "
-        "[{path: users.csv, key: user_id}]",
-    )
-    strict: bool = Field(
-        default=False, description="fail on the first bad record instead of skipping it"
-    )
-    duplicates: Literal["first", "error", "keep-all"] = Field(
-        default="first",
-        description="posts repeating an earlier post's id: keep the first (the others are "
-        "rejected, counted in stats.json), error, or keep-all (counted only)",
-    )
-    max_text_chars: int = Field(
-        default=10_000, ge=1, description="longer texts are rejected as bad input"
+    read: ReaderConfig = Field(
+        default_factory=ReaderConfig,
+        description="how the posts are read (posts/config.py; the flags --format, --strict, "
+        "--columns, --labels, ... set it); the old flat keys format, strict, max_text_chars, "
+        "duplicates, columns, labels and reader are still accepted",
     )
     memory_limit: str = Field(
         default="4GB", description="DuckDB memory limit; it spills to disk beyond"
@@ -111,11 +74,6 @@ class GraphConfig(StageConfig):
         default=None,
         ge=1,
         description="processes reading input files in parallel (default: one per core)",
-    )
-    reader: Literal["fast", "python"] = Field(
-        default="fast",
-        description="fast: vectorized readers (pyarrow, DuckDB) with the Python reference for the "
-        "records they cannot decide; python: the reference readers only (same table, slower)",
     )
 
     engine: Literal["duckdb", "spark"] = Field(
@@ -142,20 +100,10 @@ class GraphConfig(StageConfig):
             raise ValueError("at least one relation is needed")
         return list(dict.fromkeys(v))
 
-    @field_validator("columns")
+    @model_validator(mode="before")
     @classmethod
-    def _columns(cls, v: dict[str, str] | str | None) -> dict[str, str] | str | None:
-        from ntulm.posts.tabular import LayoutError, parse_columns
-
-        try:
-            parse_columns(v)
-        except LayoutError as exc:
-            raise ValueError(str(exc)) from None
-        return v
-
-    def reader_options(self) -> dict:
-        """The tabular options of a :class:`~ntulm.posts.readers.PostReader`."""
-        return {"columns": self.columns, "labels": [t.model_dump() for t in self.labels]}
+    def _old_reader_keys(cls, data: Any) -> Any:
+        return lift_read_keys(data)
 
     @model_validator(mode="after")
     def _range(self) -> GraphConfig:
@@ -165,7 +113,38 @@ class GraphConfig(StageConfig):
             )
         return self
 
+    # Fields that cannot change the graph's content: left out of its fingerprint (the posts read
+    # enter it through the posts table's own fingerprint: ReaderConfig.table_key).
+    NOT_CONTENT: ClassVar[frozenset[str]] = frozenset(
+        {"read", "memory_limit", "threads", "batch_size", "read_workers", "engine"}
+        | {"spark_master", "spark_conf"}
+    )
+    # Content fields added after the first version, at the value that keeps the earlier graph:
+    # left out of the fingerprint at that value, so that adding such a field reuses every cached
+    # graph (and the NTU embeddings and models after it). A new content field goes here.
+    NEUTRAL: ClassVar[dict[str, Any]] = {"exclude_posts": None, "exclude_edges": None}
+
+    def content_key(self) -> dict[str, Any]:
+        """The fields that decide the graph made from a given posts table (for fingerprints)."""
+        data = self.model_dump(mode="json", exclude=set(self.NOT_CONTENT))
+        return {k: v for k, v in data.items() if k not in self.NEUTRAL or v != self.NEUTRAL[k]}
+
+    def legacy_key(self) -> dict[str, Any]:
+        """The whole config as it was dumped before the ``read`` section (flat reader keys, every
+        field), so that ``ntulm run`` reuses the graphs it fingerprinted that way; it matches no
+        old graph unless the fields added since are at their defaults."""
+        data = self.model_dump(mode="json")
+        read = data.pop("read")
+        if read["quarantine"] is not True:
+            data["read.quarantine"] = read["quarantine"]  # (matches nothing old)
+        for old, new in (("reader", "engine"), *((k, k) for k in _FLAT_READ)):
+            data[old] = read[new]
+        return data
+
     @classmethod
     def paper(cls) -> GraphConfig:
         """The paper's filters: users with 10-100 unique hashtags, its three relations."""
         return cls(relations=list(PAPER_RELATIONS), min_user_hashtags=10, max_user_hashtags=100)
+
+
+_FLAT_READ = ("format", "columns", "labels", "strict", "duplicates", "max_text_chars")

@@ -41,8 +41,9 @@ from ntulm.graph.sql import (
     stats_from_rows,
     stats_sql,
 )
-from ntulm.posts.readers import PostReader, ReadReport, expand_paths
+from ntulm.posts.readers import PostReader, ReadReport, no_posts_error
 from ntulm.posts.schema import POSTS_SCHEMA
+from ntulm.posts.table import apply_duplicates
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
@@ -136,13 +137,8 @@ def read_posts_table(
     """Read the input files in Spark tasks (one per file) into the Parquet posts table ``table``."""
     # paths as given, so that reports and quarantine name files as the DuckDB path does; on a
     # cluster give absolute paths on a shared filesystem
-    files = [str(p) for p in expand_paths(posts)]
-    reader = PostReader(
-        format=config.format,
-        strict=config.strict,
-        max_text_chars=config.max_text_chars,
-        engine=config.reader,
-    )
+    reader = config.read.reader()  # the quarantine: each task's own file, merged below
+    files = [str(p) for p in reader.files(posts)]  # (and their id prefixes, for the tasks)
     work = table.parent / "read"
     work.mkdir(parents=True, exist_ok=True)
     rows = spark.sparkContext.parallelize(list(enumerate(files)), max(len(files), 1))
@@ -167,13 +163,22 @@ def read_posts_table(
                 files_skipped=part["files_skipped"],
             )
         )
+    report.files_skipped = {**reader.report.files_skipped, **report.files_skipped}
     for path, why in report.files_skipped.items():
         log.warning("%s: skipped: %s", path, why)
     parts = sorted(work.glob("rejected-*.jsonl"))
-    if quarantine is not None and parts:
-        with atomic_path(quarantine) as tmp, open(tmp, "wb") as dst:
-            for part in parts:
-                dst.write(part.read_bytes())
+    if quarantine is not None and config.read.quarantine:
+        Path(quarantine).unlink(missing_ok=True)
+        if parts:
+            with atomic_path(quarantine) as tmp, open(tmp, "wb") as dst:
+                for part in parts:
+                    dst.write(part.read_bytes())
+    # the duplicates policy over the whole table, as the DuckDB engine's read applies it
+    reader.report = report
+    reader.quarantine_path = quarantine if config.read.quarantine else None
+    apply_duplicates(reader, table, config.batch_size)
+    if not report.accepted:
+        raise no_posts_error(report)
     log.info(
         "posts: read %d, accepted %d, rejected %d", report.read, report.accepted, report.rejected
     )

@@ -69,9 +69,11 @@ def embed_shard(
     ``options`` go to :func:`~ntulm.lm.encode.embed_to_parquet`. Returns the shard's counts."""
     import torch
 
+    from ntulm.artifacts import require_done
     from ntulm.lm.encode import embed_to_parquet
     from ntulm.lm.model import NTULM
-    from ntulm.posts import PostReader
+    from ntulm.posts.config import ReaderConfig
+    from ntulm.posts.readers import require_posts
 
     if threads:
         torch.set_num_threads(threads)
@@ -79,12 +81,15 @@ def embed_shard(
     if ntu_dir is not None:
         from ntulm.kge import NTUEmbeddings
 
-        ntu = NTUEmbeddings.load(ntu_dir)
+        ntu = NTUEmbeddings.load(require_done(ntu_dir, "kge", "--ntu"))
     model = NTULM.load(model_dir, ntu=ntu)
     if options.get("concat_ntu") and model.ntu is None:
         raise ConfigError("--concat-ntu needs NTU embeddings (--ntu DIR)")
-    read = PostReader(**(reader or {}))
-    stream = read.iter_posts(posts)
+    # every shard reads every post; shard 0 keeps the quarantine
+    read = ReaderConfig.model_validate(reader or {}).reader(
+        Path(out_dir) / "rejected.jsonl" if index == 0 else None
+    )
+    stream = require_posts(read.iter_posts(posts), read, posts)  # no post at all: an error
     if limit:
         stream = itertools.islice(stream, limit)
     Path(out_dir).mkdir(parents=True, exist_ok=True)
@@ -92,6 +97,13 @@ def embed_shard(
         model, shard_of(stream, index, count), shard_path(out_dir, index, count), **options
     )
     return {"shard": index, "posts": n, "read": read.report.read, "rejected": read.report.rejected}
+
+
+def quarantine_beside(out: str | Path) -> Path:
+    """Where ``ntulm embed`` quarantines rejected records: ``OUT.rejected.jsonl`` beside its
+    Parquet file ``OUT.parquet`` (a directory of shards keeps its own ``rejected.jsonl``)."""
+    out = Path(out)
+    return out.with_name(out.name.removesuffix(".parquet") + ".rejected.jsonl")
 
 
 def embed_sharded(

@@ -18,6 +18,7 @@ from ntulm.evaluate.config import EvalConfig
 from ntulm.graph.config import GraphConfig
 from ntulm.kge.config import KGEConfig
 from ntulm.lm.config import LMConfig
+from ntulm.posts.config import ReaderConfig, lift_read_keys
 from ntulm.posts.ntus import check_ntu_types
 
 
@@ -149,6 +150,11 @@ class PipelineConfig(StageConfig):
     posts: list[str] = Field(
         ..., description="corpus files/directories: the graph, fine-tuning and corpus tasks"
     )
+    read: ReaderConfig = Field(
+        default_factory=ReaderConfig,
+        description="how the corpus is read, once, for the graph, the tasks and the fine-tuning "
+        "sample (graph.read and graph's old reader keys, e.g. graph.format, mean the same)",
+    )
     lm_posts: int = Field(
         20_000, ge=10, description="posts sampled (seeded) from the corpus for MLM fine-tuning"
     )
@@ -196,6 +202,32 @@ class PipelineConfig(StageConfig):
         "cutoff only (nothing after it is trained on), or from 'any' time (post-cutoff posts of "
         "the training split too)",
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _one_reader(cls, data: Any) -> Any:
+        """One reader config: ``graph.read`` (or graph's old flat keys) is ``read``; the graph
+        section keeps a copy, so the config saved beside the graph says how its posts were read."""
+        if not isinstance(data, dict):
+            return data
+        data = dict(data)
+        graph = data.get("graph")
+        if isinstance(graph, GraphConfig):
+            graph = graph.model_dump(mode="json", exclude_unset=True)
+        graph = lift_read_keys(dict(graph or {}), "graph.")
+        if "read" in graph:
+            given = graph.pop("read")
+            if "read" in data and _as_reader(data["read"]) != _as_reader(given):
+                raise ValueError(
+                    "read and graph.read (or graph's reader keys: format, strict, ...) both "
+                    "given: give the reader settings once, under read"
+                )
+            data["read"] = given
+        if "read" in data:
+            read = data["read"]
+            graph["read"] = read.model_dump(mode="json") if isinstance(read, ReaderConfig) else read
+        data["graph"] = graph
+        return data
 
     @field_validator("seeds")
     @classmethod
@@ -318,3 +350,10 @@ class PipelineConfig(StageConfig):
     def model_variants(self) -> list[VariantSpec]:
         """The variants that need a fine-tuned model of their own."""
         return [v for v in self.variants if v.post_concat_of is None and v.model_of is None]
+
+
+def _as_reader(value: Any) -> Any:
+    try:
+        return ReaderConfig.model_validate(value).model_dump(mode="json")
+    except ValueError:
+        return value

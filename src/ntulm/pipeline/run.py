@@ -93,15 +93,9 @@ class Pipeline:
     def read_corpus(self) -> PostsTable:
         """The corpus as a Parquet posts table under ``posts/``, read once and reused: the graph,
         the tasks and the fine-tuning sample are all built from it."""
-        g = self.cfg.graph
+        g = self.cfg.graph  # (its read section is cfg.read)
         d = self.out / "posts"
-        reader_cfg = {
-            k: g.model_dump(mode="json")[k]
-            for k in ("format", "strict", "max_text_chars", "duplicates")
-        }
-        if g.columns or g.labels:  # (absent otherwise: earlier fingerprints unchanged)
-            reader_cfg.update(g.reader_options())
-        fp = fingerprint([self.cfg.posts, reader_cfg])
+        fp = fingerprint([self.cfg.posts, self.cfg.read.table_key()])
         done = is_fresh(d, "posts", fp)
         if done is not None and "report" in done:
             self.reused.append("posts")
@@ -199,13 +193,23 @@ class Pipeline:
         )
         # the exclusion enters by content, not by its file's path: a copied graph/ stays valid
         excluded = fingerprint(exclude) if not edges else fingerprint([exclude, edges])
-        parts = [self.cfg.graph.model_dump(mode="json"), self.cfg.posts, excluded]
+        # The graph's content: the posts table (its fingerprint covers the files and how they
+        # were read), the graph's content fields (not engines, workers or memory) and the
+        # exclusions. `legacy`: how versions before the read section fingerprinted the same graph.
+        parts = [self.cfg.graph.content_key(), self.posts_fp, excluded]
+        legacy = [self.cfg.graph.legacy_key(), self.cfg.posts, excluded]
         where = None
         if self.temporal is not None:  # only pre-cutoff posts (the paper's fingerprint unchanged)
             where = before_sql(self.temporal.at)
             parts.append(["temporal cutoff", self.temporal.at])
+            legacy.append(["temporal cutoff", self.temporal.at])
         fp = fingerprint(parts)
         if is_fresh(d, "graph", fp):
+            self.reused.append("graph")
+        elif is_fresh(d, "graph", fingerprint(legacy)):
+            # made by an earlier version from the same inputs: reused, and its fingerprint goes on
+            # downstream, so that the NTU embeddings and models made from it are reused too
+            fp = fingerprint(legacy)
             self.reused.append("graph")
         else:
             t = time.perf_counter()

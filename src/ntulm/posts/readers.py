@@ -15,6 +15,7 @@ import csv
 import errno
 import gzip
 import io
+import itertools
 import json
 import logging
 import os
@@ -81,10 +82,13 @@ class ReadReport:
         }
 
 
-def no_posts_error(report: ReadReport) -> InputError:
-    """The error of a read that accepted no post: what was read, rejected and skipped, and why
-    (a run on nothing must not look like a run on an empty corpus)."""
-    parts = [f"no post accepted ({report.read:,} record(s) read, {report.rejected:,} rejected)"]
+def no_posts_error(
+    report: ReadReport, paths: Iterable[str | Path] | None = None, what: str = "no post accepted"
+) -> InputError:
+    """The error of a read that accepted no post (``paths``: the inputs given): what was read,
+    rejected and skipped, and why (a run on nothing must not look like a run on an empty
+    corpus). ``what`` replaces the first words, e.g. for a read that kept too few posts."""
+    parts = [f"{what} ({report.read:,} record(s) read, {report.rejected:,} rejected)"]
     if report.reasons:
         top = report.reasons.most_common(3)
         parts.append("rejected for: " + "; ".join(f"{why} ({n:,})" for why, n in top))
@@ -100,7 +104,22 @@ def no_posts_error(report: ReadReport) -> InputError:
             "(e.g. a CSV export) to the JSON Lines schema there: one object per line with "
             "id, text and author"
         )
-    return InputError("--posts", None, "\n  ".join(parts))
+    given = [str(p) for p in paths or []]
+    where = "--posts" + (" " + " ".join(given[:5]) if given else "")
+    where += f" (and {len(given) - 5} more)" if len(given) > 5 else ""
+    return InputError(where, None, "\n  ".join(parts))
+
+
+def require_posts(
+    stream: Iterable[tuple[Post, str]], reader: PostReader, paths: Iterable[str | Path]
+) -> Iterator[tuple[Post, str]]:
+    """``stream`` (e.g. ``reader.iter_posts(paths)``) with its first post read ahead, now: a
+    stream without any post raises :func:`no_posts_error` before the caller writes anything."""
+    stream = iter(stream)
+    first = next(stream, None)
+    if first is None:
+        raise no_posts_error(reader.report, paths)
+    return itertools.chain([first], stream)
 
 
 class Quarantine:
@@ -115,6 +134,7 @@ class Quarantine:
         if self.path is None:
             return
         if self._out is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)  # e.g. finetune's --out
             self._out = AtomicFile(self.path)  # a temp name of this reader's own
         if isinstance(raw, bytes):
             raw = raw.decode("utf-8", errors="backslashreplace")

@@ -47,6 +47,7 @@ def write_posts_table(
     that accepts no post raises :class:`InputError` saying what was skipped and rejected."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    paths = list(paths)
     if reader.quarantine_path:  # a new read, a new quarantine: none of a previous run's records
         Path(reader.quarantine_path).unlink(missing_ok=True)
     files = reader.files(paths)  # with their id prefixes, for the reader of each file
@@ -55,11 +56,11 @@ def write_posts_table(
         _write_part(reader, files, out_dir / "part-00000.parquet", batch_size, progress)
     else:
         _write_parallel(reader, files, out_dir, batch_size, progress, workers)
-    _duplicate_ids(reader, out_dir, batch_size)
+    apply_duplicates(reader, out_dir, batch_size)
     rep = reader.report
     log.info("posts: read %d, accepted %d, rejected %d", rep.read, rep.accepted, rep.rejected)
     if not rep.accepted:
-        raise no_posts_error(rep)
+        raise no_posts_error(rep, paths)
     return rep
 
 
@@ -129,7 +130,7 @@ def _write_parallel(
                     part.unlink()
 
 
-def _duplicate_ids(reader: PostReader, out_dir: Path, batch_size: int) -> None:
+def apply_duplicates(reader: PostReader, out_dir: Path, batch_size: int) -> None:
     """Posts whose id an earlier post (in corpus order) has: counted in the report
     (``duplicate_ids``), then per ``reader.duplicates``: ``first`` drops them from the table as
     rejections (quarantined with the place of the first), ``error`` raises
