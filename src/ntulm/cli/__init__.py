@@ -127,7 +127,7 @@ def add_posts_args(
     """``--posts PATH...`` and the reader flags, shared by every command that reads posts: each
     flag sets a key of :class:`~ntulm.posts.config.ReaderConfig` (also ``read.KEY=VALUE``)."""
     from ntulm.posts.config import DUPLICATES, ENGINES
-    from ntulm.posts.formats import FORMATS
+    from ntulm.posts.formats import REGISTRY
 
     g = p.add_argument_group(
         "reading posts",
@@ -136,7 +136,7 @@ def add_posts_args(
     )
     g.add_argument("--posts", nargs="+", required=required, metavar="PATH", help=help)
     g.add_argument(
-        "--format", choices=("auto", *FORMATS), help="input format (default: detect per file)"
+        "--format", choices=("auto", *REGISTRY), help="input format (default: detect per file)"
     )
     g.add_argument("--strict", action="store_true", help="fail on the first bad record (exit 2)")
     g.add_argument(

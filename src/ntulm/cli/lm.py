@@ -68,6 +68,8 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     # every rank reads the posts; rank 0 keeps the quarantine
     reader = read.reader(Path(args.out) / "rejected.jsonl" if _rank_world()[0] == 0 else None)
     posts = [p for p, _ in _sample(reader, args.posts, cfg)]
+    if not reader.report.accepted:
+        raise no_posts_error(reader.report, args.posts)
     if len(posts) < 2:
         kept = f"{len(posts)} post(s) kept"
         if reader.report.accepted > len(posts):  # the sample, not the input, is too small

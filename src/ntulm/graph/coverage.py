@@ -1,6 +1,7 @@
 """NTU coverage of a post set against a graph: the paper's Table 5 (appendix A).
 
-For each NTU type (hashtag; user = author and mentioned users):
+For each graph node type of the NTU registry (``posts/ntus.py``: user = author and mentioned
+users; hashtag = hashtags):
 - ``ntus``: unique NTUs in the posts;
 - ``pct_posts_with_ntu``: % posts with at least one NTU (the paper's column ">1 NTUs" counts
   posts with one or more, as its 100% for authors shows);
@@ -20,12 +21,8 @@ from typing import Any
 from ntulm.artifacts import require_done
 from ntulm.graph.build import connect, read_posts_table
 from ntulm.graph.config import GraphConfig
-
-# Per post: the list of NTU keys of a type, and whether each is in the graph.
-_NTU_LISTS = {
-    "hashtag": "hashtags",
-    "user": "list_concat(CASE WHEN author IS NULL THEN [] ELSE [author] END, mentions)",
-}
+from ntulm.graph.sql import LHS, check_node_types, ntu_list
+from ntulm.posts.ntus import node_types
 
 
 def ntu_coverage(
@@ -38,30 +35,31 @@ def ntu_coverage(
     """Table 5 statistics of ``posts`` against the graph artifact in ``graph_dir``."""
     graph = require_done(graph_dir, "graph")
     config = config or GraphConfig()
+    check_node_types()
     work = Path(tempfile.mkdtemp(prefix="ntulm-coverage-"))
     try:
         table = work / "posts"
         report = read_posts_table(posts, config, table, None, progress)
         con = connect(config, work)
         con.execute(f"CREATE VIEW p AS SELECT * FROM read_parquet('{table}/*.parquet')")
-        con.execute(
-            f"CREATE VIEW hn AS SELECT key FROM read_parquet('{graph / 'nodes_hashtag.parquet'}')"
-        )
-        con.execute(
-            f"CREATE VIEW un AS SELECT key, handle FROM read_parquet('{graph / 'nodes_user.parquet'}')"
-        )
-        # A user reference is in the graph by id, by handle of an id-keyed node, or as @handle.
-        con.execute(
-            """CREATE TABLE user_in AS
-            SELECT DISTINCT u FROM (SELECT unnest(list_concat(CASE WHEN author IS NULL THEN [] ELSE [author] END,
-                                                             mentions)) AS u FROM p) r
-            WHERE EXISTS (SELECT 1 FROM un WHERE un.key = 'id:' || r.u.id
-                          OR (r.u.handle IS NOT NULL AND (un.handle = r.u.handle OR un.key = '@' || r.u.handle)))"""
-        )
         out: dict[str, Any] = {"posts": report.accepted, "rejected": report.rejected}
         con.execute("CREATE TABLE pid AS SELECT row_number() OVER () AS pid, * FROM p")
-        for ntu, expr in _NTU_LISTS.items():
-            known = "hn" if ntu == "hashtag" else "(SELECT u AS key FROM user_in)"
+        for ntu in node_types():
+            expr = ntu_list(ntu)
+            nodes = graph / f"nodes_{ntu}.parquet"
+            if ntu != LHS:  # keyed by value, as in the graph
+                known = f"(SELECT key FROM read_parquet('{nodes}'))"
+            else:  # a user reference is in the graph by id, by the handle of an id node, or @handle
+                con.execute(
+                    f"CREATE OR REPLACE VIEW un AS SELECT key, handle FROM read_parquet('{nodes}')"
+                )
+                con.execute(
+                    f"""CREATE OR REPLACE TABLE user_in AS
+                    SELECT DISTINCT u FROM (SELECT unnest({expr}) AS u FROM p) r
+                    WHERE EXISTS (SELECT 1 FROM un WHERE un.key = 'id:' || r.u.id
+                          OR (r.u.handle IS NOT NULL AND (un.handle = r.u.handle OR un.key = '@' || r.u.handle)))"""
+                )
+                known = "(SELECT u AS key FROM user_in)"
             row = con.execute(
                 f"""WITH x AS (SELECT DISTINCT pid, unnest({expr}) AS x FROM pid),
                      per AS (SELECT pid, count(*) AS n, count(k.key) AS n_known
@@ -87,6 +85,9 @@ def ntu_coverage(
     return out
 
 
+_PAPER_ORDER = {"hashtag": 0, "user": 1}  # Table 5's rows; other node types after them
+
+
 def _pct(a: int, b: int) -> float:
     return round(100.0 * a / b, 2) if b else 0.0
 
@@ -100,6 +101,8 @@ def format_table5(name: str, cov: dict[str, Any]) -> str:
     rows = [
         f"| {cov['posts']:,} | {t} | {c['ntus']:,} | {c['pct_posts_with_ntu']:.2f}% | "
         f"{c['pct_posts_with_multiple']:.2f}% | {c['pct_posts_with_ntu_in_graph']:.2f}% | {c['pct_ntu_posts_in_graph']:.0f}% |"
-        for t, c in ((t, cov[t]) for t in ("hashtag", "user"))
+        for t, c in (
+            (t, cov[t]) for t in sorted(node_types(), key=lambda t: _PAPER_ORDER.get(t, 2))
+        )
     ]
     return f"{name}\n\n{head}\n" + "\n".join(rows)

@@ -9,48 +9,105 @@ interpolated). Ties are broken by value, so every engine and every run picks the
 
 from __future__ import annotations
 
+from ntulm.errors import ConfigError
 from ntulm.graph.config import GraphConfig
+from ntulm.posts.ntus import node_fields, node_types
+from ntulm.posts.schema import POSTS_SCHEMA
 
 DIALECTS = {
-    "duckdb": {"unnest": "unnest", "quantile": "quantile_cont"},
-    "spark": {"unnest": "explode", "quantile": "percentile"},
+    "duckdb": {
+        "unnest": "unnest",
+        "quantile": "quantile_cont",
+        "one": "CASE WHEN {x} IS NULL THEN [] ELSE [{x}] END",
+        "concat": "list_concat({a}, {b})",
+    },
+    "spark": {
+        "unnest": "explode",
+        "quantile": "percentile",
+        "one": "CASE WHEN {x} IS NULL THEN array() ELSE array({x}) END",
+        "concat": "concat({a}, {b})",
+    },
 }
+# The graph's node types: every relation joins a user to a hashtag (graph/config.py).
+LHS, RHS = "user", "hashtag"
+# Users a post names besides its NTUs of node type user: its engagements (who retweeted, liked,
+# replied, whom it retweets or replies to). They give users identities (handle <-> id), not NTUs.
+ENGAGEMENT_USERS = (
+    "retweet_of_author",
+    "reply_to_user",
+    "favorited_by",
+    "retweeted_by",
+    "replied_by",
+)
 
-# (relation, SQL yielding post_id, u (user struct), h (hashtag)) over the posts view `p`.
+
+def _is_list(field: str) -> bool:
+    return str(POSTS_SCHEMA.field(field).type).startswith("list")
+
+
+def ntu_list(node_type: str, dialect: str = "duckdb", row: str = "") -> str:
+    """SQL of a post's list of NTUs of ``node_type`` (the registry's fields of that node type,
+    concatenated in registry order; a single-valued field as a list of one, or none if NULL).
+    ``row``: a table alias prefix such as ``"c."``."""
+    d = DIALECTS[dialect]
+    parts = [
+        f"{row}{f}" if _is_list(f) else d["one"].format(x=f"{row}{f}")
+        for f in node_fields(node_type)
+    ]
+    if not parts:
+        raise ConfigError(f"no NTU type has node type {node_type!r} (posts/ntus.py)")
+    expr = parts[-1]
+    for part in reversed(parts[:-1]):
+        expr = d["concat"].format(a=part, b=expr)
+    return expr
+
+
+def check_node_types() -> None:
+    """A registry node type the graph has no relation for is an error, not a silent gap."""
+    extra = [t for t in node_types() if t not in (LHS, RHS)]
+    if extra:
+        raise ConfigError(
+            f"NTU node type(s) {extra} (posts/ntus.py): the graph joins {LHS} to {RHS} nodes "
+            "only; give the type one of these node types or none"
+        )
+
+
+# (relation, SQL yielding post_id, u (user struct), h (hashtag)) over the posts view `p`;
+# {tags}: the post's hashtag-node NTUs (`hashtags`, from the registry: ntu_list).
 ENGAGEMENT_SQL = {
     "authored": [
-        "SELECT id AS post_id, author AS u, {unnest}(hashtags) AS h FROM p WHERE NOT is_retweet AND author IS NOT NULL",
-        "SELECT coalesce(retweet_of_id, id || ':original') AS post_id, retweet_of_author AS u, {unnest}(hashtags) AS h "
+        "SELECT id AS post_id, author AS u, {unnest}({tags}) AS h FROM p WHERE NOT is_retweet AND author IS NOT NULL",
+        "SELECT coalesce(retweet_of_id, id || ':original') AS post_id, retweet_of_author AS u, {unnest}({tags}) AS h "
         "FROM p WHERE is_retweet AND retweet_of_author IS NOT NULL",
     ],
     "favorited": [
-        "SELECT post_id, u, {unnest}(hashtags) AS h FROM (SELECT id AS post_id, {unnest}(favorited_by) AS u, hashtags FROM p)"
+        "SELECT post_id, u, {unnest}(tags) AS h FROM (SELECT id AS post_id, {unnest}(favorited_by) AS u, {tags} AS tags FROM p)"
     ],
     "co_mentioned": [
-        "SELECT post_id, u, {unnest}(hashtags) AS h FROM (SELECT id AS post_id, {unnest}(mentions) AS u, hashtags FROM p)"
+        "SELECT post_id, u, {unnest}(tags) AS h FROM (SELECT id AS post_id, {unnest}(mentions) AS u, {tags} AS tags FROM p)"
     ],
     "retweeted": [
-        "SELECT post_id, u, {unnest}(hashtags) AS h FROM (SELECT id AS post_id, {unnest}(retweeted_by) AS u, hashtags FROM p)",
-        "SELECT id AS post_id, author AS u, {unnest}(hashtags) AS h FROM p WHERE is_retweet AND author IS NOT NULL",
+        "SELECT post_id, u, {unnest}(tags) AS h FROM (SELECT id AS post_id, {unnest}(retweeted_by) AS u, {tags} AS tags FROM p)",
+        "SELECT id AS post_id, author AS u, {unnest}({tags}) AS h FROM p WHERE is_retweet AND author IS NOT NULL",
     ],
     "replied": [
-        "SELECT post_id, u, {unnest}(hashtags) AS h FROM (SELECT id AS post_id, {unnest}(replied_by) AS u, hashtags FROM p)",
+        "SELECT post_id, u, {unnest}(tags) AS h FROM (SELECT id AS post_id, {unnest}(replied_by) AS u, {tags} AS tags FROM p)",
         # a post id seen twice (e.g. two crawls) counts as the parent with its smallest hashtag list
-        "SELECT c.id AS post_id, c.author AS u, {unnest}(par.hashtags) AS h FROM p c "
-        "JOIN (SELECT id, min(hashtags) AS hashtags FROM p GROUP BY id) par ON par.id = c.reply_to_id "
+        "SELECT c.id AS post_id, c.author AS u, {unnest}(par.tags) AS h FROM p c "
+        "JOIN (SELECT id, min({tags}) AS tags FROM p GROUP BY id) par ON par.id = c.reply_to_id "
         "WHERE c.author IS NOT NULL",
     ],
 }
 
-USER_REFS = [
-    "SELECT author AS u FROM p",
-    "SELECT retweet_of_author AS u FROM p",
-    "SELECT reply_to_user AS u FROM p",
-    "SELECT {unnest}(mentions) AS u FROM p",
-    "SELECT {unnest}(favorited_by) AS u FROM p",
-    "SELECT {unnest}(retweeted_by) AS u FROM p",
-    "SELECT {unnest}(replied_by) AS u FROM p",
-]
+
+def user_refs(dialect: str) -> list[str]:
+    """One SELECT per post field naming users (``u``): the registry's user NTUs (author,
+    mentions) and the engagement fields."""
+    unnest = DIALECTS[dialect]["unnest"]
+    return [
+        f"SELECT {unnest}({f}) AS u FROM p" if _is_list(f) else f"SELECT {f} AS u FROM p"
+        for f in (*node_fields(LHS), *ENGAGEMENT_USERS)
+    ]
 
 
 def _user_key(ref: str, alias: str) -> str:
@@ -72,10 +129,12 @@ def _most_frequent(key: str, value: str, refs: str) -> str:
 
 def graph_steps(config: GraphConfig, dialect: str) -> list[tuple[str, str]]:
     """``(table name, SELECT)`` in order, up to ``kept`` (the filtered engagement rows)."""
+    check_node_types()
     d = DIALECTS[dialect]
-    refs = " UNION ALL ".join(USER_REFS).format(**d)
+    refs = " UNION ALL ".join(user_refs(dialect))
+    tags = ntu_list(RHS, dialect)
     parts = " UNION ALL ".join(
-        f"SELECT post_id, u, '{rel}' AS rel, h FROM ({sql.format(**d)})"
+        f"SELECT post_id, u, '{rel}' AS rel, h FROM ({sql.format(unnest=d['unnest'], tags=tags)})"
         for rel in config.relations
         for sql in ENGAGEMENT_SQL[rel]
     )

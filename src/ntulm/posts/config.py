@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from pydantic import BaseModel, Field, field_validator
 
 from ntulm.config import StageConfig
-from ntulm.posts.formats import FORMATS
+from ntulm.posts.formats import FORMATS, REGISTRY
 
 if TYPE_CHECKING:
     from ntulm.posts.readers import PostReader
@@ -59,8 +59,10 @@ class LabelTableConfig(StageConfig):
 class ReaderConfig(StageConfig):
     """How posts are read: format, bad-input policy, tabular mapping, side-table labels."""
 
-    format: Literal[("auto", *FORMATS)] = Field(  # type: ignore[valid-type]
-        "auto", description="input format; auto detects it from each file's content"
+    format: str = Field(
+        "auto",
+        description="input format: auto (detected from each file's content) or one of "
+        f"{', '.join(FORMATS)} (the readers' own list: posts/formats.py REGISTRY)",
     )
     strict: bool = Field(False, description="fail on the first bad record instead of skipping it")
     max_text_chars: int = Field(10_000, ge=1, description="longer texts are rejected as bad input")
@@ -93,6 +95,13 @@ class ReaderConfig(StageConfig):
         description="fast: vectorized readers (pyarrow, DuckDB) with the Python reference for the "
         "records they cannot decide; python: the reference readers only (same posts, slower)",
     )
+
+    @field_validator("format")
+    @classmethod
+    def _format(cls, v: str) -> str:
+        if v != "auto" and v not in REGISTRY:  # asked at validation: a format added is offered
+            raise ValueError(f"unknown format {v!r}; use auto or one of {', '.join(REGISTRY)}")
+        return v
 
     @field_validator("columns")
     @classmethod

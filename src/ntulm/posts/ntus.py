@@ -1,10 +1,11 @@
 """The NTU types: one registry of what each reads from a post, the graph node type it becomes, and
 so the NTU embedding table it is looked up in.
 
-Every stage asks this table: the LM's e_ntu (``lm/data.py``), its config and the pipeline's
-variants (validation), the NTU embeddings' lookup (``kge/embeddings.py``). Adding a type means a
-row here (and a test); a type without a node type is read from posts but has no embedding table,
-so it cannot be injected.
+Every stage asks this table: the graph SQL (``graph/sql.py``: which post fields give user and
+hashtag nodes) and NTU coverage (``graph/coverage.py``), the LM's e_ntu (``lm/data.py``), its
+config and the pipeline's variants (validation), the NTU embeddings' lookup
+(``kge/embeddings.py``). Adding a type means a row here (and a test); a type without a node type
+is read from posts but has no embedding table, so it cannot be injected.
 """
 
 from __future__ import annotations
@@ -77,3 +78,13 @@ def in_registry_order(types: Iterable[str]) -> tuple[NTUType, ...]:
 def _in_order(types: tuple[str, ...]) -> tuple[NTUType, ...]:
     wanted = set(check_ntu_types(types, allow_empty=True))
     return tuple(t for name, t in REGISTRY.items() if name in wanted)
+
+
+def node_types() -> tuple[str, ...]:
+    """The graph node types of the registry, in registry order (``user``, ``hashtag``)."""
+    return tuple(dict.fromkeys(t.node_type for t in REGISTRY.values() if t.node_type))
+
+
+def node_fields(node_type: str) -> tuple[str, ...]:
+    """The post fields whose values become nodes of ``node_type``, in registry order."""
+    return tuple(t.field for t in REGISTRY.values() if t.node_type == node_type)

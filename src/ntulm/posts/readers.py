@@ -35,7 +35,7 @@ import pyarrow as pa
 from ntulm.artifacts import AtomicFile
 from ntulm.errors import InputError
 from ntulm.posts.config import DUPLICATES, ENGINES
-from ntulm.posts.formats import FORMATS, IRA_COLUMNS, REGISTRY, RecordError
+from ntulm.posts.formats import IRA_COLUMNS, REGISTRY, RecordError
 from ntulm.posts.schema import POSTS_SCHEMA, Post, invalid_field, posts_to_columns
 
 log = logging.getLogger(__name__)
@@ -100,7 +100,7 @@ def no_posts_error(
         parts.append("no input file found")
     if any(why.startswith(("unknown format", "JSON")) for _, why in skipped):
         parts.append(
-            f"the formats read are {', '.join(FORMATS)} (docs/posts.md); convert other data "
+            f"the formats read are {', '.join(REGISTRY)} (docs/posts.md); convert other data "
             "(e.g. a CSV export) to the JSON Lines schema there: one object per line with "
             "id, text and author"
         )
@@ -197,11 +197,11 @@ class PostReader:
                 None,
                 f"unknown policy {self.duplicates!r}; use {' or '.join(DUPLICATES)}",
             )
-        if self.format != "auto" and self.format not in FORMATS:
+        if self.format != "auto" and self.format not in REGISTRY:
             raise InputError(
                 "--format",
                 None,
-                f"unknown format {self.format!r}; use auto or one of {', '.join(FORMATS)}",
+                f"unknown format {self.format!r}; use auto or one of {', '.join(REGISTRY)}",
             )
 
     # -- the policy -------------------------------------------------------------------------
