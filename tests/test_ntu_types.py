@@ -111,3 +111,52 @@ def test_model_of_variant_takes_its_models_types_validated():
     # the resolved config round-trips (config.json of a run)
     again = PipelineConfig.build(cfg.model_dump(mode="json"))
     assert again.variants[-1] == v
+
+
+# ----------------------------------------------------- the graph stage asks the registry too
+def _graph_corpus(lines):
+    return lines(
+        "g.jsonl",
+        [
+            {
+                "id": "1",
+                "text": "see https://x.org/a #news",
+                "author": "ann",
+                "reply_to_user": "zed",
+            },
+            {"id": "2", "text": "more https://x.org/a #news @bob", "author": "bob"},
+        ],
+    )
+
+
+def _nodes(d, kind: str) -> set[str]:
+    import pyarrow.parquet as pq
+
+    return set(pq.read_table(d / f"nodes_{kind}.parquet").column("key").to_pylist())
+
+
+def test_a_type_registered_once_reaches_the_graph_and_coverage(monkeypatch, lines, tmp_path):
+    from ntulm.graph import build_graph, ntu_coverage
+    from ntulm.posts.ntus import NTUType
+
+    posts = _graph_corpus(lines)
+    build_graph([posts], tmp_path / "before", progress=False)
+    assert _nodes(tmp_path / "before", "hashtag") == {"news"}
+    before = ntu_coverage([posts], tmp_path / "before", progress=False)
+    # links as hashtag-like nodes, the user a post replies to as a user NTU: one row each
+    monkeypatch.setitem(REGISTRY, "link", NTUType("link", "urls", "hashtag", "links"))
+    monkeypatch.setitem(REGISTRY, "to", NTUType("to", "reply_to_user", "user", "replied-to user"))
+    build_graph([posts], tmp_path / "after", progress=False)
+    assert _nodes(tmp_path / "after", "hashtag") == {"news", "https://x.org/a"}
+    after = ntu_coverage([posts], tmp_path / "after", progress=False)
+    assert (before["hashtag"]["ntus"], after["hashtag"]["ntus"]) == (1, 2)
+    assert (before["user"]["ntus"], after["user"]["ntus"]) == (2, 3)  # ann, bob (+ zed)
+
+
+def test_a_node_type_the_graph_cannot_join_is_an_error(monkeypatch, lines, tmp_path):
+    from ntulm.graph import build_graph
+    from ntulm.posts.ntus import NTUType
+
+    monkeypatch.setitem(REGISTRY, "link", NTUType("link", "urls", "url", "links"))
+    with pytest.raises(ConfigError, match=r"NTU node type\(s\) \['url'\]"):
+        build_graph([_graph_corpus(lines)], tmp_path / "g", progress=False)
