@@ -172,3 +172,10 @@ def test_no_post_accepted_exits_non_zero_saying_why(capsys, tmp_path):
         capsys, "run", "--config", str(tmp_path / "cfg.yaml"), "--out", str(tmp_path / "r"), "-q"
     )
     assert code == 2 and "no post accepted" in err and "export.csv: unknown format" in err
+
+
+def test_an_empty_graph_says_so(capsys, lines, tmp_path, caplog):
+    posts = lines("p.jsonl", [{"id": 1, "text": "no tags here", "author": "a"}])
+    code, out, _ = run(capsys, "build-graph", "--posts", str(posts), "--out", str(tmp_path / "g"))
+    assert code == 0 and "edges: none (0 user-hashtag engagements before the filters" in out
+    assert "the posts carry no hashtag a relation can join" in caplog.text

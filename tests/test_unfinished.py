@@ -130,6 +130,11 @@ def test_finetune_embed_evaluate_refuse_unfinished_ntu_embeddings(backbone, ntu,
         "--ntu", str(tmp_path / "ntu"), "--out", str(tmp_path / "e.parquet"),
     )  # fmt: skip
     assert code == 2 and needle in err
+    code, err = _cli(  # a shard of a sharded embed too
+        capsys, "embed", "--model", str(tmp_path / "bert"), "--posts", str(posts),
+        "--ntu", str(tmp_path / "ntu"), "--out", str(tmp_path / "shards"), "--shard", "0/2",
+    )  # fmt: skip
+    assert code == 2 and needle in err
     code, err = _cli(
         capsys, "evaluate", "--model", f"bert={tmp_path / 'bert'}", "--posts", str(posts),
         "--ntu", str(tmp_path / "ntu"), "--out", str(tmp_path / "ev"), "--post-concat", "bert",

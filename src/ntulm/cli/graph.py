@@ -26,7 +26,11 @@ def cmd_build_graph(args: argparse.Namespace) -> int:
     posts = stats["posts"]
     print(
         f"posts: read {posts['read']:,}, accepted {posts['accepted']:,}, rejected {posts['rejected']:,}"
-        + (f" (see {args.out}/rejected.jsonl)" if posts["rejected"] else "")
+        + (
+            f" (see {args.out}/rejected.jsonl)"
+            if posts["rejected"] and config.read.quarantine
+            else ""
+        )
     )
     for path, why in posts["files_skipped"].items():
         print(f"skipped file {path}: {why}")
@@ -35,6 +39,9 @@ def cmd_build_graph(args: argparse.Namespace) -> int:
         "edges: "
         + ", ".join(f"{r} {n:,}" for r, n in stats["edges_per_relation"].items())
         + f" (total {stats['edges']:,})"
+        if stats["edges"]
+        else f"edges: none ({stats['before_filters']['engagements']:,} user-hashtag engagements "
+        "before the filters; the log says why)"
     )
     rss = f"peak RSS {stats['peak_rss_mb']:.0f} MB" + (
         " (this process; Spark's JVM and workers apart)" if stats["engine"] == "spark" else ""

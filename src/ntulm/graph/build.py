@@ -143,6 +143,18 @@ def _build_graph_from_table(
             stats = _duckdb_tables(table, config, out, work, posts_filter)
     finally:
         shutil.rmtree(work, ignore_errors=True)
+    if not stats["edges"]:  # a finished, empty graph: say why rather than only "0 edges"
+        before = stats["before_filters"]
+        log.warning(
+            "the graph has no edges: %d user-hashtag engagements before the filters (%d users, "
+            "%d hashtags)%s",
+            before["engagements"],
+            before["users"],
+            before["hashtags"],
+            "; the posts carry no hashtag a relation can join"
+            if not before["engagements"]
+            else "; min_user_hashtags, max_user_hashtags or min_hashtag_posts removed them all",
+        )
     stats["engine"] = config.engine
     stats["posts"] = posts_report or {}
     stats["seconds"] = {"read": round(read_seconds, 2), "total": round(time.perf_counter() - t0, 2)}
