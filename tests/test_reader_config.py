@@ -256,3 +256,12 @@ def test_evaluate_and_run_refuse_zero_posts_saying_why(nothing, bert, tmp_path, 
         capsys, "run", "--config", str(tmp_path / "cfg.yaml"), "--out", str(tmp_path / "r")
     )
     assert code == 2 and _says_why(err, nothing)
+
+
+def test_a_new_read_leaves_no_earlier_quarantine(lines, tmp_path):
+    path = lines("p.jsonl", [{"id": 1, "text": "a", "author": "u"}, "{broken"])
+    q = tmp_path / "rejected.jsonl"
+    list(ReaderConfig().reader(q).iter_posts([path]))
+    assert json.loads(q.read_text())["line"] == 2
+    list(ReaderConfig(quarantine=False).reader(q).iter_posts([path]))  # --no-quarantine
+    assert not q.exists()

@@ -117,12 +117,12 @@ class ReaderConfig(StageConfig):
     def reader(self, quarantine: str | Path | None = None) -> PostReader:
         """A :class:`~ntulm.posts.readers.PostReader` under this config, quarantining rejected
         records at ``quarantine`` (when the config's ``quarantine`` is on). A new read, a new
-        quarantine: a file left there by an earlier read is removed."""
+        quarantine: a file left there by an earlier read is removed (also with it off)."""
         from ntulm.posts.readers import PostReader
 
+        if quarantine is not None:  # none of an earlier read's records, kept or not this time
+            Path(quarantine).unlink(missing_ok=True)
         path = Path(quarantine) if quarantine is not None and self.quarantine else None
-        if path is not None:
-            path.unlink(missing_ok=True)
         return PostReader(
             format=self.format,
             strict=self.strict,

@@ -265,15 +265,16 @@ class PostReader:
     def _duplicate(self, q: Quarantine, post: Post, src: str) -> bool:
         """Count a post whose id an earlier post has; whether to keep it (``keep-all``)."""
         self.report.duplicate_ids += 1
-        file, _, line = src.rpartition(":")
+        file, _, at = src.rpartition(":")
+        line = int(at) if at.isdigit() else None
         if self.duplicates == "error":
-            raise InputError(file, int(line), f"duplicate post id {post.id!r}")
+            raise InputError(file, line, f"duplicate post id {post.id!r}")
         if self.duplicates == "keep-all":
             return True
         self.report.accepted -= 1  # accepted when read: now a rejection, as in the posts table
         self.report.rejected += 1
         self.report.reasons["duplicate post id"] += 1
-        q.write(file, int(line), "duplicate post id (an earlier post has it)", post.id)
+        q.write(file, line, "duplicate post id (an earlier post has it)", post.id)
         return False
 
     def _detect(self, path: Path) -> tuple[str, str | None] | None:
