@@ -131,8 +131,9 @@ def add_posts_args(
 
     g = p.add_argument_group(
         "reading posts",
-        "the reader settings (docs/posts.md), also given as read.KEY=VALUE or a config's read "
-        "section; a flag wins",
+        "the reader settings (docs/posts.md): each flag sets read.KEY, which a command with "
+        "key=value overrides also takes as read.KEY=VALUE (and build-graph, ntu-stats, evaluate "
+        "from its config's read section); a flag wins",
     )
     g.add_argument("--posts", nargs="+", required=required, metavar="PATH", help=help)
     g.add_argument(
