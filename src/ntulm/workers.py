@@ -9,6 +9,10 @@ a directory nobody owns. :func:`worker_pool` gives a ``spawn`` process pool whos
 - everywhere, a daemon thread checks once a second that the parent is still the one that started
   them (a dead parent's children are re-parented) and ends the process if not.
 
+:func:`run_isolated` runs one call in such a worker and returns its result: ``ntulm run`` trains
+each model and encodes with each model that way, so that what a stage allocates goes back to the
+OS when it ends (``docs/artifacts.md``, Memory).
+
 ``PR_SET_PDEATHSIG`` fires when the *thread* that created the worker ends; the pools here are
 created and used by one thread, which outlives them (``with`` blocks, generators drained in
 place).
@@ -18,13 +22,18 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import logging
 import multiprocessing
 import os
 import signal
 import sys
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
+from typing import Any, TypeVar
+
+T = TypeVar("T")
 
 _PR_SET_PDEATHSIG = 1
 
@@ -57,3 +66,27 @@ def worker_pool(workers: int) -> ProcessPoolExecutor:
         initializer=die_with_parent,
         initargs=(os.getpid(),),
     )
+
+
+def _init_isolated(parent: int, level: int) -> None:
+    die_with_parent(parent)
+    logging.basicConfig(
+        level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S"
+    )
+
+
+def run_isolated(fn: Callable[..., T], *args: Any) -> T:
+    """``fn(*args)`` in a fresh worker process (``spawn``) that dies with this one; its result.
+
+    What the call allocates (a model, its optimizer, the allocator's fragmented heap, torch's
+    caches) ends with the worker and goes back to the OS, so a long run that calls this once per
+    stage does not grow (``ntulm run``'s fine-tunes and encodings). ``fn`` and its arguments and
+    result cross the process boundary, so they must be picklable (a module-level function,
+    plain data). The worker logs at this process's root level; an exception in ``fn`` is raised
+    here."""
+    ctx = multiprocessing.get_context("spawn")
+    level = logging.getLogger().getEffectiveLevel()
+    with ProcessPoolExecutor(
+        1, mp_context=ctx, initializer=_init_isolated, initargs=(os.getpid(), level)
+    ) as pool:
+        return pool.submit(fn, *args).result()

@@ -176,6 +176,12 @@ class PipelineConfig(StageConfig):
     finetune_per_seed: bool = Field(
         False, description="fine-tune every variant once per seed (costly) instead of once"
     )
+    isolate_stages: bool = Field(
+        True,
+        description="run each fine-tune and each model's encoding in its own worker process, "
+        "whose memory goes back to the OS when it ends (same results; false: all in this "
+        "process, whose resident memory then grows from stage to stage)",
+    )
     protocol: Literal["paper", "temporal"] = Field(
         "paper",
         description="evaluation protocol: 'paper' = the paper's random splits (by post or author) "

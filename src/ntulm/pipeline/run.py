@@ -51,7 +51,7 @@ from ntulm.artifacts import (
     read_json,
     write_text,
 )
-from ntulm.errors import ConfigError
+from ntulm.errors import ArtifactError, ConfigError
 from ntulm.evaluate.config import TaskSpec
 from ntulm.evaluate.controls import control_ntus
 from ntulm.evaluate.protocol import validation_task
@@ -60,6 +60,7 @@ from ntulm.evaluate.tasks import Task, build_tasks
 from ntulm.evaluate.temporal import BEFORE, Temporal, before_sql, temporal
 from ntulm.graph.build import build_graph_from_table, edge_exclusion_lines, read_posts_table
 from ntulm.kge import NTUEmbeddings, train_kge
+from ntulm.lm.config import LMConfig
 from ntulm.lm.data import ntu_vectors
 from ntulm.lm.encode import encode, output_dim
 from ntulm.lm.model import NTULM, STAGE
@@ -69,6 +70,7 @@ from ntulm.pipeline.config import PipelineConfig, VariantSpec
 from ntulm.pipeline.progress import StageLog
 from ntulm.posts import Post
 from ntulm.posts.rows import PostsTable
+from ntulm.workers import run_isolated
 
 log = logging.getLogger(__name__)
 
@@ -261,26 +263,24 @@ class Pipeline:
             # resume a crashed fine-tune from its checkpoint; a fresh one starts quietly
             resume = (d / CHECKPOINT).exists()
             quiet = lcfg.model_copy(update={"progress": lcfg.progress and self.progress})
-            res = finetune(sample, quiet, d, ntu=emb if needs_ntu else None, resume=resume)
+            if self.cfg.isolate_stages:  # in a worker: its memory goes back to the OS with it
+                kge_dir = str(self.out / "kge") if needs_ntu else None
+                args = (sample, quiet.model_dump(mode="json"), str(d), kge_dir, resume)
+                result = run_isolated(_finetune_job, *args)
+            else:
+                ntu = emb if needs_ntu else None
+                result = finetune(sample, quiet, d, ntu=ntu, resume=resume).to_json()
             self.timings[f"finetune {v.name}{suffix}"] = time.perf_counter() - t
             trim()
-            done = {"result": res.to_json()}
+            done = {"result": result}
             mark_run(d, STAGE, fp, **done)
             self.ran.append(f"finetune {v.name}{suffix}")
         return d, fp, done["result"]
 
     # -- embeddings ------------------------------------------------------------------------
-    def embeddings(
-        self,
-        v: VariantSpec,
-        model: NTULM,
-        model_fp: str,
-        task: Task,
-        emb: NTUEmbeddings | None,
-    ) -> dict[str, np.ndarray]:
-        """Cached train/val/test embeddings of one task under one variant."""
-        d = self.out / "embeddings" / _slug(v.name)
-        path = d / f"{_slug(task.name)}.npz"
+    def _embedding_file(self, v: VariantSpec, model_fp: str, task: Task) -> tuple[Path, str]:
+        """Where the embeddings of ``task`` under ``v`` are cached, and their fingerprint."""
+        path = self.out / "embeddings" / _slug(v.name) / f"{_slug(task.name)}.npz"
         fp = fingerprint(
             [
                 model_fp,
@@ -290,10 +290,31 @@ class Pipeline:
                 task_content_key(task),
             ]
         )
-        if path.exists():  # written atomically: a file that exists is whole
+        return path, fp
+
+    @staticmethod
+    def _is_cached(path: Path, fp: str) -> bool:
+        if not path.exists():  # written atomically: a file that exists is whole
+            return False
+        with np.load(path) as z:  # (members are read on access: this reads the fingerprint)
+            return "test_ids" in z.files and str(z["fingerprint"]) == fp
+
+    def embeddings(
+        self,
+        v: VariantSpec,
+        model: NTULM | Path,
+        model_fp: str,
+        task: Task,
+        emb: NTUEmbeddings | None,
+    ) -> dict[str, np.ndarray]:
+        """Cached train/val/test embeddings of one task under one variant. ``model`` is a loaded
+        model, or its directory when :meth:`embed_in_workers` has already written the file."""
+        path, fp = self._embedding_file(v, model_fp, task)
+        if self._is_cached(path, fp):
             with np.load(path) as z:
-                if str(z["fingerprint"]) == fp and "test_ids" in z.files:
-                    return {k: z[k] for k in z.files}
+                return {k: z[k] for k in z.files}
+        if not isinstance(model, NTULM):
+            raise ArtifactError(f"{path}: the embeddings of {v.name!r} were not written")
         arrays: dict[str, np.ndarray] = {"fingerprint": np.array(fp)}
         splits = (("train", task.train), ("val", task.val), ("test", task.test))
         for k, (split, posts) in enumerate(splits):
@@ -327,13 +348,15 @@ class Pipeline:
     def evaluate(
         self,
         tasks: list[tuple[TaskSpec, Task]],
-        models: dict[str, tuple[NTULM, str]],
+        models: dict[str, tuple[NTULM | Path, str]],
         emb: NTUEmbeddings | None,
         flags: dict[str, np.ndarray],
         seeds: list[int],
         finetune_seed: int | None = None,
     ) -> list[dict[str, Any]]:
-        """Every variant on every task and seed; ``models`` maps model variants to (model, fp)."""
+        """Every variant on every task and seed; ``models`` maps model variants to (model, fp),
+        the model loaded or its directory (then encoded in workers, :meth:`embed_in_workers`)."""
+        self.embed_in_workers(tasks, models)
         runs = []
         for k, v in enumerate(self.cfg.variants):
             self.stage(
@@ -364,6 +387,36 @@ class Pipeline:
                 del self._memo[key]
             trim()
         return runs
+
+    def embed_in_workers(
+        self, tasks: list[tuple[TaskSpec, Task]], models: dict[str, tuple[NTULM | Path, str]]
+    ) -> None:
+        """Write the cached embeddings of every variant whose model is given as a directory:
+        one worker process per model (:func:`~ntulm.workers.run_isolated`), which loads it and
+        runs :meth:`embeddings` for its variants in config order, exactly as this process would
+        (the same encoder memo, so the same numbers), and ends, giving its memory back."""
+        groups: dict[str, list[VariantSpec]] = {}
+        for v in self.cfg.variants:
+            groups.setdefault(v.post_concat_of or v.model_of or v.name, []).append(v)
+        kge = self.out / "kge"
+        for key, variants in groups.items():
+            model, fp = models[key]
+            if isinstance(model, NTULM):
+                continue
+            if all(
+                self._is_cached(*self._embedding_file(v, fp, t)) for v in variants for _, t in tasks
+            ):
+                continue
+            run_isolated(
+                _embed_job,
+                self.cfg.model_dump(mode="json"),
+                str(self.out),
+                str(model),
+                fp,
+                [v.name for v in variants],
+                [t for _, t in tasks],
+                str(kge) if kge.exists() else None,
+            )
 
     def _encode(
         self,
@@ -439,7 +492,7 @@ def _run_pipeline(config: PipelineConfig, out_dir: str | Path, progress: bool) -
     runs: list[dict[str, Any]] = []
     lm_results: dict[str, list[dict]] = {}
     for ft_seed in ft_seeds:
-        models: dict[str, tuple[NTULM, str]] = {}
+        models: dict[str, tuple[NTULM | Path, str]] = {}
         for v in cfg.model_variants():
             n_ft -= 1
             steps = (
@@ -448,7 +501,8 @@ def _run_pipeline(config: PipelineConfig, out_dir: str | Path, progress: bool) -
             p.stage(f"fine-tune {v.name} (seed {ft_seed}, {steps})", "fine-tune", n_ft)
             d, fp, res = p.finetune(v, ft_seed, sample, emb, kge_fp)
             lm_results.setdefault(v.name, []).append(res)
-            models[v.name] = (NTULM.load(d, ntu=emb), fp)
+            # isolated: a directory, encoded in a worker (embed_in_workers); else loaded here
+            models[v.name] = (d if cfg.isolate_stages else NTULM.load(d, ntu=emb), fp)
         eval_seeds = [ft_seed] if cfg.finetune_per_seed else cfg.seeds
         runs += p.evaluate(tasks, models, emb, flags, eval_seeds, finetune_seed=ft_seed)
     results = {
@@ -473,6 +527,35 @@ def _run_pipeline(config: PipelineConfig, out_dir: str | Path, progress: bool) -
     write_report(results, p.out)
     p.stage.close()
     return results
+
+
+def _finetune_job(
+    sample: list[Post], lcfg: dict, out: str, kge_dir: str | None, resume: bool
+) -> dict[str, Any]:
+    """One fine-tune, in a worker process (:meth:`Pipeline.finetune`): its result as JSON."""
+    ntu = NTUEmbeddings.load(kge_dir) if kge_dir is not None else None
+    cfg = LMConfig.model_validate(lcfg)
+    return finetune(sample, cfg, out, ntu=ntu, resume=resume).to_json()
+
+
+def _embed_job(
+    cfg: dict,
+    out: str,
+    model_dir: str,
+    model_fp: str,
+    names: list[str],
+    tasks: list[Task],
+    kge_dir: str | None,
+) -> None:
+    """The cached embeddings of the variants ``names`` of one model, in a worker process
+    (:meth:`Pipeline.embed_in_workers`)."""
+    p = Pipeline(PipelineConfig.model_validate(cfg), out, progress=False)
+    emb = NTUEmbeddings.load(kge_dir) if kge_dir is not None else None
+    model = NTULM.load(model_dir, ntu=emb)
+    variants = {v.name: v for v in p.cfg.variants}
+    for name in names:
+        for task in tasks:
+            p.embeddings(variants[name], model, model_fp, task, emb)
 
 
 def finetune_sample(

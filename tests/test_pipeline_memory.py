@@ -1,0 +1,130 @@
+"""``ntulm run`` keeps its own process lean: every fine-tune and every model's encoding runs in a
+worker process (``isolate_stages``), so nothing a stage allocates stays behind, and the numbers are
+the ones the single-process run gives."""
+
+import gc
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+import yaml
+
+from ntulm.pipeline import run as pipeline_run
+from ntulm.pipeline.config import PipelineConfig
+from ntulm.synthetic import write_corpus
+
+
+def _config(tmp_path: Path, backbone: str, isolate: bool) -> PipelineConfig:
+    posts = tmp_path / "posts.jsonl"
+    if not posts.exists():
+        write_corpus(posts, n_posts=300, users_per_community=6, seed=5)
+    cfg = {
+        "name": "tiny",
+        "posts": [str(posts)],
+        "lm_posts": 120,
+        "kge": {"dimension": 8, "num_epochs": 1, "batch_size": 500, "num_batch_negs": 10,
+                "num_uniform_negs": 10},
+        "lm": {"backbone": backbone, "max_steps": 3, "max_epochs": 1, "batch_size": 16,
+               "head_warmup_steps": 0, "max_length": 24, "progress": False,
+               "eval_max_posts": 20},
+        "eval": {"mlp": {"max_epochs": 3, "num_threads": 1}, "tasks": [
+            {"type": "classification", "name": "community", "label": "community",
+             "split_by": "author", "min_class_count": 2},
+            {"type": "retrieval", "name": "community_map", "label": "community", "max_test": 30},
+        ]},
+        "variants": [
+            {"name": "BERT", "use_ntu": False},
+            {"name": "N", "ntu_types": ["author", "hashtag"]},
+            {"name": "N + e", "post_concat_of": "N", "ntu_types": ["author", "hashtag"]},
+            {"name": "N + e shuffled", "post_concat_of": "N", "ntu_types": ["author", "hashtag"],
+             "control": "shuffled"},
+        ],
+        "finetune_per_seed": True,
+        "seeds": [1, 2],
+        "isolate_stages": isolate,
+    }  # fmt: skip
+    (tmp_path / "cfg.yaml").write_text(yaml.safe_dump(cfg))
+    return PipelineConfig.from_sources(tmp_path / "cfg.yaml")
+
+
+def _tensor_bytes() -> int:
+    """Bytes of every torch storage reachable by the garbage collector in this process."""
+    gc.collect()
+    storages = {}
+    for o in gc.get_objects():
+        if isinstance(o, torch.Tensor):
+            s = o.untyped_storage()
+            storages[s.data_ptr()] = s.nbytes()
+    return sum(storages.values())
+
+
+def test_stages_leave_no_model_behind_and_give_the_same_numbers(tmp_path, backbone, monkeypatch):
+    # after every fine-tune and every evaluation (all its variants), the tensors alive in this
+    # process: the fine-tuned models, optimizers and encoders must not be among them
+    census: list[tuple[str, int]] = []
+    workers: list[str] = []
+    for name in ("finetune", "evaluate"):
+        real = getattr(pipeline_run.Pipeline, name)
+
+        def wrapped(self, *a, _real=real, _name=name, **k):
+            out = _real(self, *a, **k)
+            census.append((_name, _tensor_bytes()))
+            return out
+
+        monkeypatch.setattr(pipeline_run.Pipeline, name, wrapped)
+    real_isolated = pipeline_run.run_isolated
+    monkeypatch.setattr(
+        pipeline_run,
+        "run_isolated",
+        lambda fn, *a: workers.append(fn.__name__) or real_isolated(fn, *a),
+    )
+    base = _tensor_bytes()
+    cfg = _config(tmp_path, backbone, isolate=True)
+    res = pipeline_run.run_pipeline(cfg, tmp_path / "isolated", progress=False)
+    # 2 models x 2 seeds fine-tuned, and encoded, each in its own worker
+    assert sorted(workers) == ["_embed_job"] * 4 + ["_finetune_job"] * 4
+    assert [n for n, _ in census] == ["finetune"] * 2 + ["evaluate"] + ["finetune"] * 2 + [
+        "evaluate"
+    ]
+    # the tiny BERT alone is ~1 MB of float32 weights (a loaded model, optimizer state or
+    # gradients would each show); what stays is the NTU table and small MLP leftovers
+    tiny_bert = sum(p.numel() * 4 for p in _tiny_model_params(backbone))
+    grown = [b - base for _, b in census]
+    assert max(grown) < tiny_bert / 2, (grown, tiny_bert)
+    # no growth from the first round to the second
+    assert census[-1][1] <= census[2][1] + 64 * 1024, census
+
+    # the same run in one process gives the same fine-tuned weights and the same numbers
+    workers.clear()
+    single = pipeline_run.run_pipeline(
+        _config(tmp_path, backbone, isolate=False), tmp_path / "single", progress=False
+    )
+    assert workers == []
+    assert [r["metrics"] for r in res["runs"]] == [r["metrics"] for r in single["runs"]]
+    assert _lm(res["lm"], "isolated") == _lm(single["lm"], "single")
+    for d in sorted((tmp_path / "single" / "lm").iterdir()):
+        other = tmp_path / "isolated" / "lm" / d.name
+        for f in sorted((d / "model").glob("*.safetensors")):
+            assert f.read_bytes() == (other / "model" / f.name).read_bytes(), f
+    for f in sorted((tmp_path / "single" / "embeddings").rglob("*.npz")):
+        g = tmp_path / "isolated" / f.relative_to(tmp_path / "single")
+        with np.load(f) as a, np.load(g) as b:
+            assert all(np.array_equal(a[k], b[k]) for k in a.files), f
+
+
+def _tiny_model_params(backbone: str):
+    from transformers import BertForMaskedLM
+
+    return list(BertForMaskedLM.from_pretrained(backbone).parameters())
+
+
+def _lm(lm: dict, run: str) -> dict:
+    """A run's fine-tune results without its output directory's name and the timings (which
+    differ from run to run)."""
+    out = json.loads(json.dumps(lm).replace(f"/{run}/", "/RUN/"))
+    for rs in out.values():
+        for r in rs:
+            for k in ("train_seconds", "tokens_per_s", "peak_rss_mb"):
+                r.pop(k, None)
+    return out
