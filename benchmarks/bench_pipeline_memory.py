@@ -35,7 +35,7 @@ from procmem import run_measured  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = Path(__file__).parent / "results" / "bench_pipeline_memory.json"
-SEEDS = ["finetune_per_seed=true", "seeds=[1,2,3]"]
+SEEDS = ["finetune_per_seed=true", "seeds=[1,2]"]
 
 
 def old_source(ref: str, into: Path) -> Path:

@@ -54,6 +54,7 @@ def test_run_end_to_end_and_reuse(tmp_path, backbone, capsys, monkeypatch):
             {"name": "a+h mean", "model_of": "NTULM author+hashtag", "control": "mean"},
         ],
         "seeds": [1, 2],
+        "isolate_stages": False,  # quicker here; test_pipeline_memory.py runs the workers
     }  # fmt: skip
     (tmp_path / "cfg.yaml").write_text(yaml.safe_dump(cfg))
     out = tmp_path / "run"
@@ -193,6 +194,7 @@ def test_evaluate_saved_models_matches_run(tmp_path, backbone, capsys):
                "max_length": 32, "progress": False, "eval_max_posts": 20},
         "eval": {"mlp": {"max_epochs": 4, "num_threads": 1}, "tasks": tasks},
         "seeds": [4],
+        "isolate_stages": False,  # quicker here; test_pipeline_memory.py runs the workers
     }  # fmt: skip
     (tmp_path / "cfg.yaml").write_text(yaml.safe_dump(cfg))
     run = tmp_path / "run"
@@ -287,6 +289,7 @@ def test_design_run_reads_no_test_post_and_post_concat_of_an_ntu_model(
             {"name": "N + e mean", "post_concat_of": "N", "ntu_types": ["author", "hashtag"], "control": "mean"},
         ],
         "seeds": [4],
+        "isolate_stages": False,  # the test watches encode() in this process
     }  # fmt: skip
     (tmp_path / "cfg.yaml").write_text(yaml.safe_dump(cfg))
     encoded: set[str] = set()

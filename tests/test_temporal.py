@@ -204,6 +204,7 @@ def test_run_temporal_graph_kge_and_sample_see_only_pre_cutoff_posts(tmp_path, b
             {"type": "hashtag", "top_k": 4, "per_class": 6, "exclusion": "posts"}]},
         "variants": [{"name": "BERT", "use_ntu": False}, {"name": "N", "ntu_types": ["author", "hashtag"]}],
         "seeds": [1],
+        "isolate_stages": False,  # quicker here; test_pipeline_memory.py runs the workers
     }  # fmt: skip
     out = tmp_path / "run"
     res = run_pipeline(PipelineConfig.build(cfg), out, progress=False)

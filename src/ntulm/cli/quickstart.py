@@ -56,6 +56,8 @@ def quickstart_config(posts: Path) -> dict[str, Any]:
             ],
         },
         "seeds": [1, 2],
+        # tiny models: one process is quicker than a worker start-up per fine-tune and encoding
+        "isolate_stages": False,
     }
 
 
