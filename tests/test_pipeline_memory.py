@@ -85,8 +85,9 @@ def test_stages_leave_no_model_behind_and_give_the_same_numbers(tmp_path, backbo
     base = _tensor_bytes()
     cfg = _config(tmp_path, backbone, isolate=True)
     res = pipeline_run.run_pipeline(cfg, tmp_path / "isolated", progress=False)
-    # the model fine-tuned, and encoded, once per seed, each in its own worker
-    assert workers == ["_finetune_job", "_embed_job"] * 2
+    # the NTU embeddings trained, and the model fine-tuned and encoded once per seed, each in
+    # its own worker
+    assert workers == ["_kge_job"] + ["_finetune_job", "_embed_job"] * 2
     assert [n for n, _ in census] == ["finetune", "evaluate"] * 2
     # the tiny BERT alone is ~1 MB of float32 weights (a loaded model, optimizer state or
     # gradients would each show); what stays is the NTU table and small MLP leftovers

@@ -178,9 +178,9 @@ class PipelineConfig(StageConfig):
     )
     isolate_stages: bool = Field(
         True,
-        description="run each fine-tune and each model's encoding in its own worker process, "
-        "whose memory goes back to the OS when it ends (same results; false: all in this "
-        "process, whose resident memory then grows from stage to stage)",
+        description="train the NTU embeddings, each fine-tune and each model's encoding in a "
+        "worker process of its own, whose memory goes back to the OS when it ends (same "
+        "results; false: all in this process, whose resident memory then grows stage by stage)",
     )
     protocol: Literal["paper", "temporal"] = Field(
         "paper",

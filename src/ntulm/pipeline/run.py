@@ -232,7 +232,12 @@ class Pipeline:
             emb = NTUEmbeddings.load(d)
         else:
             t = time.perf_counter()
-            emb, _ = train_kge(self.out / "graph", d, self.cfg.kge, progress=self.progress)
+            if self.cfg.isolate_stages:  # in a worker, as the fine-tunes (memory back to the OS)
+                args = (str(self.out / "graph"), str(d), self.cfg.kge, self.progress)
+                run_isolated(_kge_job, *args)
+                emb = NTUEmbeddings.load(d)
+            else:
+                emb, _ = train_kge(self.out / "graph", d, self.cfg.kge, progress=self.progress)
             self.timings["kge"] = time.perf_counter() - t
             mark_run(d, "kge", fp)
             self.ran.append("kge")
@@ -527,6 +532,11 @@ def _run_pipeline(config: PipelineConfig, out_dir: str | Path, progress: bool) -
     write_report(results, p.out)
     p.stage.close()
     return results
+
+
+def _kge_job(graph: str, out: str, cfg: Any, progress: bool) -> None:
+    """The NTU embeddings, in a worker process (:meth:`Pipeline.kge`); written to ``out``."""
+    train_kge(graph, out, cfg, progress=progress)
 
 
 def _finetune_job(
