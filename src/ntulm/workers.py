@@ -10,8 +10,8 @@ a directory nobody owns. :func:`worker_pool` gives a ``spawn`` process pool whos
   them (a dead parent's children are re-parented) and ends the process if not.
 
 :func:`run_isolated` runs one call in such a worker and returns its result: ``ntulm run`` trains
-each model and encodes with each model that way, so that what a stage allocates goes back to the
-OS when it ends (``docs/artifacts.md``, Memory).
+the NTU embeddings and each model, and encodes with each model, that way, so that what a stage
+allocates goes back to the OS when it ends (``docs/evaluate.md``, memory).
 
 ``PR_SET_PDEATHSIG`` fires when the *thread* that created the worker ends; the pools here are
 created and used by one thread, which outlives them (``with`` blocks, generators drained in
