@@ -202,6 +202,45 @@ def reference_equality(files: list[Path]) -> dict:
     }
 
 
+_CPU_CHILD = """
+import sys, time
+from ntulm.posts.readers import PostReader
+reader = PostReader(engine=sys.argv[2])
+t0 = time.process_time()
+n = sum(t.num_rows for t in reader.iter_tables([sys.argv[1]], threads=1))
+print(time.process_time() - t0, n)
+"""
+
+
+def cpu_ab(path: Path, srcs: dict[str, Path], rounds: int = 2) -> dict:
+    """CPU seconds (``time.process_time`` in a fresh process, one thread, one process) of reading
+    ``path`` with each source tree's fast reader, in ABBA order: a ratio that drifts little with
+    the machine's load, unlike wall time."""
+    order = list(srcs)
+    cpu: dict[str, list[float]] = {k: [] for k in order}
+    posts = {}
+    for r in range(rounds):
+        for key in order if r % 2 == 0 else order[::-1]:
+            env = {**os.environ, "PYTHONPATH": str(srcs[key])}
+            proc = subprocess.run(
+                [sys.executable, "-c", _CPU_CHILD, str(path), "fast"],
+                capture_output=True, text=True, env=env, check=True,
+            )  # fmt: skip
+            sec, n = proc.stdout.split()
+            cpu[key].append(round(float(sec), 2))
+            posts[key] = int(n)
+    assert len(set(posts.values())) == 1, posts
+    best = {k: min(v) for k, v in cpu.items()}
+    first, *rest = order
+    return {
+        "file": str(path),
+        "posts": posts[first],
+        "cpu_s": cpu,
+        **{f"cpu_ratio_{k}_over_{first}": round(best[k] / best[first], 2) for k in rest},
+        "uptime": subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip(),
+    }
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data" / "ira")
@@ -217,6 +256,14 @@ def main() -> None:
     ap.add_argument("--skip-v1", action="store_true", help="leave out the Twitter v1.1 part")
     ap.add_argument("--v1-python", action="store_true", help="also the Python reader on v1.1")
     ap.add_argument("--v1-tweets", type=int, default=500_000, help="size of the v1.1 corpus")
+    ap.add_argument(
+        "--cpu-ab",
+        nargs="+",
+        type=Path,
+        default=None,
+        help="only: CPU seconds of this reader vs the baseline's on these files (ABBA, one "
+        "thread), added to the JSON under cpu_ab",
+    )
     args = ap.parse_args()
     global UPTIME
     UPTIME = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
@@ -225,6 +272,14 @@ def main() -> None:
     base = None
     if args.baseline and not args.skip_baselines:
         base = baseline_src(args.baseline, Path(tmp_src.name))
+    if args.cpu_ab:
+        result = json.loads(out.read_text()) if out.exists() else {"benchmark": "bench_graph"}
+        srcs = {"new": Path(os.environ.get("PYTHONPATH") or ROOT / "src"), "baseline": base}
+        result["cpu_ab"] = {p.name: cpu_ab(p, srcs) for p in args.cpu_ab}
+        result["cpu_ab_command"] = " ".join(sys.argv)
+        out.write_text(json.dumps(result, indent=2) + "\n")
+        print(json.dumps(result["cpu_ab"]))
+        return
     if args.v1_only:
         result = json.loads(out.read_text()) if out.exists() else {"benchmark": "bench_graph"}
         result["v1"] = {
