@@ -226,7 +226,7 @@ def cpu_ab(path: Path, srcs: dict[str, Path], rounds: int = 2) -> dict:
                 [sys.executable, "-c", _CPU_CHILD, str(path), "fast"],
                 capture_output=True, text=True, env=env, check=True,
             )  # fmt: skip
-            sec, n = proc.stdout.split()
+            sec, n = proc.stdout.strip().splitlines()[-1].split()  # (DuckDB may print a bar)
             cpu[key].append(round(float(sec), 2))
             posts[key] = int(n)
     assert len(set(posts.values())) == 1, posts
