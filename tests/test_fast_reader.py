@@ -112,3 +112,71 @@ def test_fast_header_problems_and_other_formats(tmp_path):
         json.dumps({"id": "1", "text": "#x @y", "author": "a"}) + "\n"
     )
     _assert_same([tmp_path], tmp_path)
+
+
+# Fragments of adversarial text: the extraction test cases' tricky spots, Unicode letters and
+# marks, entities (valid, numeric, unknown, bare), URLs with fragments, brackets and trailing
+# punctuation, e-mails, '@' and '#' in odd places, fullwidth signs, emoji, odd spaces.
+FRAGMENTS = [
+    "#NLProc", "#日本", "#हिन्दी", "#Ｆｕｌｌ", "#Straße", "#über", "#1", "#2020", "a#b", "#tag_2020",
+    "##double", "#a#b", "&#35;tag", "#Tag.", "(#other)", "@Alice:", "@alice!", "@ok@", "x@y",
+    "@aaaaaaaaaaaaaaaaaa", "@a_b.", "＠full", "＃full", "@user😀", "#emoji😀", "😀", "…", "#Cut…",
+    "https://x.org/a).", "http://site.com/page#section", "HTTP://UP.COM/X)", "(www.in.paren)",
+    "www.Example.com/p?q=1#f.", "https://www.x.com:80/a", "pic.twitter.com/xyz",
+    "https://pbs.twimg.com/media/a.jpg", "https://t.co/abc…", "http://[::1]/x", "https://a.b/c]",
+    "https://ex.com/a_(b)", "bob@example.com", "jo.e+1@mail.co.uk", "ann@", "@@x", "#@x", "@#x",
+    "&amp;", "&lt;3", "&quot;q&quot;", "&amp;lt;", "&ampx", "&#39;", "&#x1F600;", "&nbsp;", "&",
+    "RT", "rt", "e\u0301#mark", "#tag\ufe0f", "\u200d#zwj", "\ufffd#repl", "\u00a0", "\u2003",
+    "\t", "\n", "naïve", "Привет", "#Привет", "#café", "ΣΊΣΥΦΟΣ", "#ΣΊΣΥΦΟΣ", "ﬁ", "#ﬁne",
+    "word", "words", "and", "the", "x", "'", '"', ",", ".", "!", "?", "*", "/", "#", "@",
+]  # fmt: skip
+
+
+def _adversarial_rows(n, seed):
+    import random
+
+    rng = random.Random(seed)
+    rows = []
+    ascii_ = [f for f in FRAGMENTS if f.isascii() and "&" not in f]
+    for _ in range(n):
+        plain = rng.random() < 0.5  # half the rows from ASCII fragments, clean cells
+        pool = ascii_ if plain else FRAGMENTS
+        parts = [rng.choice(pool) for _ in range(rng.randint(1, 9))]
+        text = "".join(p + rng.choice([" ", " ", "", "\n", ",", "\u00a0"]) for p in parts)
+        if rng.random() < 0.15:
+            text = f"RT @{rng.choice(['User1', '10_gop', 'x' * 16, 'a b'])}: {text}"
+        rt = rng.choice(["0", "1", " 1 ", "true", "", "yes", "no"] + ["maybe"] * (not plain))
+        uid = rng.choice(["906000000000000000", "12345", " 77 ", "", "9.06E+17", "abc"])
+        author = rng.choice(
+            ["User1", "@User2", " bob ", "Carol\t"] + ["", "@", "ünï"] * (not plain)
+        )
+        date = rng.choice(["2017-01-01 10:00", "2017-01-01 10:00:00", "", "x y",
+                           "Wed Oct 10 20:19:24 +0000 2018", "2017-01-01T10:00"])  # fmt: skip
+        label = rng.choice(["Right", " Left ", "", "a,b", "x\ty"] + ["Ünï"] * (not plain))
+        lang = rng.choice(["English", "english ", "", "Russian"] + ["Ελληνικά"] * (not plain))
+        rows.append([uid, author, text, label, lang, date, "x", "0", "0", "1",
+                     rng.choice(["RETWEET", ""]), label, rt, "Troll", "0"])  # fmt: skip
+    return rows
+
+
+def test_fast_equals_reference_on_generated_adversarial_corpus(tmp_path):
+    """Random texts and cells from adversarial fragments: the same posts table, counts and
+    quarantine; most rows take the fast (SQL + Arrow) path, so the comparison is not vacuous."""
+    from ntulm.posts import fast_ira
+
+    rows = _adversarial_rows(600, seed=12)
+    path = tmp_path / "IRAhandle_tweets_en_09.csv"
+    path.write_bytes(_csv(rows))
+    # a file without the optional label and language columns
+    keep = [h for h in HEADER if h not in ("region", "language", "post_type")]
+    idx = [HEADER.index(h) for h in keep]
+    slim = tmp_path / "slim.csv"
+    slim.write_bytes(_csv([[r[i] for i in idx] for r in _adversarial_rows(300, seed=13)], keep))
+    table, report, _ = _assert_same([path, slim], tmp_path)
+    assert table.num_rows > 300 and report["rejected"] > 0
+    data = fast_ira._read_bytes(path)
+    parsed = fast_ira._arrow_rows(data, fast_ira._header(data), False)
+    parsed = parsed.drop_columns(["_breaks"]).append_column("_line", pa.array(range(600)))
+    fast, slow = fast_ira._extract(parsed, HEADER, "s", "n", 120, 1)
+    assert fast.num_rows > 100 and len(slow) > 100  # both paths are exercised
+    assert any(fast.column("labels").to_pylist()) and any(fast.column("hashtags").to_pylist())

@@ -25,11 +25,12 @@ import logging
 from collections import deque
 from collections.abc import Iterator, Sequence
 from datetime import datetime
-from itertools import accumulate, chain
+from itertools import chain
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import msgspec
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 from msgspec import UNSET, Struct, UnsetType
@@ -133,15 +134,37 @@ def _empty(s: Any) -> bool:
 
 
 def _user(u: _User) -> tuple[str | None, str | None]:
-    """The reference's ``_v1_user``: ``(id, handle)``."""
+    """The reference's ``_v1_user``: ``(id, handle)``, memoised (accounts repeat)."""
+    key = (u.id_str, u.id, u.screen_name)
+    out = _USERS.get(key)
+    if out is not None:
+        return out
     uid = _get(u.id_str, u.id)
     handle = u.screen_name
     if uid is None and not handle:
         raise _Slow
-    return (
-        _str_id(uid, "user.id") if uid is not None else None,
+    out = (
+        _sid(uid, "user.id") if uid is not None else None,
         normalize_handle(handle) if isinstance(handle, str) and handle else None,
     )
+    if len(_USERS) >= 200_000:
+        _USERS.clear()
+    _USERS[key] = out
+    return out
+
+
+_USERS: dict[tuple, tuple[str | None, str | None]] = {}
+
+
+def _sid(value: Any, field: str) -> str:
+    """:func:`~ntulm.posts.formats._str_id` with its two common cases first."""
+    if type(value) is str:
+        s = value.strip()
+        if s:
+            return s
+    elif type(value) is int:
+        return str(value)
+    return _str_id(value, field)
 
 
 _MONTHS = {m: i for i, m in enumerate("Jan Feb Mar Apr May Jun Jul Aug Sep Oct Nov Dec".split(), 1)}
@@ -239,7 +262,17 @@ def _table(rows: list[tuple], lines: list[int], name: str) -> pa.Table:
 
 
 def _offsets(lists: Sequence[list[Any]]) -> pa.Array:
-    return pa.array([0, *accumulate(map(len, lists))], pa.int32())
+    offsets = np.zeros(len(lists) + 1, dtype=np.int32)
+    np.cumsum(np.fromiter(map(len, lists), dtype=np.int32, count=len(lists)), out=offsets[1:])
+    return pa.array(offsets)
+
+
+def _is_utf8(data: bytes) -> bool:
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
 
 
 def _list_array(lists: Sequence[list[str]]) -> pa.Array:
@@ -320,7 +353,7 @@ def _row(t: _Tweet, max_chars: int, tag_norm: _Cache, domain: _Cache) -> tuple:
             ext_ent = src.extended_entities
         media_objs = (ext_ent.media if ext_ent is not None else None) or entities.media or ()
         media = [
-            f"{m.type or 'media'}:{_str_id(_get(m.id_str, m.id), 'entities.media[].id')}"
+            f"{m.type or 'media'}:{_sid(_get(m.id_str, m.id), 'entities.media[].id')}"
             for m in media_objs
         ]
     else:
@@ -328,7 +361,7 @@ def _row(t: _Tweet, max_chars: int, tag_norm: _Cache, domain: _Cache) -> tuple:
         mentions = [(None, h) for h in handles]
     rt_id = rt_author = None
     if src is rt:
-        rt_id = _str_id(_get(rt.id_str, rt.id), "retweeted_status.id")
+        rt_id = _sid(_get(rt.id_str, rt.id), "retweeted_status.id")
         if rt.user is not UNSET:
             rt_author = _user(rt.user)
     reply_id = _get(t.in_reply_to_status_id_str, t.in_reply_to_status_id)
@@ -337,11 +370,11 @@ def _row(t: _Tweet, max_chars: int, tag_norm: _Cache, domain: _Cache) -> tuple:
     reply_user = None
     if reply_uid is not None or reply_handle:
         reply_user = (
-            _str_id(reply_uid, "in_reply_to_user_id") if reply_uid is not None else None,
+            _sid(reply_uid, "in_reply_to_user_id") if reply_uid is not None else None,
             normalize_handle(reply_handle) if reply_handle else None,
         )
     return (
-        _str_id(tid, "id"),
+        _sid(tid, "id"),
         text,
         author,
         _time(None if t.created_at is UNSET else t.created_at),
@@ -353,7 +386,7 @@ def _row(t: _Tweet, max_chars: int, tag_norm: _Cache, domain: _Cache) -> tuple:
         src is rt,
         rt_id,
         rt_author,
-        None if reply_id is None else _str_id(reply_id, "in_reply_to_status_id"),
+        None if reply_id is None else _sid(reply_id, "in_reply_to_status_id"),
         reply_user,
         t.lang if isinstance(t.lang, str) else None,
     )
@@ -403,11 +436,7 @@ def _chunk_posts_nogc(
     lines: list[int] = []
     slow: list[tuple[int, Post]] = []
     rejects: list[tuple[int, str, Any]] = []
-    try:
-        chunk.decode("utf-8")
-        utf8 = True
-    except UnicodeDecodeError:
-        utf8 = False
+    utf8 = chunk.isascii() or _is_utf8(chunk)  # isascii: a fast scan, no 16 MB str built
     body = chunk[:-1] if chunk.endswith(b"\n") else chunk
     for lineno, raw in enumerate(body.split(b"\n") if chunk else (), first_line):
         if lineno == 1 and raw.startswith(codecs.BOM_UTF8):
