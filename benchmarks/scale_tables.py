@@ -41,7 +41,7 @@ def graph_block(r: dict) -> str:
         f"{g['nodes']['user']:,} users, {g['nodes']['hashtag']:,} hashtags). "
         f"`spark_edges_equal`: **{str(r.get('spark_edges_equal')).lower()}**.",
         "",
-        "| engine | wall s | peak RSS, largest process (MB) | peak RSS, process tree (MB) "
+        "| engine | wall s | `/usr/bin/time` max RSS (MB) | peak RSS, process tree (MB) "
         "| equal to DuckDB | load (1, 5, 15 min) |",
         "|---|---|---|---|---|---|",
     ]
@@ -61,6 +61,11 @@ def graph_block(r: dict) -> str:
             f"| {label} | {x['wall_s']:,.1f} | {x['peak_rss_largest_process_mb']:,} | "
             f"{x['peak_rss_tree_mb']:,} | {same} | {_load(x['uptime'])} |"
         )
+    lines += [
+        "",
+        "For Spark, `/usr/bin/time` sees the Python driver only (not the JVM it starts); the "
+        "process tree (driver, JVM, Python workers, sampled every 0.2 s) is the figure to read.",
+    ]
     lines += ["", "```"] + [g[n]["command"] for n in ("duckdb", "spark_local1", "spark_local2")]
     lines += ["```"]
     return "\n".join(lines)
