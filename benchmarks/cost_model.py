@@ -57,7 +57,9 @@ def main() -> None:
     t = lm["train"]["ours_bf16_grouped"]
     tok_post = t["tokens_seen"] / (t["steps"] * lm["train"]["batch_size"])
     lm_core = t["tokens_per_s"] / lm["torch_threads"]
-    lm_eff = min(1.0, scale["finetune"]["speed_ratio_2proc_vs_1proc"])
+    # the newest DDP pair: dropout off (float32) where measured, else the dropout-on one
+    ddp = scale.get("finetune_dropout0") or scale["finetune"]
+    lm_eff = min(1.0, ddp["speed_ratio_2proc_vs_1proc"])
     budget = 0.6 * args.ram_gb * 1e9  # the rest: edges, batch buffers, Python, the OS
     net = args.net_gbit / 8 * 1e9
     rows, out = [], {}

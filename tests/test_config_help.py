@@ -37,7 +37,11 @@ def test_help_text_of_every_config_spells_nested_keys_as_overrides_do():
         (["max_step=3"], None, "max_step: unknown key (did you mean 'max_steps'"),
         (["text.mention=x"], None, "text.mention: unknown key (did you mean 'mentions'"),
         ([], "max_epoch: 2\n", "max_epoch: unknown key (did you mean 'max_epochs'"),
-        (["qqqqq=1"], None, "qqqqq: unknown key (valid keys: backbone, batch_size,"),
+        (
+            ["qqqqq=1"],
+            None,
+            "qqqqq: unknown key (valid keys: backbone, backbone_dropout, batch_size,",
+        ),
     ],
 )
 def test_a_typo_in_a_key_suggests_the_closest_valid_key(tmp_path, overrides, yaml_text, needle):

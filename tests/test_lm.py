@@ -605,3 +605,21 @@ def test_cli_embed_shards_union_equals_single_process(backbone, ntu, tmp_path, c
             atol=1e-5,
         )
     assert "30 post embeddings in 2 shard(s)" in capsys.readouterr().out
+
+
+def test_backbone_dropout_sets_hidden_and_attention_dropout(backbone):
+    """``backbone_dropout=0`` (the DDP comparison on IRA) switches the backbone's dropout off;
+    unset, the backbone keeps its own and the dumped config (fingerprints, caches) is unchanged."""
+    own, _ = NTULM.from_backbone(LMConfig.build({"backbone": backbone}), 8)
+    off, _ = NTULM.from_backbone(LMConfig.build({"backbone": backbone, "backbone_dropout": 0}), 8)
+    assert own.mlm.config.hidden_dropout_prob == own.mlm.config.attention_probs_dropout_prob == 0.1
+    assert off.mlm.config.hidden_dropout_prob == off.mlm.config.attention_probs_dropout_prob == 0.0
+    drops = [m.p for m in off.mlm.modules() if isinstance(m, torch.nn.Dropout)]
+    assert drops and set(drops) == {0.0}
+    assert "backbone_dropout" not in LMConfig.build({"backbone": backbone}).model_dump()
+    assert (
+        LMConfig.build({"backbone": backbone, "backbone_dropout": 0}).model_dump()[
+            "backbone_dropout"
+        ]
+        == 0
+    )

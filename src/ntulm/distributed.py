@@ -23,6 +23,13 @@ def local_rank() -> int:
     return int(os.environ.get("LOCAL_RANK", "0"))
 
 
+def backend_for(device_type: str) -> str:
+    """The collective backend for tensors on ``device_type``: NCCL for CUDA (one GPU per
+    process), gloo for CPU. The NCCL path is untested here: no GPU was available to this
+    project's tests (docs/scale.md)."""
+    return "nccl" if device_type == "cuda" else "gloo"
+
+
 def init(backend: str = "gloo") -> tuple[int, int]:
     """Join (once) the process group; returns (rank, world size)."""
     import torch.distributed as dist

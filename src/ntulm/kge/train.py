@@ -328,7 +328,8 @@ def _train_kge(
     config = config or KGEConfig()
     out = Path(out_dir)
     sharded = distributed.launched()  # started by torchrun: tables sharded over the ranks
-    rank = distributed.init("gloo")[0] if sharded else 0
+    # the KGE tables, scores and collectives live on the CPU (no CUDA path yet): gloo
+    rank = distributed.init(distributed.backend_for("cpu"))[0] if sharded else 0
     if rank == 0:
         out.mkdir(parents=True, exist_ok=True)
         unmark(out)  # incomplete until this run finishes

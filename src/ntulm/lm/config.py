@@ -38,6 +38,7 @@ FUSION_FIELDS = (
     "social_k",
     "social_exact_max",
     "pooling_gate",
+    "backbone_dropout",
 )
 
 
@@ -128,6 +129,14 @@ class LMConfig(StageConfig):
     num_threads: int = Field(0, ge=0, description="torch CPU threads (0: torch default)")
     progress: bool = Field(True, description="show progress bars")
     device: Literal["cpu", "cuda", "auto"] = Field("auto", description="training device")
+    backbone_dropout: float | None = Field(
+        None,
+        ge=0.0,
+        lt=1.0,
+        description="set the backbone's hidden and attention dropout to this (null: the "
+        "backbone's own, 0.1 for all-MiniLM-L6-v2); 0 makes data-parallel runs follow the "
+        "one-process loss curve step by step (each rank draws dropout masks for its rows only)",
+    )
 
     @field_validator("ntu_types")
     @classmethod

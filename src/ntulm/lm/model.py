@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
-from transformers import AutoModelForMaskedLM, AutoTokenizer, PreTrainedModel
+from transformers import AutoConfig, AutoModelForMaskedLM, AutoTokenizer, PreTrainedModel
 from transformers.masking_utils import create_bidirectional_mask
 from transformers.utils import logging as hf_logging
 
@@ -115,6 +115,29 @@ def _mlm_head(mlm: PreTrainedModel) -> tuple[str, nn.Module]:
     raise ConfigError(
         f"backbone {type(mlm).__name__}: no MLM head found (expected .cls or .lm_head)"
     )
+
+
+# The config names under which transformers' encoders keep their hidden and attention dropout.
+DROPOUT_FIELDS = (
+    "hidden_dropout_prob",
+    "attention_probs_dropout_prob",
+    "dropout",
+    "attention_dropout",
+)
+
+
+def _dropout_overrides(path: str, cfg: LMConfig) -> dict[str, float]:
+    """``cfg.backbone_dropout`` as config overrides for ``from_pretrained`` (empty: unchanged)."""
+    if cfg.backbone_dropout is None:
+        return {}
+    conf = AutoConfig.from_pretrained(path)
+    names = [n for n in DROPOUT_FIELDS if hasattr(conf, n)]
+    if not names:
+        raise ConfigError(
+            f"backbone_dropout: {cfg.backbone} ({type(conf).__name__}) has none of the dropout "
+            f"settings {', '.join(DROPOUT_FIELDS)}"
+        )
+    return dict.fromkeys(names, cfg.backbone_dropout)
 
 
 class NTULM(nn.Module):
@@ -225,7 +248,9 @@ class NTULM(nn.Module):
         try:
             with _quiet_transformers(cfg.progress):  # a missing head is reported by us
                 tokenizer = AutoTokenizer.from_pretrained(path)
-                mlm, info = AutoModelForMaskedLM.from_pretrained(path, output_loading_info=True)
+                mlm, info = AutoModelForMaskedLM.from_pretrained(
+                    path, output_loading_info=True, **_dropout_overrides(path, cfg)
+                )
         except OSError as exc:
             raise ConfigError(
                 f"backbone: cannot load {cfg.backbone!r}: {str(exc).splitlines()[0]}"

@@ -334,7 +334,7 @@ def _finetune(
         if device.type == "cuda":
             device = torch.device("cuda", distributed.local_rank())
             torch.cuda.set_device(device)
-        distributed.init("nccl" if device.type == "cuda" else "gloo")
+        distributed.init(distributed.backend_for(device.type))
     rank, world = _rank_world()
     dtype = resolve_dtype(cfg.train_dtype, device.type)
     log.info("fine-tuning on %s in %s (train_dtype=%s)", device, dtype, cfg.train_dtype)
