@@ -1,7 +1,7 @@
 """Paired bootstrap intervals of every variant of a finished ``ntulm run`` against any variant
 chosen as the baseline (the report's are against ``config.baseline``, usually BERT), from the
 per-post outcomes the run saved in ``predictions.parquet``; the same resampling as the report
-(``ntulm.evaluate.significance.compare_runs``).
+(``ntulm.pipeline.report.significance``, controls included).
 
     python benchmarks/compare_variants.py RUN_DIR --baseline BERT-post-concat [--out FILE.json]
 
@@ -19,8 +19,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 
-from ntulm.evaluate.significance import compare_runs
-from ntulm.pipeline.report import _families
+from ntulm.pipeline.report import significance
 
 
 def load_runs(run_dir: Path) -> tuple[dict, list[dict]]:
@@ -53,16 +52,7 @@ def main() -> int:
             f"--baseline {args.baseline!r} is not a variant ({', '.join(names)})", file=sys.stderr
         )
         return 2
-    ev = results["config"].get("eval", {})
-    out = compare_runs(
-        runs,
-        args.baseline,
-        names,
-        _families(results),
-        n_boot=ev.get("bootstrap", 1000),
-        seed=ev.get("bootstrap_seed", 0),
-        level=ev.get("level", 0.95),
-    )
+    out = significance({**results, "runs": runs}, args.baseline)
     for group in ("tasks", "families"):
         for name, row in out[group].items():
             for v, c in row.items():

@@ -26,26 +26,13 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from compare_variants import load_runs  # noqa: E402
-from ntulm.evaluate.significance import compare_runs  # noqa: E402
-from ntulm.pipeline.config import VariantSpec, controls_of  # noqa: E402
-from ntulm.pipeline.report import _families  # noqa: E402
+from ntulm.pipeline.report import significance  # noqa: E402
 
 POST_CONCAT = "BERT-post-concat"
 
 
 def _intervals(results: dict, runs: list[dict], baseline: str) -> dict:
-    ev = results["config"].get("eval", {})
-    variants = [VariantSpec.model_validate(v) for v in results["config"]["variants"]]
-    return compare_runs(
-        runs,
-        baseline,
-        [v.name for v in variants],
-        _families(results),
-        controls_of(variants),
-        n_boot=ev.get("bootstrap", 1000),
-        seed=ev.get("bootstrap_seed", 0),
-        level=ev.get("level", 0.95),
-    )
+    return significance({**results, "runs": runs}, baseline)
 
 
 def _row(c: dict | None) -> dict | None:

@@ -221,14 +221,15 @@ def controls_table(results: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def significance(results: dict[str, Any]) -> dict[str, Any]:
-    """``results["significance"]``: the paired bootstrap over the runs' per-post outcomes."""
+def significance(results: dict[str, Any], baseline: str | None = None) -> dict[str, Any]:
+    """``results["significance"]``: the paired bootstrap over the runs' per-post outcomes, against
+    ``baseline`` (default: the config's, usually BERT), with every controlled variant's controls."""
     cfg = results["config"]
     ev = cfg.get("eval", {})
     variants = [VariantSpec.model_validate(v) for v in cfg["variants"]]
     return compare_runs(
         results["runs"],
-        cfg["baseline"],
+        baseline or cfg["baseline"],
         [v.name for v in variants],
         _families(results),
         controls_of(variants),

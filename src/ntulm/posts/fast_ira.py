@@ -36,7 +36,7 @@ import regex
 
 from ntulm.errors import InputError
 from ntulm.posts.extract import MEDIA_HOSTS
-from ntulm.posts.formats import IRA_COLUMNS, IRA_LABELS, RecordError, parse_ira_row
+from ntulm.posts.formats import IRA_COLUMNS, IRA_LABELS, RecordError, is_utf8, parse_ira_row
 from ntulm.posts.schema import POSTS_SCHEMA, posts_to_columns
 from ntulm.posts.tabular import _FALSE, _ISO_SPACE, _TRUE
 
@@ -434,7 +434,7 @@ def ira_tables(
     else:
         log.info("%s: tokenized by the csv module (not plain minimal-quoted CSV)", name)
         header, rows, row_lines = _python_rows(data, name)
-        valid_utf8 = _is_utf8(data)
+        valid_utf8 = is_utf8(data)
         good, starts_l = [], []
         for row, line in zip(rows, row_lines, strict=True):
             raw = ",".join(row)
@@ -486,14 +486,6 @@ def ira_tables(
     reader.report.read += out.num_rows
     reader.report.accepted += out.num_rows
     yield out
-
-
-def _is_utf8(data: bytes) -> bool:
-    try:
-        data.decode("utf-8")
-    except UnicodeDecodeError:
-        return False
-    return True
 
 
 def _extract(

@@ -36,7 +36,7 @@ import pyarrow.compute as pc
 from msgspec import UNSET, Struct, UnsetType
 
 from ntulm.posts.extract import extract_ntus, normalize_handle, normalize_hashtag, url_domain
-from ntulm.posts.formats import RecordError, _str_id, _v1_time, parse_twitter_v1
+from ntulm.posts.formats import RecordError, _str_id, _v1_time, is_utf8, parse_twitter_v1
 from ntulm.posts.schema import POSTS_SCHEMA, Post, posts_to_columns
 from ntulm.workers import worker_pool
 
@@ -267,14 +267,6 @@ def _offsets(lists: Sequence[list[Any]]) -> pa.Array:
     return pa.array(offsets)
 
 
-def _is_utf8(data: bytes) -> bool:
-    try:
-        data.decode("utf-8")
-    except UnicodeDecodeError:
-        return False
-    return True
-
-
 def _list_array(lists: Sequence[list[str]]) -> pa.Array:
     flat = list(chain.from_iterable(lists))
     return pa.ListArray.from_arrays(_offsets(lists), pa.array(flat, pa.string()))
@@ -436,7 +428,7 @@ def _chunk_posts_nogc(
     lines: list[int] = []
     slow: list[tuple[int, Post]] = []
     rejects: list[tuple[int, str, Any]] = []
-    utf8 = chunk.isascii() or _is_utf8(chunk)  # isascii: a fast scan, no 16 MB str built
+    utf8 = chunk.isascii() or is_utf8(chunk)  # isascii: a fast scan, no 16 MB str built
     body = chunk[:-1] if chunk.endswith(b"\n") else chunk
     for lineno, raw in enumerate(body.split(b"\n") if chunk else (), first_line):
         if lineno == 1 and raw.startswith(codecs.BOM_UTF8):

@@ -546,3 +546,12 @@ REGISTRY: dict[str, Format] = {
     )
 }
 FORMATS = tuple(REGISTRY)  # what --format accepts besides "auto"
+
+
+def is_utf8(data: bytes) -> bool:
+    """Whether ``data`` decodes as UTF-8 (the fast readers' check before their vectorized path)."""
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
