@@ -9,26 +9,11 @@ import numpy as np
 import pytest
 
 from ntulm.errors import ConfigError
-from ntulm.kge import NTUEmbeddings
 from ntulm.lm.config import LMConfig
 from ntulm.lm.data import ntu_type_vectors, ntu_vectors
 from ntulm.pipeline import PipelineConfig
 from ntulm.posts import NTU_TYPES, Post, UserRef
 from ntulm.posts.ntus import EMBEDDED_NTU_TYPES, REGISTRY
-
-
-@pytest.fixture
-def emb() -> NTUEmbeddings:
-    rng = np.random.default_rng(0)
-    return NTUEmbeddings(
-        tables={
-            "user": rng.normal(size=(3, 4)).astype(np.float32),
-            "hashtag": rng.normal(size=(2, 4)).astype(np.float32),
-        },
-        keys={"user": ["id:1", "id:2", "@carol"], "hashtag": ["maga", "news"]},
-        relations={},
-        user_handles=["alice", "bob", None],
-    )
 
 
 def test_registry_reads_post_fields_and_names_graph_tables():
@@ -46,7 +31,7 @@ def test_registry_reads_post_fields_and_names_graph_tables():
     assert REGISTRY["author"].values(Post(id="2", text="y")) == []
 
 
-def test_e_ntu_is_the_mean_of_the_posts_known_ntus(emb):
+def test_e_ntu_is_the_mean_of_the_posts_known_ntus(ntu):
     post = Post(
         id="1",
         text="x",
@@ -54,23 +39,23 @@ def test_e_ntu_is_the_mean_of_the_posts_known_ntus(emb):
         mentions=[UserRef(handle="carol"), UserRef(handle="nobody")],
         hashtags=["#MAGA"],
     )
-    u, h, mean = emb.tables["user"], emb.tables["hashtag"], emb.mean
-    e, known = ntu_vectors([post], emb, ["author", "mention", "hashtag"])
+    u, h, mean = ntu.tables["user"], ntu.tables["hashtag"], ntu.mean
+    e, known = ntu_vectors([post], ntu, ["author", "mention", "hashtag"])
     want = np.mean([u[1], u[2], mean, h[0]], axis=0, dtype=np.float64).astype(np.float32)
     np.testing.assert_array_equal(e[0], want)
     assert known.tolist() == [True]
-    e, _ = ntu_vectors([post], emb, ["hashtag", "author"])  # the registry's order, not the list's
+    e, _ = ntu_vectors([post], ntu, ["hashtag", "author"])  # the registry's order, not the list's
     want = np.mean([u[1], h[0]], axis=0, dtype=np.float64).astype(np.float32)
     np.testing.assert_array_equal(e[0], want)
-    per_type, _ = ntu_type_vectors([post], emb, ["hashtag", "mention"])
+    per_type, _ = ntu_type_vectors([post], ntu, ["hashtag", "mention"])
     np.testing.assert_allclose(per_type[0], [h[0], u[2]])
 
 
 @pytest.mark.parametrize("types", [["authr"], ["author", "hashtags"], ["url"]])
-def test_an_unknown_type_is_an_error_not_the_mean_vector(emb, types):
+def test_an_unknown_type_is_an_error_not_the_mean_vector(ntu, types):
     post = Post(id="1", text="x", author=UserRef(id="1"), hashtags=["maga"])
     with pytest.raises(ValueError, match="unknown NTU type"):
-        ntu_vectors([post], emb, types)
+        ntu_vectors([post], ntu, types)
     with pytest.raises(ConfigError, match="ntu_types"):
         LMConfig.build({"ntu_types": types})
 

@@ -57,14 +57,16 @@ def die_with_parent(parent: int) -> None:
     threading.Thread(target=watch, name="ntulm-parent-watch", daemon=True).start()
 
 
-def worker_pool(workers: int) -> ProcessPoolExecutor:
+def worker_pool(workers: int, log_level: int | None = None) -> ProcessPoolExecutor:
     """A process pool (``spawn``: no fork of a process that may hold threads) whose workers die
-    with this process."""
+    with this process; with ``log_level``, they also log at that level (as ``run_isolated``'s)."""
+    init, args = (
+        (die_with_parent, (os.getpid(),))
+        if log_level is None
+        else (_init_isolated, (os.getpid(), log_level))
+    )
     return ProcessPoolExecutor(
-        workers,
-        mp_context=multiprocessing.get_context("spawn"),
-        initializer=die_with_parent,
-        initargs=(os.getpid(),),
+        workers, mp_context=multiprocessing.get_context("spawn"), initializer=init, initargs=args
     )
 
 
@@ -84,9 +86,5 @@ def run_isolated(fn: Callable[..., T], *args: Any) -> T:
     result cross the process boundary, so they must be picklable (a module-level function,
     plain data). The worker logs at this process's root level; an exception in ``fn`` is raised
     here."""
-    ctx = multiprocessing.get_context("spawn")
-    level = logging.getLogger().getEffectiveLevel()
-    with ProcessPoolExecutor(
-        1, mp_context=ctx, initializer=_init_isolated, initargs=(os.getpid(), level)
-    ) as pool:
+    with worker_pool(1, log_level=logging.getLogger().getEffectiveLevel()) as pool:
         return pool.submit(fn, *args).result()
