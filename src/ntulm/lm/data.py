@@ -7,7 +7,7 @@ with no NTUs gets the mean too (paper §3.2). The *overlap flag* records whether
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -23,26 +23,31 @@ if TYPE_CHECKING:
 
 
 def post_ntu_rows(
-    post: Post, ntu: NTUEmbeddings, types: Sequence[str]
+    post: Post, ntu: NTUEmbeddings, types: Sequence[str], unknown: Collection[str] = ()
 ) -> list[tuple[str, int | None]]:
     """``(table, row or None)`` for each NTU of the post of the configured types, in the
     registry's order (``posts/ntus.py``); an unknown type is a :class:`ValueError`, never a
-    silent mean vector."""
+    silent mean vector. The NTUs of the types in ``unknown`` are treated as absent from the
+    table (row ``None``), as those of a post whose author or hashtags the graph never saw."""
     rows: list[tuple[str, int | None]] = []
     for t in in_registry_order(types):
         assert t.node_type is not None  # checked: only types with an embedding table
-        rows.extend((t.node_type, ntu.lookup(t.node_type, v)) for v in t.values(post))
+        if t.name in unknown:
+            rows.extend((t.node_type, None) for _ in t.values(post))
+        else:
+            rows.extend((t.node_type, ntu.lookup(t.node_type, v)) for v in t.values(post))
     return rows
 
 
 def ntu_vectors(
-    posts: Iterable[Post], ntu: NTUEmbeddings, types: Sequence[str]
+    posts: Iterable[Post], ntu: NTUEmbeddings, types: Sequence[str], unknown: Collection[str] = ()
 ) -> tuple[np.ndarray, np.ndarray]:
-    """e_ntu per post and the overlap flag: (N, D) float32, (N,) bool."""
+    """e_ntu per post and the overlap flag: (N, D) float32, (N,) bool. ``unknown``: NTU types
+    whose NTUs count as unknown (each contributes the table mean; :func:`post_ntu_rows`)."""
     mean = np.asarray(ntu.mean, dtype=np.float32)
     vecs, known = [], []
     for post in posts:
-        rows = post_ntu_rows(post, ntu, types)
+        rows = post_ntu_rows(post, ntu, types, unknown)
         parts = [ntu.tables[t][i] if i is not None else mean for t, i in rows]
         vecs.append(np.mean(parts, axis=0, dtype=np.float64) if parts else mean)
         known.append(any(i is not None for _, i in rows))
@@ -51,15 +56,17 @@ def ntu_vectors(
 
 
 def ntu_type_vectors(
-    posts: Iterable[Post], ntu: NTUEmbeddings, types: Sequence[str]
+    posts: Iterable[Post], ntu: NTUEmbeddings, types: Sequence[str], unknown: Collection[str] = ()
 ) -> tuple[np.ndarray, np.ndarray]:
     """Per-type e_ntu (``ntu_tokens=per_type``): (N, K, D) float32, row k the mean of the post's
-    *known* NTUs of ``types[k]``, NaN where it has none (absent); and the overlap flag, (N,) bool."""
+    *known* NTUs of ``types[k]``, NaN where it has none (absent); and the overlap flag, (N,) bool.
+    The types in ``unknown`` count as unknown (absent) for every post."""
     out = []
     for post in posts:
         vecs = np.full((len(types), ntu.dim), np.nan, dtype=np.float32)  # (K, D)
         for k, t in enumerate(types):
-            known = [ntu.tables[tb][i] for tb, i in post_ntu_rows(post, ntu, [t]) if i is not None]
+            rows = post_ntu_rows(post, ntu, [t], unknown)
+            known = [ntu.tables[tb][i] for tb, i in rows if i is not None]
             if known:
                 vecs[k] = np.mean(known, axis=0, dtype=np.float64)
         out.append(vecs)
@@ -68,13 +75,14 @@ def ntu_type_vectors(
 
 
 def ntu_inputs(
-    posts: Iterable[Post], ntu: NTUEmbeddings, cfg: LMConfig
+    posts: Iterable[Post], ntu: NTUEmbeddings, cfg: LMConfig, unknown: Collection[str] = ()
 ) -> tuple[np.ndarray, np.ndarray]:
     """The model's NTU input per post: :func:`ntu_vectors` (N, D) for ``ntu_tokens=mean``,
-    :func:`ntu_type_vectors` (N, K, D) for ``per_type``; and the overlap flag."""
+    :func:`ntu_type_vectors` (N, K, D) for ``per_type``; and the overlap flag. ``unknown``: NTU
+    types treated as unknown (as for a post whose author the graph never saw)."""
     if cfg.ntu_tokens == "per_type":
-        return ntu_type_vectors(posts, ntu, cfg.ntu_types)
-    return ntu_vectors(posts, ntu, cfg.ntu_types)
+        return ntu_type_vectors(posts, ntu, cfg.ntu_types, unknown)
+    return ntu_vectors(posts, ntu, cfg.ntu_types, unknown)
 
 
 def tokenize(

@@ -61,6 +61,10 @@ class VariantSpec(StageConfig):
         data = handler(self)
         if not self.lm:  # as before the field existed: same fingerprints, same caches
             data.pop("lm", None)
+        if not self.unknown_ntu_train:  # likewise for the downstream NTU dropout
+            data.pop("unknown_ntu_train", None)
+        if self.unknown_ntu_types is None:
+            data.pop("unknown_ntu_types", None)
         return data
 
     @field_validator("ntu_types")
@@ -81,6 +85,38 @@ class VariantSpec(StageConfig):
         "another post's e_ntu (seeded permutation within the split), 'mean' the NTU table mean "
         "(evaluate/controls.py); a gain counts only where it clears its controls",
     )
+    unknown_ntu_train: float = Field(
+        0.0,
+        ge=0.0,
+        lt=1.0,
+        description="NTU dropout of the downstream classifier: this fraction of each task's "
+        "training posts (seeded) is embedded as if its NTUs of unknown_ntu_types were unknown "
+        "(the table mean in the model's NTU input and in an appended e_ntu), so that the MLP "
+        "also learns from the text what to do for posts whose authors the graph never saw. "
+        "Validation and test posts are embedded as they are",
+    )
+    unknown_ntu_types: list[str] | None = Field(
+        None,
+        description="the NTU types unknown_ntu_train treats as unknown (default: ntu_types), "
+        "e.g. [author] for what a post by a new author looks like",
+    )
+
+    @field_validator("unknown_ntu_types")
+    @classmethod
+    def _known_unknown_types(cls, v: list[str] | None) -> list[str] | None:
+        return None if v is None else check_ntu_types(v)
+
+    @model_validator(mode="after")
+    def _unknown_needs_ntus(self) -> VariantSpec:
+        if self.unknown_ntu_train > 0 and not (self.use_ntu or self.post_concat_of):
+            raise ValueError(
+                "unknown_ntu_train: the variant uses no NTUs (use_ntu false and no post_concat_of)"
+            )
+        return self
+
+    def unknown_types(self) -> list[str]:
+        """The NTU types that :attr:`unknown_ntu_train` makes unknown."""
+        return self.unknown_ntu_types if self.unknown_ntu_types is not None else self.ntu_types
 
 
 def controls_of(variants: list[VariantSpec]) -> dict[str, list[str]]:
@@ -98,6 +134,8 @@ def controls_of(variants: list[VariantSpec]) -> dict[str, list[str]]:
                 and v.pooling == c.pooling
                 and v.post_concat_of == c.post_concat_of
                 and v.ntu_types == c.ntu_types
+                and v.unknown_ntu_train == c.unknown_ntu_train
+                and v.unknown_types() == c.unknown_types()
             ]
         else:
             refs = [
@@ -107,6 +145,8 @@ def controls_of(variants: list[VariantSpec]) -> dict[str, list[str]]:
                 and v.post_concat_of is None
                 and v.pooling == c.pooling
                 and c.model_of in (v.name, v.model_of)
+                and v.unknown_ntu_train == c.unknown_ntu_train
+                and v.unknown_types() == c.unknown_types()
             ]
         if refs:
             out.setdefault(refs[0], []).append(c.name)

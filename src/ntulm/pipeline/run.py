@@ -37,6 +37,7 @@ import json
 import logging
 import shutil
 import time
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -61,7 +62,7 @@ from ntulm.evaluate.temporal import BEFORE, Temporal, before_sql, temporal
 from ntulm.graph.build import build_graph_from_table, edge_exclusion_lines, read_posts_table
 from ntulm.kge import NTUEmbeddings, train_kge
 from ntulm.lm.config import LMConfig
-from ntulm.lm.data import ntu_vectors
+from ntulm.lm.data import ntu_inputs, ntu_vectors
 from ntulm.lm.encode import encode, output_dim
 from ntulm.lm.model import NTULM, STAGE
 from ntulm.lm.train import CHECKPOINT, finetune
@@ -342,12 +343,48 @@ class Pipeline:
                     raise ConfigError(f"{v.name}: post-concat needs NTU embeddings")
                 e_ntu = ntus if ntus is not None else ntu_vectors(posts, emb, v.ntu_types)[0]
                 x = np.concatenate([x, e_ntu], axis=1)
-            arrays[split] = np.asarray(x, dtype=np.float32)
+            x = np.asarray(x, dtype=np.float32)
+            if split == "train" and v.unknown_ntu_train > 0 and posts:
+                self._forget_ntus(v, model, model_fp, task.name, posts, x, emb)
+            arrays[split] = x
             # row i of the split is post ids[i]: the file can be used without rebuilding the task
             arrays[f"{split}_ids"] = np.array([q.id for q in posts], dtype=np.str_)
         with atomic_path(path) as tmp, open(tmp, "wb") as fh:
             np.savez(fh, **arrays)
         return arrays
+
+    def _forget_ntus(
+        self,
+        v: VariantSpec,
+        model: NTULM,
+        model_fp: str,
+        task_name: str,
+        posts: list[Post],
+        x: np.ndarray,
+        emb: NTUEmbeddings | None,
+    ) -> None:
+        """The downstream NTU dropout (``unknown_ntu_train``): rewrite in place the rows of ``x``
+        of a seeded share of the training ``posts`` with their embedding as posts whose NTUs of
+        :meth:`VariantSpec.unknown_types` are unknown: the model is fed the e_ntu it computes
+        for such a post, and an appended e_ntu is computed the same way."""
+        if emb is None:
+            raise ConfigError(f"{v.name}: unknown_ntu_train needs NTU embeddings")
+        idx = unknown_subset(len(posts), v.unknown_ntu_train, [self.cfg.eval.seed, task_name])
+        if not len(idx):
+            return
+        sub = [posts[i] for i in idx]
+        drop = v.unknown_types()
+        if model.use_ntu:  # re-encode them with their NTU input as the model sees unknown NTUs
+            if model.cfg is None:
+                raise ConfigError(f"{v.name}: unknown_ntu_train needs the model's LM config")
+            fed = ntu_inputs(sub, emb, model.cfg, drop)[0]
+            text = self._encode(model, model_fp, sub, v.pooling, fed)
+        else:  # the text part does not see NTUs
+            text = x[idx, : x.shape[1] - (emb.dim if v.post_concat_of is not None else 0)]
+        parts = [text]
+        if v.post_concat_of is not None:
+            parts.append(ntu_vectors(sub, emb, v.ntu_types, drop)[0])
+        x[idx] = np.concatenate(parts, axis=1)
 
     # -- evaluation --------------------------------------------------------------------------
     def evaluate(
@@ -592,6 +629,14 @@ def finetune_sample(
     if isinstance(posts, PostsTable):
         return posts.take(rids)
     return [posts[int(i)] for i in rids]
+
+
+def unknown_subset(n: int, rate: float, seed: list[int | str]) -> np.ndarray:
+    """The sorted positions of ``round(rate * n)`` of ``n`` training posts, drawn with a seeded
+    generator (``seed``: the eval seed and the task's name), for ``unknown_ntu_train``."""
+    ints = [s if isinstance(s, int) else zlib.crc32(s.encode()) for s in seed]
+    take = int(round(rate * n))
+    return np.sort(np.random.default_rng(ints).permutation(n)[:take])
 
 
 def task_content_key(task: Task) -> str:
