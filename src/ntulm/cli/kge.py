@@ -5,17 +5,22 @@ from __future__ import annotations
 import argparse
 
 from ntulm.cli import add_config_args, add_nproc_arg, relaunch_under_torchrun
+from ntulm.errors import ConfigError
 from ntulm.kge.config import KGEConfig
 
 
 def cmd_train_kge(args: argparse.Namespace) -> int:
-    status = relaunch_under_torchrun(args)
+    overrides = list(args.overrides) + ([f"engine={args.engine}"] if args.engine else [])
+    config = KGEConfig.from_sources(args.config, overrides)
+    pbg = config.engine == "pbg"  # PBG starts its own rank processes: no torchrun
+    status = None if pbg else relaunch_under_torchrun(args)
     if status is not None:
         return status
+    if args.nproc < 1:
+        raise ConfigError(f"--nproc: {args.nproc} is not a positive number of processes")
     from ntulm.kge.evaluate import MIN_RELIABLE_EDGES
     from ntulm.kge.train import train_kge  # torch is imported only when the command runs
 
-    config = KGEConfig.from_sources(args.config, args.overrides)
     emb, metrics = train_kge(
         args.graph,
         args.out,
@@ -23,6 +28,7 @@ def cmd_train_kge(args: argparse.Namespace) -> int:
         resume=args.resume,
         progress=args.progress,
         evaluate=not args.no_eval,
+        nproc=args.nproc if pbg else 1,
     )
     if emb is None:  # a rank other than 0 of a sharded run: rank 0 reports
         return 0
@@ -36,6 +42,19 @@ def cmd_train_kge(args: argparse.Namespace) -> int:
         for r in metrics["distributed"]["ranks"]:
             rows = ", ".join(f"{t} {n:,}/{r['table_rows'][t]:,}" for t, n in r["rows"].items())
             print(f"  rank {r['rank']}: rows {rows}; peak RSS {r['peak_rss_mb']:,.0f} MB")
+    if "pbg" in metrics:
+        for h, pr in zip(metrics["pbg"]["holdings"], metrics["pbg"]["processes"], strict=True):
+            held = ", ".join(
+                f"{t} {n:,}/{h['table_rows'][t]:,}"
+                for t, n in h["trainer_rows_at_once_max"].items()
+            )
+            served = ", ".join(f"{t} {n:,}" for t, n in h["partition_server_rows"].items())
+            print(
+                f"  PBG rank {h['rank']}: buckets {h['buckets_trained']}; trainer held at most "
+                f"{held} rows at once; partition server {h['partition_server_partitions']} "
+                f"({served} rows); peak RSS trainer {pr['trainer_peak_rss_mb']:,.0f} MB, "
+                f"{pr['helper_processes']} helper processes"
+            )
     if "link_prediction" in metrics:
         lp, rb = metrics["link_prediction"], metrics["random_baseline"]
         print(f"link prediction on {tr['held_out_edges']:,} held-out edges ({lp['protocol']}):")
@@ -66,6 +85,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, metavar="DIR", help="output artifact directory")
     p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint")
     p.add_argument("--no-eval", action="store_true", help="skip link-prediction evaluation")
-    add_nproc_arg(p, "train with tables sharded row-wise over")
+    add_nproc_arg(p, "train with tables sharded row-wise (engine=pbg: N PBG ranks, not torchrun)")
+    p.add_argument(
+        "--engine",
+        choices=["ntulm", "pbg"],
+        help="trainer (the config key engine): ntulm (default) or pbg (PyTorch-BigGraph, "
+        "partitioned; pbg_partitions=P)",
+    )
     add_config_args(p)
     p.set_defaults(func=cmd_train_kge)

@@ -97,6 +97,36 @@ class KGEConfig(StageConfig):
         "'scale' (batch_size = train edges x num_epochs / min_steps, at least num_batch_negs)",
     )
 
+    engine: Literal["ntulm", "pbg"] = Field(
+        "ntulm",
+        description="trainer: ntulm (this package's; --nproc N shards the tables row-wise) or "
+        "pbg (PyTorch-BigGraph 1.0, partitioned; --nproc N runs its distributed mode; needs "
+        "pip install torchbiggraph 'setuptools<81')",
+    )
+    pbg_partitions: int = Field(
+        0,
+        ge=0,
+        description="engine=pbg: partitions P of every node type (node i in partition i % P); "
+        "0 = one per rank (1 for one process); at least the number of ranks",
+    )
+    pbg_workers: int = Field(
+        0,
+        ge=0,
+        description="engine=pbg: HOGWILD worker processes per rank (0 = torch threads / ranks)",
+    )
+    pbg_machines: int = Field(
+        1,
+        ge=1,
+        description="engine=pbg on several machines: ranks in all, one `ntulm train-kge` per "
+        "machine with its pbg_rank, a shared --out (docs/scale.md); 1 = one machine (--nproc)",
+    )
+    pbg_rank: int = Field(0, ge=0, description="engine=pbg, several machines: this machine's rank")
+    pbg_init_method: str | None = Field(
+        None,
+        description="engine=pbg, several machines: rendezvous URI of torch.distributed, "
+        "tcp://HOST:PORT of rank 0 or file:///shared/path",
+    )
+
     @model_validator(mode="after")
     def _check(self) -> KGEConfig:
         names = [r.name for r in self.relations]
@@ -107,7 +137,10 @@ class KGEConfig(StageConfig):
     @model_serializer(mode="wrap")
     def _dump(self, handler):  # noqa: ANN001, ANN202 (pydantic's serializer protocol)
         data = handler(self)
-        for key, default in (("min_steps", 100), ("small_graph", "warn")):
+        defaults = (("min_steps", 100), ("small_graph", "warn"), ("engine", "ntulm"))
+        defaults += (("pbg_partitions", 0), ("pbg_workers", 0), ("pbg_machines", 1))
+        defaults += (("pbg_rank", 0), ("pbg_init_method", None))
+        for key, default in defaults:
             if data.get(key) == default:  # as before the fields existed: same fingerprints
                 data.pop(key, None)
         return data

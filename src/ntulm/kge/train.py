@@ -305,13 +305,27 @@ def train_kge(
     progress: bool = True,
     evaluate: bool = True,
     on_epoch_end: Callable[[int], None] | None = None,
+    nproc: int = 1,
 ) -> tuple[NTUEmbeddings | None, dict]:
     """Train on a graph artifact and write the KGE artifact; returns (embeddings, metrics).
+
+    ``config.engine == "pbg"``: PyTorch-BigGraph trains instead (``kge/pbg_run.py``), with
+    ``nproc`` ranks on this machine (its distributed mode for ``nproc > 1``); same split, same
+    artifact, same evaluation.
 
     Started by ``torchrun`` with several processes (``ntulm train-kge --nproc N``), the tables
     are sharded row-wise over the ranks (``kge/sharded.py``); rank 0 writes the artifact and
     gets the embeddings, the other ranks get None. The run owns ``out_dir``
     (:func:`~ntulm.artifacts.output_lock`, held by rank 0)."""
+    if config is not None and config.engine == "pbg":
+        from ntulm.kge.pbg_run import train_pbg
+
+        with output_lock(out_dir) if config.pbg_rank == 0 else contextlib.nullcontext():
+            return train_pbg(
+                graph_dir, out_dir, config, nproc=nproc, resume=resume, evaluate=evaluate
+            )
+    if nproc != 1:
+        raise ValueError("train_kge: nproc is for engine=pbg; the ntulm engine runs under torchrun")
     with output_lock(out_dir) if distributed.writer() else contextlib.nullcontext():
         return _train_kge(graph_dir, out_dir, config, resume, progress, evaluate, on_epoch_end)
 
