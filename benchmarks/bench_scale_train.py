@@ -8,6 +8,11 @@
   epochs than the paper's 10; MRR on 1,000 held-out edges per relation) with ``--nproc 1`` and ``--nproc 2`` (tables sharded row-wise):
   link-prediction MRR of each (``kge_mrr_1proc``, ``kge_mrr_2proc``), rows held per rank,
   wall time, peak RSS per process and the bytes each rank exchanged.
+- ``kge_pbg``: the same graph and config with PyTorch-BigGraph (``--engine pbg``): ours 1 and
+  2 processes vs PBG one process (P=1 and P=2 partitions) and PBG's distributed mode with 2
+  ranks (P=2): MRR of each by our evaluation on our held-out split (``kge_pbg_mrr_1proc`` /
+  ``_2proc``: PBG 1 vs 2 ranks at P=2), edges/s, what each PBG rank held (buckets, partition
+  server) and the peak RSS of every process.
 - ``finetune``: ``ntulm finetune`` of all-MiniLM-L6-v2 with the NTU token on IRA posts, 1 vs 2
   processes (DistributedDataParallel) at the same global batch: wall time, tokens/s, peak RSS
   per process, and the per-step loss difference (dropout on: the ranks draw other dropout masks
@@ -104,6 +109,77 @@ def bench_kge(graph: str, epochs: int, eval_edges: int, tmp: Path) -> dict:
     return out
 
 
+def bench_kge_pbg(graph: str, epochs: int, eval_edges: int, tmp: Path) -> dict:
+    """Ours (1 process, 2 ranks sharded) vs PyTorch-BigGraph (1 process P=1, 1 process P=2,
+    2 ranks P=2 in its distributed mode) on the same graph, split and config, back to back."""
+    out: dict = {"epochs": epochs, "graph": graph, "eval_max_edges": eval_edges, "runs": {}}
+    runs = [
+        ("ours_1proc", ["--nproc", "1"], []),
+        ("ours_2proc", ["--nproc", "2"], []),
+        ("pbg_1proc_p1", ["--engine", "pbg"], []),
+        ("pbg_1proc_p2", ["--engine", "pbg"], ["pbg_partitions=2"]),
+        ("pbg_2proc_p2", ["--engine", "pbg", "--nproc", "2"], ["pbg_partitions=2"]),
+    ]
+    for name, flags, extra in runs:
+        dest = tmp / name
+        args = ["train-kge", *flags, "--graph", graph, "--out", str(dest)]
+        up = uptime()
+        extra = [f"num_epochs={epochs}", f"eval_max_edges={eval_edges}", *KGE_ARGS, *extra]
+        cmd, wall, tree_rss, _ = ntulm([*args, *extra])
+        m = json.loads((dest / "metrics.json").read_text())
+        tr = m["train"]
+        rec = {
+            "command": display(cmd),
+            "uptime": up,
+            "wall_s": round(wall, 1),
+            "train_s": round(tr["seconds"], 1),
+            "edges_per_s": round(tr["edges_per_s"]),
+            "compute_dtype": tr["compute_dtype"],
+            "mrr": m["link_prediction"]["overall"]["mrr"],
+            "mrr_per_relation": {
+                k: v["mrr"] for k, v in m["link_prediction"].items() if isinstance(v, dict)
+            },
+            "loss_per_epoch": tr["loss_per_epoch"],
+            "tree_peak_rss_mb": round(tree_rss, 1),
+        }
+        if "pbg" in m:
+            pbg = m["pbg"]
+            rec["threads_per_process"] = "1 per HOGWILD worker"
+            rec["pbg_workers_per_rank"] = tr["pbg_workers_per_rank"]
+            rec["partitions"] = pbg["partitions"]
+            rec["pbg_loop_s_per_rank"] = tr["pbg_loop_seconds"]
+            rec["holdings"] = pbg["holdings"]
+            rec["processes"] = pbg["processes"]
+        else:
+            ranks = m.get("distributed", {}).get("ranks") or [
+                {"rank": 0, "peak_rss_mb": tr["peak_rss_mb"], "rows": None}
+            ]
+            rec["threads_per_process"] = tr["threads"]
+            rec["peak_rss_mb_per_process"] = [round(r["peak_rss_mb"], 1) for r in ranks]
+            rec["rows_per_rank"] = [r["rows"] for r in ranks]
+        out["runs"][name] = rec
+    r = out["runs"]
+    out["mrr_rel_diff_pbg_2proc_vs_1proc_same_p"] = abs(
+        r["pbg_2proc_p2"]["mrr"] / r["pbg_1proc_p2"]["mrr"] - 1
+    )
+    out["mrr_rel_diff_pbg_2proc_vs_1proc_p1"] = abs(
+        r["pbg_2proc_p2"]["mrr"] / r["pbg_1proc_p1"]["mrr"] - 1
+    )
+    out["mrr_rel_diff_pbg_1proc_vs_ours_1proc"] = (
+        r["pbg_1proc_p1"]["mrr"] / r["ours_1proc"]["mrr"] - 1
+    )
+    out["speed_ratio_pbg_2proc_vs_1proc"] = (
+        r["pbg_2proc_p2"]["edges_per_s"] / r["pbg_1proc_p1"]["edges_per_s"]
+    )
+    out["speed_ratio_pbg_2proc_vs_ours_2proc"] = (
+        r["pbg_2proc_p2"]["edges_per_s"] / r["ours_2proc"]["edges_per_s"]
+    )
+    out["speed_ratio_pbg_1proc_vs_ours_1proc"] = (
+        r["pbg_1proc_p1"]["edges_per_s"] / r["ours_1proc"]["edges_per_s"]
+    )
+    return out
+
+
 def finetune_pair(
     posts: str, ntu: str, backbone: str, extra: list[str], tmp: Path, name: str
 ) -> dict:
@@ -167,7 +243,10 @@ def main() -> None:
     ap.add_argument("--lm-posts", type=int, default=512)
     ap.add_argument("--lm-steps", type=int, default=16)
     ap.add_argument(
-        "--skip", nargs="*", default=[], choices=["kge", "finetune", "dropout0", "tiny"]
+        "--skip",
+        nargs="*",
+        default=[],
+        choices=["kge", "kge_pbg", "finetune", "dropout0", "tiny"],
     )
     args = ap.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -188,6 +267,11 @@ def main() -> None:
             result["kge"] = kge
             result["kge_mrr_1proc"] = kge["1proc"]["mrr"]
             result["kge_mrr_2proc"] = kge["2proc"]["mrr"]
+        if "kge_pbg" not in args.skip:
+            pbg = bench_kge_pbg(args.graph, args.kge_epochs, args.kge_eval_edges, tmp)
+            result["kge_pbg"] = pbg
+            result["kge_pbg_mrr_1proc"] = pbg["runs"]["pbg_1proc_p2"]["mrr"]
+            result["kge_pbg_mrr_2proc"] = pbg["runs"]["pbg_2proc_p2"]["mrr"]
         if "finetune" not in args.skip:
             ft = finetune_pair(args.posts, args.ntu, "all-MiniLM-L6-v2", common, tmp, "lm")
             ft["backbone"] = "all-MiniLM-L6-v2 (dropout 0.1), train_dtype auto"
@@ -210,10 +294,14 @@ def main() -> None:
             tiny["backbone"] = "tiny BERT (2 layers, width 32, dropout 0), float32"
             result.setdefault("finetune", {})["tiny_bert"] = tiny
             result.setdefault("ddp_max_loss_diff", tiny["max_loss_diff"])
-    result["command_bench_scale_train"] = shlex.join(["python", *sys.argv])
+    if not set(args.skip) >= {"kge", "finetune", "dropout0", "tiny"}:  # not a kge_pbg-only run
+        result["command_bench_scale_train"] = shlex.join(["python", *sys.argv])
+    else:
+        result["kge_pbg"]["command"] = shlex.join(["python", *sys.argv])
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(result, indent=1) + "\n")
-    keys = ("kge_mrr_1proc", "kge_mrr_2proc", "ddp_max_loss_diff")
+    keys = ("kge_mrr_1proc", "kge_mrr_2proc", "kge_pbg_mrr_1proc", "kge_pbg_mrr_2proc")
+    keys += ("ddp_max_loss_diff",)
     print(json.dumps({k: result.get(k) for k in keys}))
 
 
