@@ -132,6 +132,76 @@ def kge_block(r: dict) -> str:
     return "\n".join(lines)
 
 
+def kge_pbg_block(r: dict) -> str:
+    if "kge_pbg" not in r:
+        return "Not measured yet."
+    k = r["kge_pbg"]
+    lines = [
+        "| run | MRR (overall) | edges/s | train / wall s | peak RSS per process (MB) "
+        "| held per rank | load (1, 5, 15 min) |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    labels = {
+        "ours_1proc": "ours, 1 process",
+        "ours_2proc": "ours, 2 ranks (row-wise)",
+        "pbg_1proc_p1": "PBG, 1 process, P=1",
+        "pbg_1proc_p2": "PBG, 1 process, P=2",
+        "pbg_2proc_p2": "PBG, 2 ranks, P=2",
+    }
+    for name, label in labels.items():
+        x = k["runs"][name]
+        if "holdings" in x:
+            rss = "; ".join(
+                f"rank {p['rank']}: trainer {p['trainer_peak_rss_mb']:,.0f} + "
+                f"{p['helper_processes']} helpers ({_mb(p['helper_peak_rss_mb'])})"
+                for p in x["processes"]
+            )
+            held = "; ".join(
+                f"rank {h['rank']}: buckets {' '.join(f'({a},{b})' for a, b in h['buckets_trained'])}"
+                + ", at once "
+                + ", ".join(
+                    f"{t} {v:,}/{h['table_rows'][t]:,}"
+                    for t, v in h["trainer_rows_at_once_max"].items()
+                )
+                + (
+                    f", partition server {h['partition_server_partitions']}"
+                    if h["partition_server_partitions"]
+                    else ""
+                )
+                for h in x["holdings"]
+            )
+            dtype = f"float32, {x['pbg_workers_per_rank']} HOGWILD worker(s) per rank"
+        else:
+            rss = _mb(x["peak_rss_mb_per_process"])
+            rows = [rr for rr in x["rows_per_rank"] if rr]
+            held = (
+                "; ".join(f"rank {i}: " + ", ".join(f"{t} {v:,}" for t, v in rr.items())
+                          for i, rr in enumerate(rows))
+                if rows
+                else "whole tables"
+            )  # fmt: skip
+            dtype = f"{x['compute_dtype']}, {x['threads_per_process']} thread(s) each"
+        lines.append(
+            f"| {label} | {x['mrr']:.4f} | {x['edges_per_s']:,} ({dtype}) | "
+            f"{x['train_s']:,.0f} / {x['wall_s']:,.0f} | {rss} | {held} | {_load(x['uptime'])} |"
+        )
+    lines += [
+        "",
+        "MRR relative difference, PBG 2 ranks vs 1 process: "
+        f"{k['mrr_rel_diff_pbg_2proc_vs_1proc_same_p']:.1%} at the same P=2, "
+        f"{k['mrr_rel_diff_pbg_2proc_vs_1proc_p1']:.1%} against P=1; PBG 1 process vs ours: "
+        f"{k['mrr_rel_diff_pbg_1proc_vs_ours_1proc']:+.1%}. Edges/s: PBG 2 ranks "
+        f"{k['speed_ratio_pbg_2proc_vs_1proc']:.2f}x PBG 1 process, "
+        f"{k['speed_ratio_pbg_2proc_vs_ours_2proc']:.2f}x ours 2 ranks; PBG 1 process "
+        f"{k['speed_ratio_pbg_1proc_vs_ours_1proc']:.2f}x ours 1 process.",
+        "",
+        "```",
+        *(k["runs"][name]["command"] for name in labels),
+        "```",
+    ]
+    return "\n".join(lines)
+
+
 def _finetune_table(f: dict, title: str) -> list[str]:
     lines = [
         f"**{title}**, {f['1proc']['steps']} steps: max per-step loss difference "
@@ -186,6 +256,7 @@ def blocks() -> dict[str, str]:
         "graph": graph_block(r),
         "embed": embed_block(r),
         "kge": kge_block(r),
+        "kge_pbg": kge_pbg_block(r),
         "finetune": finetune_block(r),
         "cost": cost_block(),
     }

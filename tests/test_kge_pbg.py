@@ -176,9 +176,7 @@ def test_pbg_one_vs_two_ranks(graph, tmp_path):
     pytest.importorskip("torchbiggraph")
     from ntulm.kge.train import train_kge
 
-    emb1, m1 = train_kge(
-        graph, tmp_path / "p1", KGEConfig(**PBG, pbg_partitions=2), progress=False
-    )
+    emb1, m1 = train_kge(graph, tmp_path / "p1", KGEConfig(**PBG, pbg_partitions=2), progress=False)
     overrides = [f"{k}={v}" for k, v in PBG.items() if k != "engine"]
     cmd = [sys.executable, "-m", "ntulm", "-q", "train-kge", "--engine", "pbg", "--nproc", "2"]
     out = tmp_path / "p2"
@@ -210,3 +208,51 @@ def test_pbg_one_vs_two_ranks(graph, tmp_path):
     assert buckets == sorted([(i, j) for i in range(2) for j in range(2)] * PBG["num_epochs"])
     for p in m2["pbg"]["processes"]:
         assert p["trainer_peak_rss_mb"] > 0 and p["helper_processes"] >= 2
+
+
+@pytest.mark.distributed
+def test_pbg_several_machines_path(graph, tmp_path):
+    """The several-machine commands (pbg_machines=2, one `ntulm train-kge` per rank, a tcp://
+    rendezvous, a shared --out), both run on this machine: rank 0 writes the artifact."""
+    pytest.importorskip("torchbiggraph")
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    out = tmp_path / "kge"
+    overrides = [f"{k}={v}" for k, v in PBG.items()]
+    overrides += ["pbg_machines=2", f"pbg_init_method=tcp://127.0.0.1:{port}", "pbg_workers=1"]
+    procs = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "ntulm",
+                "-q",
+                "train-kge",
+                "--graph",
+                str(graph),
+                "--out",
+                str(out),
+                *overrides,
+                f"pbg_rank={r}",
+            ],
+            env=_env(),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )  # fmt: skip
+        for r in (0, 1)
+    ]
+    outs = [p.communicate(timeout=900) for p in procs]
+    for p, (so, se) in zip(procs, outs, strict=True):
+        assert p.returncode == 0, so[-2000:] + se[-3000:]
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["pbg"]["ranks"] == 2 and m["pbg"]["partitions"] == 2
+    assert m["link_prediction"]["overall"]["mrr"] > 3 * m["random_baseline"]["overall"]["mrr"]
+    assert NTUEmbeddings.load(out).tables["user"].shape == (301, 16)
+    assert sorted(p.name for p in (out / "pbg").iterdir() if p.name.startswith("machine")) == [
+        "machine0",
+        "machine1",
+    ]

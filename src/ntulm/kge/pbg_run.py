@@ -16,6 +16,7 @@ import logging
 import os
 import re
 import shutil
+import signal
 import threading
 import time
 import uuid
@@ -47,7 +48,7 @@ log = logging.getLogger(__name__)
 
 class _Buckets(logging.Handler):
     """Which buckets (lhs partition, rhs partition) this rank trained, and PBG's own time in
-    its training loop, from PBG's log lines."""
+    its training loop, from PBG's log lines; its warnings and errors are passed on."""
 
     def __init__(self) -> None:
         super().__init__(logging.INFO)
@@ -56,6 +57,8 @@ class _Buckets(logging.Handler):
 
     def emit(self, record: logging.LogRecord) -> None:
         msg = record.getMessage()
+        if record.levelno >= logging.WARNING:  # PBG's INFO lines stay here, its warnings not
+            log.log(record.levelno, "PyTorch-BigGraph: %s", msg)
         m = re.search(r"Swapping partitioned embeddings \S.*?\s(\( (\d+) , (\d+) \)|None)$", msg)
         if m and m.group(2) is not None:
             self.buckets.append([int(m.group(2)), int(m.group(3))])
@@ -240,13 +243,19 @@ def run_local(schema: dict, ranks: int, seed: int, root: Path) -> list[dict]:
 
 
 def _wait(procs: list) -> list[int]:
-    """Wait for all ranks; if one fails, stop the others (they would wait for it forever)."""
+    """Wait for all ranks; if one fails, stop the others and every process PBG started under
+    them (servers, workers: they would wait for the failed rank forever)."""
     while any(p.is_alive() for p in procs):
         failed = [r for r, p in enumerate(procs) if p.exitcode not in (None, 0)]
         if failed:
-            for p in procs:
-                if p.is_alive():
-                    p.terminate()
+            stack, tree = [p.pid for p in procs if p.is_alive()], []
+            while stack:
+                pid = stack.pop()
+                tree.append(pid)
+                stack += _children(pid)
+            for pid in tree:
+                with contextlib.suppress(OSError):
+                    os.kill(pid, signal.SIGTERM)
             for p in procs:
                 p.join()
             return failed
@@ -255,12 +264,16 @@ def _wait(procs: list) -> list[int]:
 
 
 def holdings(
-    reports: list[dict], relations: list[RelationConfig], num_nodes: dict[str, int], p: int
+    reports: list[dict],
+    relations: list[RelationConfig],
+    num_nodes: dict[str, int],
+    p: int,
+    ranks: int,
 ) -> list[dict]:
     """Per rank, in rows per table: what its trainer held at once (one bucket (i, j):
     partition i of the lhs types, partition j of the rhs types) and what its partition server
-    kept between buckets (PBG's ``PartitionClient``: partition q on server ``q % ranks``)."""
-    ranks = len(reports)
+    kept between buckets (PBG's ``PartitionClient``: partition q on server ``q % ranks``).
+    Several machines: ``reports`` holds this machine's rank only."""
     lhs_types = {r.lhs for r in relations}
     rhs_types = {r.rhs for r in relations}
 
@@ -384,7 +397,7 @@ def train_pbg(
             "ranks": ranks,
             "edges_per_bucket": buckets,
             "schema": {k: v for k, v in schema.items() if not k.endswith("_path")},
-            "holdings": holdings(reports, graph.relations, num_nodes, p),
+            "holdings": holdings(reports, graph.relations, num_nodes, p, ranks),
             "processes": [
                 {
                     k: r.get(k)
