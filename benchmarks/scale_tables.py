@@ -181,8 +181,11 @@ def kge_pbg_block(r: dict) -> str:
                 else "whole tables"
             )  # fmt: skip
             dtype = f"{x['compute_dtype']}, {x['threads_per_process']} thread(s) each"
+        mrr = f"{x['mrr']:.4f}"
+        if "mrr_min" in x:
+            mrr += f" ({x['mrr_min']:.4f}-{x['mrr_max']:.4f}, mean of {len(x['repeats'])})"
         lines.append(
-            f"| {label} | {x['mrr']:.4f} | {x['edges_per_s']:,} ({dtype}) | "
+            f"| {label} | {mrr} | {x['edges_per_s']:,.0f} ({dtype}) | "
             f"{x['train_s']:,.0f} / {x['wall_s']:,.0f} | {rss} | {held} | {_load(x['uptime'])} |"
         )
     lines += [

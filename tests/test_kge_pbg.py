@@ -139,7 +139,7 @@ def test_input_buckets_hold_every_training_edge_once(tmp_path):
         torch.randint(2, (50,), generator=gen),
         torch.randint(7, (50,), generator=gen),
     )
-    sizes = write_input(train, RELS, n, 3, tmp_path)
+    sizes = write_input(train, n, 3, tmp_path)
     assert sum(sizes.values()) == 50 and len(sizes) == 9
     ents = FileEntityStorage(str(tmp_path / "input"))
     assert [ents.load_count("user", q) for q in range(3)] == [4, 4, 3]

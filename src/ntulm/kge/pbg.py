@@ -134,9 +134,7 @@ def pbg_schema(
     return schema
 
 
-def write_input(
-    train: EdgeSet, relations: list[RelationConfig], num_nodes: dict[str, int], p: int, root: Path
-) -> dict[str, list[int]]:
+def write_input(train: EdgeSet, num_nodes: dict[str, int], p: int, root: Path) -> dict[str, int]:
     """PBG's input under ``root/input``: entity counts and the (lhs, rhs) partition buckets.
 
     Returns the edges per bucket as ``{"i,j": n}``."""
@@ -156,15 +154,17 @@ def write_input(
     for i in range(p):
         for j in range(p):
             sel = ((lp == i) & (rp == j)).nonzero().squeeze(1)
-            store.save_edges(
-                i,
-                j,
-                EdgeList(
-                    EntityList.from_tensor(train.lhs[sel] // p),
-                    EntityList.from_tensor(train.rhs[sel] // p),
-                    train.rel[sel],
-                ),
-            )
+            with warnings.catch_warnings():  # PBG's TypedStorage deprecation warning
+                warnings.simplefilter("ignore", UserWarning)
+                store.save_edges(
+                    i,
+                    j,
+                    EdgeList(
+                        EntityList.from_tensor(train.lhs[sel] // p),
+                        EntityList.from_tensor(train.rhs[sel] // p),
+                        train.rel[sel],
+                    ),
+                )
             sizes[f"{i},{j}"] = len(sel)
     return sizes
 
@@ -180,7 +180,9 @@ def read_checkpoint(
     for t, n in num_nodes.items():
         full = torch.empty(n, dim)
         for part in range(p):
-            full[part::p] = cm.read(t, part)[0].float()
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", UserWarning)
+                full[part::p] = cm.read(t, part)[0].float()
         tables[t] = full
     state, _ = cm.read_model()
     rvec = torch.zeros(len(relations), dim)

@@ -134,14 +134,16 @@ def _rank_process(schema: dict, rank: int, seed: int, report: str) -> None:
 
     logging.basicConfig(level=logging.WARNING)
     result = run_rank(schema, rank, seed)
-    result["peak_rss_mb"] = _peak_rss_mb()
+    # not ru_maxrss: Linux carries it over exec from the forking parent (this coordinator's
+    # peak would show as the rank's); TreePeaks reads the rank's own VmHWM instead
     Path(report).write_text(json.dumps(result))
 
 
-def _peak_rss_mb() -> float:
-    import resource
-
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+def run_here(schema: dict, rank: int, seed: int) -> dict:
+    """:func:`run_rank` in this process, with the peak RSS of this process and its helpers."""
+    with TreePeaks([os.getpid()]) as peaks:
+        rep = run_rank(schema, rank, seed)
+    return {**rep, **peaks.report(os.getpid())}
 
 
 class TreePeaks:
@@ -208,11 +210,7 @@ def run_local(schema: dict, ranks: int, seed: int, root: Path) -> list[dict]:
     import multiprocessing as mp
 
     if ranks == 1:
-        with TreePeaks([os.getpid()]) as peaks:
-            rep = run_rank(schema, 0, seed)
-        rep.update(peaks.report(os.getpid()))
-        rep["peak_rss_mb"] = _peak_rss_mb()
-        return [rep]
+        return [run_here(schema, 0, seed)]
     rendezvous = root.resolve() / f"rendezvous-{uuid.uuid4().hex}"  # must not exist before the run
     schema = {**schema, "distributed_init_method": f"file://{rendezvous}"}
     schema["num_machines"], schema["num_partition_servers"] = ranks, -1
@@ -253,9 +251,11 @@ def _wait(procs: list) -> list[int]:
                 pid = stack.pop()
                 tree.append(pid)
                 stack += _children(pid)
-            for pid in tree:
-                with contextlib.suppress(OSError):
-                    os.kill(pid, signal.SIGTERM)
+            for sig in (signal.SIGTERM, signal.SIGKILL):  # PBG's servers may sit in a recv
+                for pid in tree:
+                    with contextlib.suppress(OSError):
+                        os.kill(pid, sig)
+                time.sleep(3)
             for p in procs:
                 p.join()
             return failed
@@ -357,7 +357,7 @@ def train_pbg(
             "continue them or delete the directory (the other machines write there too)"
         )
     shutil.rmtree(input_dir / "input", ignore_errors=True)  # rewritten: the same split
-    buckets = write_input(train, graph.relations, num_nodes, p, input_dir)
+    buckets = write_input(train, num_nodes, p, input_dir)
     if writer:
         write_json(out / "config.json", config.model_dump(mode="json"))
     log.info(
@@ -366,8 +366,7 @@ def train_pbg(
     )  # fmt: skip
     t0 = time.perf_counter()
     if machines > 1:
-        reports = [run_rank(schema, config.pbg_rank, config.seed)]
-        reports[0]["peak_rss_mb"] = distributed.peak_rss_mb()
+        reports = [run_here(schema, config.pbg_rank, config.seed)]
     else:
         reports = run_local(schema, nproc, config.seed, root)
     wall = time.perf_counter() - t0
@@ -396,14 +395,13 @@ def train_pbg(
             "partitions": p,
             "ranks": ranks,
             "edges_per_bucket": buckets,
-            "schema": {k: v for k, v in schema.items() if not k.endswith("_path")},
+            "schema": {k: v for k, v in schema.items() if not k.endswith(("_path", "_paths"))},
             "holdings": holdings(reports, graph.relations, num_nodes, p, ranks),
             "processes": [
                 {
                     k: r.get(k)
                     for k in (
                         "rank",
-                        "peak_rss_mb",
                         "trainer_peak_rss_mb",
                         "helper_processes",
                         "helper_peak_rss_mb",
