@@ -38,6 +38,7 @@ PBG = dict(
     eval_fraction=0.1,
     min_steps=0,
     engine="pbg",
+    pbg_workers=1,  # no HOGWILD race inside a rank: less run-to-run noise
 )
 # 1 vs 2 ranks at the same P=2: HOGWILD, the ranks' bucket order and PBG's asynchronous
 # parameter server for the relation vectors make runs differ a little (measured 1-3%)

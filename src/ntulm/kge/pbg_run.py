@@ -17,7 +17,6 @@ import os
 import re
 import shutil
 import signal
-import threading
 import time
 import uuid
 import warnings
@@ -26,7 +25,7 @@ from pathlib import Path
 import torch
 
 from ntulm import distributed
-from ntulm.artifacts import mark_done, unmark, write_json
+from ntulm.artifacts import mark_done, read_json, unmark, write_json
 from ntulm.kge.config import KGEConfig, RelationConfig
 from ntulm.kge.data import GraphData, load_graph, split_edges
 from ntulm.kge.embeddings import NTUEmbeddings
@@ -141,67 +140,9 @@ def _rank_process(schema: dict, rank: int, seed: int, report: str) -> None:
 
 def run_here(schema: dict, rank: int, seed: int) -> dict:
     """:func:`run_rank` in this process, with the peak RSS of this process and its helpers."""
-    with TreePeaks([os.getpid()]) as peaks:
+    with distributed.TreePeaks([os.getpid()]) as peaks:
         rep = run_rank(schema, rank, seed)
     return {**rep, **peaks.report(os.getpid())}
-
-
-class TreePeaks:
-    """Samples /proc: each process's own peak RSS (VmHWM) in the trees under ``roots``, so the
-    helper processes PBG spawns per rank (servers, HOGWILD workers) are counted too."""
-
-    def __init__(self, roots: list[int], interval: float = 0.2) -> None:
-        self.roots, self.interval = roots, interval
-        self.peak_kb: dict[int, dict[int, int]] = {r: {} for r in roots}  # root -> pid -> kB
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, daemon=True)
-
-    def __enter__(self) -> TreePeaks:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
-
-    def _loop(self) -> None:
-        while not self._stop.is_set():
-            for root in self.roots:
-                stack = [root]
-                while stack:
-                    pid = stack.pop()
-                    hwm = _status_kb(pid, "VmHWM")
-                    if hwm:
-                        seen = self.peak_kb[root]
-                        seen[pid] = max(seen.get(pid, 0), hwm)
-                    stack += _children(pid)
-            self._stop.wait(self.interval)
-
-    def report(self, root: int) -> dict:
-        peaks = self.peak_kb[root]
-        helpers = sorted((kb / 1024 for pid, kb in peaks.items() if pid != root), reverse=True)
-        return {
-            "trainer_peak_rss_mb": round(peaks.get(root, 0) / 1024, 1),
-            "helper_processes": len(helpers),
-            "helper_peak_rss_mb": [round(x, 1) for x in helpers],
-        }
-
-
-def _status_kb(pid: int, key: str) -> int:
-    with contextlib.suppress(OSError, ValueError):
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith(key + ":"):
-                return int(line.split()[1])
-    return 0
-
-
-def _children(pid: int) -> list[int]:
-    out: list[int] = []
-    with contextlib.suppress(OSError):
-        for task in Path(f"/proc/{pid}/task").iterdir():
-            with contextlib.suppress(OSError, ValueError):
-                out += [int(c) for c in (task / "children").read_text().split()]
-    return out
 
 
 def run_local(schema: dict, ranks: int, seed: int, root: Path) -> list[dict]:
@@ -224,7 +165,7 @@ def run_local(schema: dict, ranks: int, seed: int, root: Path) -> list[dict]:
     ]
     for p in procs:
         p.start()
-    with TreePeaks([p.pid for p in procs]) as peaks:
+    with distributed.TreePeaks([p.pid for p in procs]) as peaks:
         failed = _wait(procs)
     rendezvous.unlink(missing_ok=True)
     if failed:
@@ -250,7 +191,7 @@ def _wait(procs: list) -> list[int]:
             while stack:
                 pid = stack.pop()
                 tree.append(pid)
-                stack += _children(pid)
+                stack += distributed.children(pid)
             for sig in (signal.SIGTERM, signal.SIGKILL):  # PBG's servers may sit in a recv
                 for pid in tree:
                     with contextlib.suppress(OSError):
@@ -330,6 +271,18 @@ def train_pbg(
     writer = config.pbg_rank == 0
     out = Path(out_dir)
     root = out / WORKDIR
+    # PBG resumes whatever its checkpoint holds: refuse one of another config
+    config_in, stamp = config, root / "ntulm_config.json"
+    if writer and resume and stamp.exists() and read_json(stamp) != _resume_key(config):
+        raise PBGError(
+            f"{root / 'checkpoints'}: PBG checkpoints of a different config; cannot resume "
+            "(delete them or run without --resume)"
+        )
+    if writer and machines > 1 and not resume and (root / "checkpoints").exists():
+        raise PBGError(
+            f"{root / 'checkpoints'}: PBG checkpoints of an earlier run; pass --resume to "
+            "continue them or delete the directory (the other machines write there too)"
+        )
     if writer:
         out.mkdir(parents=True, exist_ok=True)
         unmark(out)
@@ -351,11 +304,9 @@ def train_pbg(
     schema["checkpoint_path"] = str(root / "checkpoints")
     if machines == 1:
         prepare_workdir(root, resume)
-    elif writer and not resume and (root / "checkpoints").exists():
-        raise PBGError(
-            f"{root / 'checkpoints'}: PBG checkpoints of an earlier run; pass --resume to "
-            "continue them or delete the directory (the other machines write there too)"
-        )
+    root.mkdir(parents=True, exist_ok=True)
+    if writer:
+        write_json(stamp, _resume_key(config_in))
     shutil.rmtree(input_dir / "input", ignore_errors=True)  # rewritten: the same split
     buckets = write_input(train, num_nodes, p, input_dir)
     if writer:
@@ -418,6 +369,14 @@ def train_pbg(
     write_json(out / "metrics.json", metrics)
     mark_done(out, "kge", config.model_dump(mode="json"), graph=str(graph_dir))
     return emb, metrics
+
+
+def _resume_key(config: KGEConfig) -> dict:
+    """The config a PBG checkpoint belongs to (less what differs between machines)."""
+    data = config.model_dump(mode="json")
+    for key in ("pbg_rank", "pbg_init_method", "pbg_workers", "num_threads"):
+        data.pop(key, None)
+    return data
 
 
 def _embeddings(
