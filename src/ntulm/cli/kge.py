@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from ntulm.cli import add_config_args, add_nproc_arg, relaunch_under_torchrun
+from ntulm.cli import add_config_args, relaunch_under_torchrun
 from ntulm.errors import ConfigError
 from ntulm.kge.config import KGEConfig
 
@@ -85,7 +85,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, metavar="DIR", help="output artifact directory")
     p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint")
     p.add_argument("--no-eval", action="store_true", help="skip link-prediction evaluation")
-    add_nproc_arg(p, "train with tables sharded row-wise (engine=pbg: N PBG ranks, not torchrun)")
+    p.add_argument(
+        "--nproc",
+        type=int,
+        default=1,
+        metavar="N",
+        help="N processes on this machine: engine=ntulm shards the tables row-wise, started by "
+        "torchrun (gloo); engine=pbg runs N ranks of PBG's distributed mode (PBG starts its "
+        "own servers). Several machines: docs/scale.md",
+    )
     p.add_argument(
         "--engine",
         choices=["ntulm", "pbg"],
