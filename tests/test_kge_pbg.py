@@ -40,9 +40,10 @@ PBG = dict(
     engine="pbg",
     pbg_workers=1,  # no HOGWILD race inside a rank: less run-to-run noise
 )
-# 1 vs 2 ranks at the same P=2: HOGWILD, the ranks' bucket order and PBG's asynchronous
-# parameter server for the relation vectors make runs differ a little (measured 1-3%)
-MRR_TOL = 0.10
+# 1 vs 2 ranks at the same P=2, one worker per rank: measured 1 rank 0.1704, 0.1715; 2 ranks
+# 0.1600, 0.1658 (3-6% lower: PBG syncs the relation vectors asynchronously and the ranks take
+# buckets in the order they finish). A broken conversion scores near random (~0.03).
+MRR_TOL = 0.15
 
 
 def test_schema_maps_each_field():
