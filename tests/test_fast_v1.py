@@ -7,7 +7,7 @@ import pyarrow as pa
 import pytest
 
 from ntulm.errors import InputError
-from ntulm.posts.fast_v1 import v1_tables
+from ntulm.posts.fast_v1 import _read_range, v1_tables
 from ntulm.posts.readers import PostReader, Quarantine
 from ntulm.synthetic import v1_tweets
 
@@ -172,12 +172,19 @@ def test_fast_v1_equals_reference_on_generated_corpus(tmp_path):
 def test_fast_v1_chunks_and_workers_equal_one_pass(tmp_path):
     path = tmp_path / "t.jsonl"
     lines = [json.dumps(t).encode() for t in v1_tweets(n_posts=60, seed=4)]
-    path.write_bytes(b"\n".join(lines[:30] + _hostile() + lines[30:]))  # no final newline
+    path.write_bytes(
+        b"\xef\xbb\xbf" + b"\n".join(lines[:30] + _hostile() + lines[30:])
+    )  # no final newline
     ref = _read([path], "python", tmp_path)
-    for workers, chunk in ((1, 1000), (2, 3000)):
+    # byte ranges read by the workers themselves (data=None) start and end anywhere in a line
+    # (lines of 1-2 kB; the deep line of 200 kB spans ranges in which no line starts); chunks of
+    # an in-memory (decompressed) file are cut at line breaks
+    cases = ((1, 1000, None), (1, 701, None), (2, 3000, None), (2, 3000, "data"))
+    for workers, chunk, data in cases:
         reader = PostReader(quarantine_path=tmp_path / "q.jsonl", max_text_chars=200)
         q = Quarantine(reader.quarantine_path)
-        tables = list(v1_tables(reader, path, q, None, workers=workers, chunk_bytes=chunk))
+        raw = path.read_bytes() if data else None
+        tables = list(v1_tables(reader, path, q, raw, workers=workers, chunk_bytes=chunk))
         q.close()
         assert len(tables) > 3
         assert pa.concat_tables(tables).to_pylist() == ref[0].to_pylist()
@@ -203,3 +210,24 @@ def test_v1_arrays_still_read_by_reference(tmp_path):
     path.write_text(json.dumps([_tweet(1, "a #x"), _tweet(2, "b #y")]))
     table, report, _ = _assert_same([path], tmp_path)
     assert report["accepted"] == 2
+
+
+@pytest.mark.parametrize("content", [b"ab\n\ncde\r\nf\n\n\ngh", b"ab\n\ncde\r\nf\n\n\ngh\n", b"\n"])
+def test_v1_byte_ranges_hold_each_line_once_with_its_number(tmp_path, content):
+    path = tmp_path / "t.jsonl"
+    path.write_bytes(content)
+    want = list(enumerate(content.split(b"\n"), 1))
+    if content.endswith(b"\n"):
+        want.pop()  # no line after the last line break
+    for size in range(1, len(content) + 2):  # a range boundary at every byte
+        got, before = [], 0
+        for start in range(0, len(content), size):
+            chunk, newlines, first = _read_range(str(path), start, min(start + size, len(content)))
+            body = chunk[:-1] if chunk.endswith(b"\n") else chunk
+            got += (
+                [(before + first + i, ln) for i, ln in enumerate(body.split(b"\n"))]
+                if chunk
+                else []
+            )
+            before += newlines
+        assert got == want, size
