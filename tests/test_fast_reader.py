@@ -180,3 +180,26 @@ def test_fast_equals_reference_on_generated_adversarial_corpus(tmp_path):
     fast, slow = fast_ira._extract(parsed, HEADER, "s", "n", 120, 1)
     assert fast.num_rows > 100 and len(slow) > 100  # both paths are exercised
     assert any(fast.column("labels").to_pylist()) and any(fast.column("hashtags").to_pylist())
+
+
+def test_fast_bare_ampersand_takes_the_sql_path(tmp_path):
+    """A bare '&' (before a space, tab or line break, or at the end) is left alone by
+    html.unescape: such rows take the SQL path and equal the reference; an '&' before anything
+    else (a possible entity name) still goes to the reference."""
+    from ntulm.posts import fast_ira
+
+    bare = ["Clinton & Trump #Debate", "a &\tb @x", "x &\ny", "end &", "&amp;& x &lt;3 #a &",
+            "& &amp;lt; &quot;q&quot; &", "RT @User1: Q & A &\n#tag"]  # fmt: skip
+    other = ["&&", "&nbsp;x", "&ampx", "&#39;", "a&b", "&,x", "&;x"]
+    path = tmp_path / "amp.csv"
+    path.write_bytes(_csv(_rows(bare + other)))
+    table, report, _ = _assert_same([path], tmp_path)
+    assert report["accepted"] == len(bare + other)
+    data = fast_ira._read_bytes(path)
+    parsed = fast_ira._arrow_rows(data, fast_ira._header(data), False)
+    parsed = parsed.drop_columns(["_breaks"]).append_column(
+        "_line", pa.array(range(len(bare + other)))
+    )
+    fast, slow = fast_ira._extract(parsed, HEADER, "s", "n", 120, 1)
+    assert fast.column("_line").to_pylist() == list(range(len(bare)))
+    assert slow.to_pylist() == list(range(len(bare), len(bare + other)))
