@@ -97,6 +97,65 @@ def _hostile() -> list[bytes]:
         _tweet(36, "rt without id", retweeted_status={"text": "x", "user": _user(1, "a")}),
         _tweet(37, "big id", id=10**30, id_str=DROP),
         _tweet(38, "lang a number", lang=5),
+        # hashtags repeated in other case and compatibility forms (one after NFKC + casefold)
+        _tweet(
+            40,
+            "forms",
+            entities={
+                "hashtags": [
+                    {"text": t}
+                    for t in (
+                        "Über",
+                        "über",
+                        "ÜBER",
+                        "Ｆｕｌｌ",
+                        "full",
+                        "Straße",
+                        "STRASSE",
+                        "ﬁne",
+                        "fine",
+                        "#X",
+                    )
+                ]
+            },
+        ),
+        _tweet(41, "forms again", entities={"hashtags": [{"text": "ÜBER"}, {"text": "Ｆｕｌｌ"}]}),
+        # odd times: leap days, out-of-range fields, other offsets, short or odd forms
+        _tweet(42, "t", created_at="Mon Feb 29 20:19:24 +0000 2016"),
+        _tweet(43, "t", created_at="Thu Feb 29 20:19:24 +0000 2018"),
+        _tweet(44, "t", created_at="Wed Oct 10 24:00:00 +0000 2018"),
+        _tweet(45, "t", created_at="Wed Oct 10 23:59:60 +0000 2018"),
+        _tweet(46, "t", created_at="Wed Oct 10 20:19:24 +0100 2018"),
+        _tweet(47, "t", created_at="Wed Oct 1 20:19:24 +0000 2018"),
+        _tweet(48, "t", created_at="Wed Oct 10 20:19:24 +0000 0000"),
+        _tweet(49, "t", created_at="Xyz Oct 10 20:19:24 +0000 2018"),
+        _tweet(60, "t", created_at="Sun Oct 10 20:19:24 +0000 2018"),  # wrong weekday
+        _tweet(61, "t", created_at="Wed Oct \u0661\u0660 20:19:24 +0000 2018"),
+        _tweet(62, "t", created_at="Wed Oct 10 20:19:24 +0000 2018 "),
+        _tweet(63, "t", created_at=""),
+        _tweet(64, "t", created_at=None),
+        _tweet(65, "t", created_at=DROP),
+        # entities edge cases: only polls or symbols, null lists, empty extended ones
+        _tweet(66, "polls only #p", entities={"polls": []}),
+        _tweet(67, "symbols null #s", entities={"symbols": None}),
+        _tweet(
+            68,
+            "lists null #n",
+            entities={"hashtags": None, "user_mentions": None, "urls": None, "media": None},
+        ),
+        _tweet(
+            69,
+            "ext {} #e",
+            extended_entities={},
+            extended_tweet={"full_text": "ext #full", "entities": {}, "extended_entities": {}},
+        ),
+        _tweet(70, "ext null", extended_tweet=None, entities={"hashtags": [{"text": "Y"}]}),
+        _tweet(
+            71,
+            "ext media wins",
+            entities={"media": [{"type": "photo", "id": 1}]},
+            extended_entities={"media": [{"type": "video", "id": 2}]},
+        ),
         _tweet(39, "dup keys"),
     ]
     lines = [_line(o) for o in objs]
@@ -159,6 +218,12 @@ def test_fast_v1_equals_reference_on_hostile_lines(tmp_path):
     assert rows["1006"]["reply_to_user"] == {"id": "7", "handle": "bob"}
     assert rows["1001"]["created_at"] == "2018-10-10T20:19:24+00:00"
     assert rows["1039"]["text"] == "second text wins #dup"
+    assert rows["1040"]["hashtags"] == ["über", "full", "strasse", "fine", "x"]
+    assert rows["1041"]["hashtags"] == ["über", "full"]
+    assert rows["1042"]["created_at"] == "2016-02-29T20:19:24+00:00"
+    assert rows["1043"]["created_at"] == "Thu Feb 29 20:19:24 +0000 2018"  # kept as given
+    assert rows["1046"]["created_at"] == "2018-10-10T20:19:24+01:00"
+    assert rows["1060"]["created_at"] == "2018-10-10T20:19:24+00:00"
 
 
 def test_fast_v1_equals_reference_on_generated_corpus(tmp_path):
