@@ -77,14 +77,23 @@ def test_dense_step_leaves_zero_gradient_rows_alone():
     torch.testing.assert_close(a.weight[[0, 2, 3, 5]], before[[0, 2, 3, 5]])
 
 
-def test_logistic_loss_from_sigmoid_is_exact_at_extreme_scores():
-    # softplus via max(s, 0) - log σ(|s|): no overflow at +100, no cancellation at -100.
-    s = torch.tensor([[[-100.0, -30.0, -17.0, -1e-3, 0.0, 2.0, 17.0, 30.0, 100.0]]])
-    w = torch.tensor([[1.5]])
+@pytest.mark.parametrize("dim", [2, 1])
+def test_logistic_loss_from_sigmoid_is_exact_at_extreme_scores(dim):
+    # softplus via max(s, 0) - log σ(|s|): no overflow at +100, no cancellation at -100; the
+    # logs taken of products of up to 100 factors (K = 270: blocks of 90), along either layout.
+    base = torch.tensor([-100.0, -30.0, -17.0, -1e-3, 0.0, 2.0, 17.0, 30.0, 100.0])
+    gen = torch.Generator().manual_seed(0)
+    s = torch.cat([base, torch.randn(261, generator=gen) * 5]).view(1, 1, 270)
+    s = torch.cat([s, -s])  # (C=2, B=1, K=270)
+    if dim == 1:
+        s = s.transpose(1, 2).contiguous()  # (C, K, B)
+    w = torch.tensor([[1.5], [0.5]])
     empty = torch.zeros(0, dtype=torch.long)
-    loss, _ = _side_grad(s.clone(), torch.zeros(1, 1), (empty,) * 3, w, "logistic", 1.0)
-    expected = float(F.softplus(s.double()).sum()) * 1.5
-    assert loss == pytest.approx(expected, rel=1e-6)
+    g = s.clone()
+    loss, _ = _side_grad(g, dim, torch.zeros(2, 1), (empty,) * 3, w, w, "logistic", s.clone())
+    expected = float((F.softplus(s.double()).sum(dim) * w.double()).sum())
+    assert float(loss) == pytest.approx(expected, rel=1e-6)
+    torch.testing.assert_close(g, torch.sigmoid(s) * w.unsqueeze(dim))
 
 
 @pytest.mark.parametrize("loss_fn", ["logistic", "softmax"])

@@ -17,6 +17,8 @@ one machine.
 
 from __future__ import annotations
 
+import functools
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -129,7 +131,10 @@ class RelationVectors:
 
 @dataclass
 class ChunkGrads:
-    """Gradients of one group of chunks; candidate gradients include the in-batch part."""
+    """Gradients of one group of chunks; candidate gradients include the in-batch part.
+
+    ``d_lhs`` / ``d_rhs`` may be views of a :class:`Workspace` buffer: use them before the next
+    :func:`chunk_grads` call with the same workspace."""
 
     loss: float
     d_lhs: torch.Tensor  # (C, K, d): grads of the lhs candidates (chunk rows, then uniform)
@@ -137,36 +142,94 @@ class ChunkGrads:
     d_rel: torch.Tensor  # (R, d): grads of the relation vectors, summed over the group
 
 
+class Workspace:
+    """Buffers reused from one group of chunks to the next (same sizes every group): the score
+    and candidate-gradient buffers are written by ``bmm(out=)`` instead of fresh allocations
+    and ``cat`` copies."""
+
+    def __init__(self) -> None:
+        self._bufs: dict[str, torch.Tensor] = {}
+
+    def get(self, name: str, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
+        n = math.prod(shape)
+        buf = self._bufs.get(name)
+        if buf is None or buf.numel() < n or buf.dtype != dtype:
+            buf = self._bufs[name] = torch.empty(n, dtype=dtype)
+        return buf[:n].view(shape)
+
+
+@functools.cache
+def _prod_block(k: int) -> int:
+    """Largest divisor of ``k`` up to 100: products of that many factors in [0.5, 1] stay
+    above 2^-100, far from float32 underflow."""
+    return max(b for b in range(1, min(k, 100) + 1) if k % b == 0)
+
+
+def _sum_log(t: torch.Tensor, dim: int) -> torch.Tensor:
+    """``t.log().sum(dim)`` for ``t`` in [0.5, 1] (float32), as logs of products of blocks of
+    up to 100 entries: one ``log`` per block instead of per entry (the log pass was the
+    costliest element-wise pass of a step), and the sum is at least as exact."""
+    k = t.shape[dim]
+    b = _prod_block(k)
+    blocks = t.unflatten(dim, (k // b, b)).prod(dim + 1)
+    return blocks.log_().sum(dim)
+
+
 def _side_grad(
-    scores: torch.Tensor,  # (C, B, K) negative scores, overwritten with their gradient
+    scores: torch.Tensor,  # (C, B, K) or (C, K, B) scores of one side, overwritten with G
+    dim: int,  # the candidate dimension of ``scores``: 2 for (C, B, K), 1 for (C, K, B)
     pos: torch.Tensor,  # (C, B) positive scores
     mask_idx: tuple[torch.Tensor, ...],  # indices of excluded (positive-equal) candidates
-    w: torch.Tensor,  # (C, B) edge loss weights
+    w: torch.Tensor | None,  # (C, B) edge loss weights (None: all 1)
+    g_w: torch.Tensor | None,  # (C, B) factor of each edge's score gradients (None: 1)
     loss_fn: str,
-    neg_scale: float,
-) -> tuple[float, torch.Tensor | None]:
-    """Loss of one side's negatives, d loss / d scores (in place) and d loss / d pos (softmax)."""
+    tmp: torch.Tensor,  # scratch of the shape of ``scores`` (float32 for bfloat16 scores)
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Loss of one side's negatives (a 0-d tensor; logistic: before the 1/K of
+    ``neg_reduction=mean``), d loss / d scores in place (times ``g_w``) and, for softmax,
+    d loss / d pos."""
     scores.index_put_(mask_idx, scores.new_tensor(-float("inf")))
     if loss_fn == "logistic":
         # -log σ(-s) = softplus(s); d/ds = σ(s). The positive term is added once, by the caller.
         # softplus(s) = max(s, 0) - log σ(|s|) and σ(|s|) = 0.5 + |σ(s) - 0.5|: the loss comes
         # from the σ(s) the gradient needs anyway, instead of a second transcendental pass
-        # (F.softplus) over the (C, B, K) scores; as exact (log of a number in [0.5, 1]).
-        # bf16 scores: sums in bf16 (fp32 accumulation inside; the loss is only reported).
-        per_edge = scores.clamp(min=0).sum(dim=2).to(w.dtype)  # (C, B)
-        torch.sigmoid(scores, out=scores)
-        log_sig_abs = (scores - 0.5).abs_().add_(0.5).log_().sum(dim=2).to(w.dtype)
-        loss = ((per_edge - log_sig_abs) * w).sum() * neg_scale
-        scores.mul_((w * neg_scale).unsqueeze(2).to(scores.dtype))
-        return float(loss), None
+        # (F.softplus) over the scores; exact at any |s| (log of a number in [0.5, 1]).
+        if tmp.dtype == scores.dtype:
+            per_edge = torch.clamp(scores, min=0, out=tmp).sum(dim)  # (C, B)
+            torch.sigmoid(scores, out=scores)
+            torch.maximum(scores, torch.sub(scores.new_ones(()), scores, out=tmp), out=tmp)
+        else:  # bfloat16 scores: the sums in float32
+            per_edge = scores.clamp(min=0).sum(dim, dtype=tmp.dtype)
+            torch.sigmoid(scores, out=scores)
+            tmp.copy_(scores).sub_(0.5).abs_().add_(0.5)
+        # tmp = σ(|s|) = max(σ(s), 1 - σ(s)), in [0.5, 1]
+        per_edge -= _sum_log(tmp, dim)
+        loss = (per_edge * w).sum() if w is not None else per_edge.sum()
+        if g_w is not None:
+            scores.mul_(g_w.unsqueeze(dim).to(scores.dtype))
+        return loss, None
     # softmax (PBG): -log softmax of the positive among [pos, negatives], per side.
-    full = scores.to(pos.dtype)
-    lse = torch.logaddexp(pos, torch.logsumexp(full, dim=2))  # (C, B)
-    loss = ((lse - pos) * w).sum()
-    full.sub_(lse.unsqueeze(2)).exp_().mul_(w.unsqueeze(2))  # softmax · w
-    scores.copy_(full)
-    d_pos = ((pos - lse).exp() - 1) * w
-    return float(loss), d_pos
+    full = scores.to(pos.dtype)  # the scores themselves in float32
+    lse = torch.logaddexp(pos, torch.logsumexp(full, dim=dim))  # (C, B)
+    loss = lse - pos
+    full.sub_(lse.unsqueeze(dim)).exp_()  # softmax
+    d_pos = (pos - lse).exp() - 1
+    if w is not None:
+        loss, d_pos = loss * w, d_pos * w
+        full.mul_(w.unsqueeze(dim))
+    if full is not scores:
+        scores.copy_(full)
+    return loss.sum(), d_pos
+
+
+def _bmm_into(out: torch.Tensor, a: torch.Tensor, b: torch.Tensor, alpha: float) -> None:
+    """``out = alpha · a @ b`` (batched) without a temporary where the dtypes agree."""
+    if a.dtype != out.dtype:  # bfloat16 products into float32 gradients
+        torch.mul(torch.bmm(a, b), alpha, out=out)
+    elif alpha == 1.0:
+        torch.bmm(a, b, out=out)
+    else:  # beta=0: ``out`` is not read
+        out.baddbmm_(a, b, beta=0.0, alpha=alpha)
 
 
 def chunk_grads(
@@ -176,15 +239,19 @@ def chunk_grads(
     rel_table: torch.Tensor,  # (R, d) relation vectors
     cand_lhs_ids: torch.Tensor,  # (C, K) node ids, for masking positive-equal candidates
     cand_rhs_ids: torch.Tensor,  # (C, K)
-    weight: torch.Tensor,  # (C, B) loss weight of each edge
+    weight: torch.Tensor | None,  # (C, B) loss weight of each edge (None: all 1)
     loss_fn: str = "logistic",
     neg_reduction: str = "sum",
     compute_dtype: torch.dtype = torch.float32,
+    masks: tuple[tuple[torch.Tensor, ...], tuple[torch.Tensor, ...]] | None = None,
+    workspace: Workspace | None = None,
 ) -> ChunkGrads:
     """Loss (to minimise: minus Eq. 2 for logistic) and gradients for a group of chunks.
 
     Edge ``i`` of chunk ``c`` is (cand_lhs[c, i], rel_table[rel_ids[c, i]], cand_rhs[c, i]);
     every candidate of the chunk (K = B + U per side) corrupts every edge of the chunk.
+    ``masks``: the :func:`positive_equal` indices of (cand_lhs_ids, cand_rhs_ids) if already
+    known; ``workspace``: reused buffers (the returned gradients are views of them).
 
     The in-batch blocks of the two sides share one product: with l, v the chunk's lhs / rhs
     rows, r_i the relation of edge i and M = l·vᵀ (B, B),
@@ -194,58 +261,74 @@ def chunk_grads(
 
     and in the backward pass their score gradients meet in H = G_r + G_lᵀ (B, B): dl = H·v + ...,
     dv = Hᵀ·l + .... So the in-batch part costs 3 (B, B, d) matmuls instead of 6, a quarter of
-    all the matmul work at B = U. The r-terms go through the R relation vectors (R ≪ B)."""
+    all the matmul work at B = U. The r-terms go through the R relation vectors (R ≪ B).
+
+    Layout: s_r is (C, B, K) = l·[v; uniform rhs]ᵀ (one matmul, M its first B columns) and
+    s_l is kept transposed, s_lᵀ (C, K, B) = [M + l·rᵀ; uniform lhs·(v + r)ᵀ], so that H is
+    G_r's first B columns plus G_lᵀ's first B rows (no transposed copies) and the backward
+    products are single matmuls straight into the (C, K, d) candidate gradients:
+    [H | G_r,uni]·[v; uni_r] for the chunk's lhs rows, [H | G_r,uni]ᵀ·l for all rhs candidates."""
     C, B = rel_ids.shape
     K, d = cand_lhs.shape[1:]
     R = rel_table.shape[0]
     dt, cd = cand_lhs.dtype, compute_dtype
+    ws = workspace if workspace is not None else Workspace()
     onehot = F.one_hot(rel_ids, R).to(dt)  # (C, B, R)
     rel = rel_table[rel_ids]  # (C, B, d)
-    lhs, uni_l = cand_lhs[:, :B], cand_lhs[:, B:]  # (C, B, d), (C, U, d)
-    rhs, uni_r = cand_rhs[:, :B], cand_rhs[:, B:]
+    lhs, rhs = cand_lhs[:, :B], cand_rhs[:, :B]  # (C, B, d)
     q = rhs + rel  # (C, B, d) translated rhs: f = lhs · q
     pos = (lhs * q).sum(dim=2)  # (C, B)
-    lhs_c, rhs_c, q_c, ul_c, ur_c = (x.to(cd) for x in (lhs, rhs, q, uni_l, uni_r))
-    m = torch.bmm(lhs_c, rhs_c.transpose(1, 2))  # (C, B, B) M[i, j] = l_i·v_j
-    lr = (lhs * rel).sum(dim=2).to(cd).unsqueeze(2)  # (C, B, 1) l_i·r_i
-    r_dot_l = torch.bmm(onehot.to(cd), rel_table.to(cd) @ lhs_c.transpose(1, 2))  # r_i·l_j
-    s_r = torch.cat([m, torch.bmm(lhs_c, ur_c.transpose(1, 2))], dim=2).add_(lr)  # (C, B, K)
-    s_l = torch.cat([m.transpose(1, 2) + r_dot_l, torch.bmm(q_c, ul_c.transpose(1, 2))], dim=2)
+    cl, cr, q_c = (x.to(cd) for x in (cand_lhs, cand_rhs, q))  # no copies in float32
+    lhs_c, ul_c, oh_c = cl[:, :B], cl[:, B:], onehot.to(cd)
 
-    neg_scale = 1.0 / K if loss_fn == "logistic" and neg_reduction == "mean" else 1.0
-    mask_r = positive_equal(cand_rhs_ids, B)
-    mask_l = positive_equal(cand_lhs_ids, B)
-    loss_r, dpos_r = _side_grad(s_r, pos, mask_r, weight, loss_fn, neg_scale)
-    loss_l, dpos_l = _side_grad(s_l, pos, mask_l, weight, loss_fn, neg_scale)
-    loss = loss_r + loss_l
+    # Scores. s_r = l·[v; uni_r]ᵀ + l_i·r_i; s_lᵀ[:B] = M + (l·Rᵀ)·onehotᵀ, s_lᵀ[B:] = uni_l·qᵀ.
+    s_r = torch.bmm(lhs_c, cr.transpose(1, 2), out=ws.get("s_r", (C, B, K), cd))  # (C, B, K)
+    l_rel = lhs_c @ rel_table.to(cd).T  # (C, B, R): l_j·r for every relation r
+    s_lt = ws.get("s_lt", (C, K, B), cd)
+    torch.baddbmm(s_r[:, :, :B], l_rel, oh_c.transpose(1, 2), out=s_lt[:, :B])  # (C, B, B)
+    torch.bmm(ul_c, q_c.transpose(1, 2), out=s_lt[:, B:])  # (C, U, B)
+    s_r.add_(l_rel.gather(2, rel_ids.unsqueeze(2)))  # + l_i·r_i
+
+    # Element-wise: loss, and the score gradients G (in place). The 1/K of neg_reduction=mean
+    # rides on the backward matmuls (alpha) when all weights are 1, else on the weights.
+    a = 1.0 / K if loss_fn == "logistic" and neg_reduction == "mean" else 1.0
+    g_w = None if weight is None else (weight * a if a != 1.0 else weight)
+    alpha = a if weight is None else 1.0
+    if masks is None:
+        masks = positive_equal(cand_lhs_ids, B), positive_equal(cand_rhs_ids, B)
+    (lc, li, lj), mask_r = masks
+    tmp_r = ws.get("tmp", (C, B, K), torch.promote_types(cd, torch.float32))
+    loss_r, dpos_r = _side_grad(s_r, 2, pos, mask_r, weight, g_w, loss_fn, tmp_r)
+    tmp_l = tmp_r.view(C, K, B)
+    loss_l, dpos_l = _side_grad(s_lt, 1, pos, (lc, lj, li), weight, g_w, loss_fn, tmp_l)
+    loss = float(loss_r + loss_l) * a
+    w = weight if weight is not None else torch.ones_like(pos)
     if loss_fn == "logistic":  # -log σ(p) = softplus(-p); d/dp = -σ(-p)
         # Counted once per edge as in Eq. 2 (PBG counts it once per corrupted side; on the IRA
         # graph the two give the same MRR within noise).
-        loss += float((F.softplus(-pos) * weight).sum())
-        d_pos = -torch.sigmoid(-pos) * weight
+        loss += float((F.softplus(-pos) * w).sum())
+        d_pos = -torch.sigmoid(-pos) * w  # (C, B)
     else:
         d_pos = dpos_r + dpos_l
-    # s_r, s_l now hold d loss / d scores: G_r, G_l.
-    g_r_in, g_r_u = s_r[:, :, :B], s_r[:, :, B:]
-    g_l_in, g_l_u = s_l[:, :, :B], s_l[:, :, B:]
-    h = g_r_in + g_l_in.transpose(1, 2)  # (C, B, B)
-    g_r_sum = s_r.sum(dim=2).to(dt).unsqueeze(2)  # (C, B, 1) d loss / d (l_i·r_i)
-    d_pos = d_pos.unsqueeze(2)
-    # lhs rows: as edge lhs (s_r: Σ_j G_r[i, j] (v_j + r_i)) and as in-batch lhs candidates
-    # (s_l: Σ_i G_l[i, j] (v_i + r_i)).
-    d_l = torch.baddbmm(torch.bmm(h, rhs_c), g_r_u, ur_c).to(dt)  # (C, B, d)
-    gl_t_onehot = torch.bmm(g_l_in.transpose(1, 2), onehot.to(cd)).to(dt)  # (C, B, R)
-    d_l += gl_t_onehot @ rel_table + g_r_sum * rel + d_pos * q
-    # rhs rows: as edge rhs (through q) and as in-batch rhs candidates (s_r).
-    p = torch.bmm(g_l_u, ul_c).to(dt)  # (C, B, d) uniform part of d loss / d q_i
-    d_r = torch.bmm(h.transpose(1, 2), lhs_c).to(dt) + p + d_pos * lhs
-    # relation vectors: d r_i = d q_i + G_r-row-sum_i · l_i; d q_i = (G_l_in · l)_i + p_i + ...
-    oh_t = onehot.transpose(1, 2)  # (C, R, B)
-    d_rel = torch.bmm(torch.bmm(oh_t.to(cd), g_l_in), lhs_c).to(dt)  # (C, R, d)
-    d_rel += torch.bmm(oh_t, p + (d_pos + g_r_sum) * lhs)
-    d_cand_r = torch.cat([d_r, torch.bmm(g_r_u.transpose(1, 2), lhs_c).to(dt)], dim=1)
-    d_cand_l = torch.cat([d_l, torch.bmm(g_l_u.transpose(1, 2), q_c).to(dt)], dim=1)
-    return ChunkGrads(loss=loss, d_lhs=d_cand_l, d_rhs=d_cand_r, d_rel=d_rel.sum(dim=0))
+    # s_r, s_lt now hold G_r, G_lᵀ (up to the factor alpha).
+    g_r_sum = s_r.sum(dim=2).to(dt) * alpha  # (C, B) d loss / d (l_i·r_i)
+    gl_onehot = torch.bmm(s_lt[:, :B], oh_c).to(dt) * alpha  # (C, B, R) G_l,inᵀ·onehot
+    s_r[:, :, :B] += s_lt[:, :B]  # H = G_r,in + G_l,inᵀ (C, B, B)
+
+    d_l = ws.get("d_l", (C, K, d), dt)  # lhs candidates
+    d_r = ws.get("d_r", (C, K, d), dt)  # rhs candidates
+    _bmm_into(d_l[:, :B], s_r, cr, alpha)  # H·v + G_r,uni·uni_r
+    _bmm_into(d_l[:, B:], s_lt[:, B:], q_c, alpha)  # uniform lhs: G_l,uniᵀ·q
+    _bmm_into(d_r, s_r.transpose(1, 2), lhs_c, alpha)  # [Hᵀ·l; G_r,uniᵀ·l]
+    p = torch.bmm(s_lt[:, B:].transpose(1, 2), ul_c).to(dt) * alpha  # (C, B, d) G_l,uni·uni_l
+    # Terms through the relation vectors, with rel = onehot·R and q = v + rel:
+    # d l_i += (G_l,inᵀ·onehot)_i·R + (g_r_sum_i + d_pos_i)·r_i + d_pos_i·v_i
+    coef = gl_onehot + (g_r_sum + d_pos).unsqueeze(2) * onehot  # (C, B, R)
+    d_l[:, :B] += coef @ rel_table + d_pos.unsqueeze(2) * rhs
+    d_r[:, :B] += p + d_pos.unsqueeze(2) * lhs
+    # d r = Σ_i coef_iᵀ·l_i + onehot_iᵀ·p_i (d q_i = p_i + G_l,in part; d (l_i·r_i) = g_r_sum_i)
+    d_rel = (coef.transpose(1, 2) @ lhs + onehot.transpose(1, 2) @ p).sum(dim=0)  # (R, d)
+    return ChunkGrads(loss=loss, d_lhs=d_l, d_rhs=d_r, d_rel=d_rel)
 
 
 def positive_equal(cand_ids: torch.Tensor, B: int) -> tuple[torch.Tensor, ...]:

@@ -29,7 +29,13 @@ from ntulm.kge.config import KGEConfig
 from ntulm.kge.data import GraphData, load_graph, loss_weights, split_edges
 from ntulm.kge.embeddings import NTUEmbeddings
 from ntulm.kge.evaluate import EdgeSet, link_prediction
-from ntulm.kge.model import EmbeddingTable, RelationVectors, chunk_grads
+from ntulm.kge.model import (
+    EmbeddingTable,
+    RelationVectors,
+    Workspace,
+    chunk_grads,
+    positive_equal,
+)
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +72,7 @@ class KGETrainer:
         self.dtype = resolve_dtype(config.compute_dtype)
         self.state = TrainState()
         self._dense_bufs: dict[int, torch.Tensor] = {}  # id(table) -> reused gradient buffer
+        self._workspace = Workspace()  # score / gradient buffers reused across chunk groups
 
     def _make_table(self, num_rows: int, gen: torch.Generator) -> EmbeddingTable:
         return EmbeddingTable(num_rows, self.config.dimension, self.config.init_scale, gen)
@@ -169,32 +176,54 @@ class KGETrainer:
         n_chunks = uni_l.shape[0]
         n_full = n_chunks if len(lhs) == n_chunks * B else n_chunks - 1
         per_group = max(1, GROUP_EDGES // B)
-        groups = [(s, min(s + per_group, n_full)) for s in range(0, n_full, per_group)]
-        if n_full < n_chunks:
-            groups.append((n_full, n_full + 1))
+        # Once per call, not per group: the candidate ids of every chunk (C, K), the masks of
+        # positive-equal candidates, and whether the loss weights are all 1 (then the weight
+        # pass over the score gradients is skipped).
+        runs = [(0, n_full, B)] + (
+            [(n_full, n_chunks, len(lhs) - n_full * B)] * (n_full < n_chunks)
+        )
+        weight = None if bool((w == 1).all()) else w
+        ws = self._workspace
         loss = 0.0
-        for c0, c1 in groups:
-            e0, e1 = c0 * B, min(c1 * B, len(lhs))
-            c, bb = c1 - c0, (e1 - e0) // (c1 - c0)
-            ids_l = torch.cat([lhs[e0:e1].view(c, bb), uni_l[c0:c1]], dim=1)  # (c, K)
-            ids_r = torch.cat([rhs[e0:e1].view(c, bb), uni_r[c0:c1]], dim=1)  # (c, K)
-            flat_l, flat_r = ids_l.reshape(-1), ids_r.reshape(-1)
-            g = chunk_grads(
-                rows_l(flat_l).view(c, -1, d),
-                rows_r(flat_r).view(c, -1, d),
-                rel[e0:e1].view(c, bb),
-                self.rel.weight,
-                ids_l,
-                ids_r,
-                w[e0:e1].view(c, bb),
-                cfg.loss_fn,
-                cfg.neg_reduction,
-                self.dtype,
-            )
-            loss += g.loss
-            grad_l.index_add_(0, pos_l(flat_l), g.d_lhs.reshape(-1, d))
-            grad_r.index_add_(0, pos_r(flat_r), g.d_rhs.reshape(-1, d))
-            d_rel += g.d_rel
+        for r0, r1, bb in runs:
+            if r1 == r0:
+                continue
+            e0, e1 = r0 * B, r0 * B + (r1 - r0) * bb
+            ids_l = torch.cat([lhs[e0:e1].view(-1, bb), uni_l[r0:r1]], dim=1)  # (c, K)
+            ids_r = torch.cat([rhs[e0:e1].view(-1, bb), uni_r[r0:r1]], dim=1)  # (c, K)
+            masks = [positive_equal(ids, bb) for ids in (ids_l, ids_r)]
+            starts = list(range(0, r1 - r0, per_group)) + [r1 - r0]
+            cuts = [torch.searchsorted(m[0], torch.tensor(starts)).tolist() for m in masks]
+            for k in range(len(starts) - 1):
+                c0, c1 = starts[k], starts[k + 1]
+                g_masks = tuple(
+                    (
+                        m[0][cut[k] : cut[k + 1]] - c0,
+                        m[1][cut[k] : cut[k + 1]],
+                        m[2][cut[k] : cut[k + 1]],
+                    )
+                    for m, cut in zip(masks, cuts, strict=True)
+                )
+                flat_l, flat_r = ids_l[c0:c1].reshape(-1), ids_r[c0:c1].reshape(-1)
+                g0, g1 = e0 + c0 * bb, e0 + c1 * bb
+                g = chunk_grads(
+                    rows_l(flat_l).view(c1 - c0, -1, d),
+                    rows_r(flat_r).view(c1 - c0, -1, d),
+                    rel[g0:g1].view(-1, bb),
+                    self.rel.weight,
+                    ids_l[c0:c1],
+                    ids_r[c0:c1],
+                    None if weight is None else weight[g0:g1].view(-1, bb),
+                    cfg.loss_fn,
+                    cfg.neg_reduction,
+                    self.dtype,
+                    masks=g_masks,
+                    workspace=ws,
+                )
+                loss += g.loss
+                grad_l.index_add_(0, pos_l(flat_l), g.d_lhs.reshape(-1, d))
+                grad_r.index_add_(0, pos_r(flat_r), g.d_rhs.reshape(-1, d))
+                d_rel += g.d_rel
         return loss
 
     def _grad_buffer(
