@@ -191,7 +191,7 @@ def _side_grad(
     scores.index_put_(mask_idx, scores.new_tensor(-float("inf")))
     if loss_fn == "logistic":
         # -log σ(-s) = softplus(s); d/ds = σ(s). The positive term is added once, by the caller.
-        # softplus(s) = max(s, 0) - log σ(|s|) and σ(|s|) = 0.5 + |σ(s) - 0.5|: the loss comes
+        # softplus(s) = max(s, 0) - log σ(|s|) and σ(|s|) = max(σ(s), 1 - σ(s)): the loss comes
         # from the σ(s) the gradient needs anyway, instead of a second transcendental pass
         # (F.softplus) over the scores; exact at any |s| (log of a number in [0.5, 1]).
         if tmp.dtype == scores.dtype:
@@ -201,8 +201,8 @@ def _side_grad(
         else:  # bfloat16 scores: the sums in float32
             per_edge = scores.clamp(min=0).sum(dim, dtype=tmp.dtype)
             torch.sigmoid(scores, out=scores)
-            tmp.copy_(scores).sub_(0.5).abs_().add_(0.5)
-        # tmp = σ(|s|) = max(σ(s), 1 - σ(s)), in [0.5, 1]
+            tmp.copy_(scores).sub_(0.5).abs_().add_(0.5)  # the same, in float32
+        # tmp = σ(|s|), in [0.5, 1]
         per_edge -= _sum_log(tmp, dim)
         loss = (per_edge * w).sum() if w is not None else per_edge.sum()
         if g_w is not None:
