@@ -4,6 +4,7 @@ share. gloo for CPU tensors, NCCL for CUDA ones."""
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import os
 import resource
@@ -39,7 +40,17 @@ def init(backend: str = "gloo") -> tuple[int, int]:
 
     if not dist.is_initialized():
         dist.init_process_group(backend)
+        # Left alive at exit, gloo's threads can abort the interpreter's shutdown ("terminate
+        # called without an active exception", exit code -6): leave the group first.
+        atexit.register(_leave)
     return dist.get_rank(), dist.get_world_size()
+
+
+def _leave() -> None:
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def peak_rss_mb() -> float:
