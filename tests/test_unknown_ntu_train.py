@@ -25,18 +25,9 @@ from ntulm.posts import Post, UserRef  # noqa: E402
 
 
 @pytest.fixture(scope="module")
-def emb() -> NTUEmbeddings:
-    rng = np.random.default_rng(0)
-    return NTUEmbeddings(
-        tables={
-            "user": rng.normal(size=(4, 8)).astype(np.float32),
-            "hashtag": rng.normal(size=(2, 8)).astype(np.float32),
-        },
-        keys={"user": ["id:0", "id:1", "id:2", "id:3"], "hashtag": ["maga", "news"]},
-        relations={},
-        user_handles=[None] * 4,
-        config={},
-    )
+def emb(ntu: NTUEmbeddings) -> NTUEmbeddings:
+    """The shared tiny NTU table (conftest ``ntu``: users id:1 and id:2 known, hashtag maga)."""
+    return ntu
 
 
 def _posts(n: int, start: int = 0) -> list[Post]:
@@ -45,7 +36,7 @@ def _posts(n: int, start: int = 0) -> list[Post]:
         Post(
             id=str(i),
             text=f"{texts[i % 4]} {i}",
-            author=UserRef(id=str(i % 4)),  # every author known to the table
+            author=UserRef(id=str(1 + i % 2)),  # every author known to the table
             hashtags=["maga"] if i % 3 == 0 else [],
         )
         for i in range(start, start + n)
