@@ -28,7 +28,7 @@ import torch
 
 from ntulm.artifacts import write_json
 from ntulm.kge.config import KGEConfig
-from ntulm.kge.data import load_graph, loss_weights, split_edges
+from ntulm.kge.data import load_graph, training_split
 from ntulm.kge.train import KGETrainer
 
 RESULTS = Path(__file__).parent / "results" / "ab_kge_step.json"
@@ -65,8 +65,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     cfg = KGEConfig.from_sources(None, ["compute_dtype=float32", *args.overrides])
     graph = load_graph(args.graph, cfg)
-    train, w, _ = split_edges(graph.edges, graph.weight, cfg.eval_fraction, cfg.seed)
-    weight = loss_weights(w, cfg.weights)
+    train, weight, _ = training_split(graph, cfg)
     num_nodes = {t: len(k) for t, k in graph.keys.items()}
     uptime = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
     with tempfile.TemporaryDirectory(prefix="kge_old_") as tmp:

@@ -26,7 +26,7 @@ from torch.profiler import ProfilerActivity, profile
 
 from ntulm.artifacts import write_json
 from ntulm.kge.config import KGEConfig
-from ntulm.kge.data import load_graph, loss_weights, split_edges
+from ntulm.kge.data import load_graph, training_split
 from ntulm.kge.train import KGETrainer
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -80,8 +80,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     cfg = KGEConfig.from_sources(None, ["compute_dtype=float32", *args.overrides])
     graph = load_graph(args.graph, cfg)
-    train, w, _ = split_edges(graph.edges, graph.weight, cfg.eval_fraction, cfg.seed)
-    weight = loss_weights(w, cfg.weights)
+    train, weight, _ = training_split(graph, cfg)
     num_nodes = {t: len(k) for t, k in graph.keys.items()}
     result: dict = {
         "command": " ".join([Path(sys.executable).name, *sys.argv]),

@@ -134,3 +134,11 @@ def loss_weights(weight: torch.Tensor, mode: str) -> torch.Tensor:
     if mode == "loss":
         return weight.clone()
     return 1.0 + torch.log(weight.clamp(min=1.0))
+
+
+def training_split(graph: GraphData, config: KGEConfig) -> tuple[EdgeSet, torch.Tensor, EdgeSet]:
+    """The trainer's seeded split of ``graph`` (:func:`split_edges` with the config's
+    ``eval_fraction`` and ``seed``): (train edges, their loss weights (:func:`loss_weights`),
+    held-out edges). Every trainer and benchmark of the step uses this one split."""
+    train, weight, test = split_edges(graph.edges, graph.weight, config.eval_fraction, config.seed)
+    return train, loss_weights(weight, config.weights), test

@@ -26,7 +26,7 @@ from ntulm import distributed
 from ntulm.artifacts import atomic_path, fingerprint, mark_done, output_lock, unmark, write_json
 from ntulm.errors import ArtifactError
 from ntulm.kge.config import KGEConfig
-from ntulm.kge.data import GraphData, load_graph, loss_weights, split_edges
+from ntulm.kge.data import GraphData, load_graph, training_split
 from ntulm.kge.embeddings import NTUEmbeddings
 from ntulm.kge.evaluate import EdgeSet, link_prediction
 from ntulm.kge.model import (
@@ -379,8 +379,7 @@ def _train_kge(
     if config.num_threads:
         torch.set_num_threads(config.num_threads)
     graph = load_graph(graph_dir, config)
-    train, weight, test = split_edges(graph.edges, graph.weight, config.eval_fraction, config.seed)
-    weight = loss_weights(weight, config.weights)
+    train, weight, test = training_split(graph, config)
     config, schedule = config.for_edges(len(train))  # small graphs: kge/config.py's rule
     num_nodes = {t: len(k) for t, k in graph.keys.items()}
     if sharded:
