@@ -623,3 +623,29 @@ def test_backbone_dropout_sets_hidden_and_attention_dropout(backbone):
         ]
         == 0
     )
+
+
+def test_eval_every_records_the_curve_and_leaves_training_alone(backbone, ntu, tmp_path):
+    # 40 posts, 2 held out, 38 train in batches of 8: 5 steps an epoch, 10 in two epochs.
+    base = {"max_epochs": 2, "patience": 5, "train_dtype": "float32"}
+    plain = finetune(_posts(), _cfg(backbone, **base), tmp_path / "plain", ntu=ntu)
+    res = finetune(_posts(), _cfg(backbone, eval_every=3, **base), tmp_path / "curve", ntu=ntu)
+    steps = [int(s) for s, _, _ in res.eval_curve]
+    assert steps == [0, 3, 5, 6, 9, 10]  # start, every 3 steps, each epoch's end (no repeats)
+    tokens = [t for _, t, _ in res.eval_curve]
+    assert tokens == sorted(tokens) and tokens[-1] == res.train_tokens > 0
+    by_step = {int(s): b for s, _, b in res.eval_curve}
+    assert by_step[0] == res.initial_eval_bits
+    assert [by_step[5], by_step[10]] == res.eval_bits
+    # the extra scoring changes nothing in training: same per-epoch bits and weights
+    assert res.eval_bits == pytest.approx(plain.eval_bits, abs=1e-6)
+    assert res.train_loss == pytest.approx(plain.train_loss, abs=1e-6)
+    posts = _posts(8)
+    np.testing.assert_allclose(
+        NTULM.load(tmp_path / "plain").encode(posts),
+        NTULM.load(tmp_path / "curve").encode(posts),
+        atol=1e-6,
+    )
+    saved = json.loads((tmp_path / "curve" / "train_result.json").read_text())
+    assert saved["eval_curve"] == res.eval_curve
+    assert "eval_every" not in LMConfig().model_dump()  # default: fingerprints unchanged

@@ -39,6 +39,7 @@ FUSION_FIELDS = (
     "social_exact_max",
     "pooling_gate",
     "backbone_dropout",
+    "eval_every",
 )
 
 
@@ -114,6 +115,12 @@ class LMConfig(StageConfig):
         1.0, gt=0.0, le=1.0, description="keep each post read with this probability (seeded)"
     )
     checkpoint_every: int = Field(500, ge=0, description="checkpoint every N steps (0: per epoch)")
+    eval_every: int = Field(
+        0,
+        ge=0,
+        description="also score the held-out posts every N steps and record (step, tokens, bits) "
+        "in train_result.json's eval_curve (0: only after each epoch); training is unchanged",
+    )
     group_by_length: bool = Field(
         True,
         description="batches of posts of similar length (little padding); false: random batches",

@@ -93,6 +93,9 @@ class FinetuneResult:
     train_loss: list[float] = field(default_factory=list)  # loss of each step's global batch
     world_size: int = 1  # processes that trained it (data-parallel under torchrun)
     peak_rss_mb: list[float] = field(default_factory=list)  # per process (rank order)
+    # [step, training tokens seen, held-out bits]: before fine-tuning, every eval_every steps and
+    # after each epoch
+    eval_curve: list[list[float]] = field(default_factory=list)
 
     @property
     def tokens_per_s(self) -> float:
@@ -432,8 +435,9 @@ def _finetune(
             "train_tokens",
             "train_seconds",
             "train_loss",
+            "eval_curve",
         ):
-            setattr(res, k, state["result"][k])
+            setattr(res, k, state["result"].get(k, getattr(res, k)))
         log.info("resuming from %s at step %d (epoch %d)", ckpt, state["step"], state["epoch"])
     else:
         if resume:
@@ -443,6 +447,7 @@ def _finetune(
             res.head_warmup_steps = cfg.head_warmup_steps
         res.initial_eval_bits = evaluate_bits(model, eval_masks, e_ev, cfg.batch_size * 2)
         log.info("held-out before fine-tuning: %.4f bits", res.initial_eval_bits)
+        res.eval_curve.append([0, 0, res.initial_eval_bits])
 
     def save_checkpoint() -> None:
         if rank != 0:  # the ranks hold the same weights and optimizer state: rank 0 writes
@@ -512,6 +517,11 @@ def _finetune(
             res.train_seconds += time.perf_counter() - t0
             bar.update()
             bar.set_postfix(loss=f"{float(loss.detach()):.3f}", tok_s=f"{res.tokens_per_s:.0f}")
+            at_end = state["batch"] == len(batches) or state["step"] == total
+            if cfg.eval_every and state["step"] % cfg.eval_every == 0 and not at_end:
+                bits = evaluate_bits(model, eval_masks, e_ev, cfg.batch_size * 2)
+                res.eval_curve.append([state["step"], res.train_tokens, bits])
+                log.info("step %d: held-out %.4f bits", state["step"], bits)
             if cfg.checkpoint_every and state["step"] % cfg.checkpoint_every == 0:
                 save_checkpoint()
             if state["step"] % TRIM_EVERY == 0:
@@ -521,6 +531,7 @@ def _finetune(
         # -- end of epoch (or of the step budget): evaluate, keep the best, maybe stop
         bits = evaluate_bits(model, eval_masks, e_ev, cfg.batch_size * 2)
         res.eval_bits.append(bits)
+        res.eval_curve.append([state["step"], res.train_tokens, bits])
         res.epochs = epoch + 1
         log.info("epoch %d: held-out %.4f bits (step %d)", epoch + 1, bits, state["step"])
         if bits < res.best_eval_bits - 1e-6:

@@ -1,0 +1,204 @@
+"""Issue 11, design 5: a longer MLM fine-tune, held-out bits against steps for BERT and NTULM.
+
+The CPU preset fine-tunes one epoch on 20,000 posts; this runs one epoch on ``--lm-posts`` (default
+100,000: 5x the tokens) drawn from the whole corpus with a seeded permutation, scoring the
+held-out posts every ``--eval-every`` steps (``LMConfig.eval_every``; training is unchanged by
+it). For each seed, every model sees the same sample, the same held-out posts and masks, the same
+batches: the difference in bits at each step is paired. NTULM uses the NTU table of ``--ntu``
+(``ntulm train-kge`` on the graph of the same corpus). One model at a time, resumable: a finished
+model directory is reused.
+
+    python benchmarks/bits_vs_steps.py --posts ../shared/data/ira --ntu /work/cache/ira/kge \\
+        --work /work/runs/bvs --seeds 1 2
+
+writes ``benchmarks/results/fusion/bits_vs_steps/{results.json,bits_vs_steps.png}`` after each
+model, so a cut run still leaves what it measured.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import subprocess
+import time
+from pathlib import Path
+
+import numpy as np
+
+from ntulm.artifacts import write_json
+from ntulm.graph.build import read_posts_table
+from ntulm.graph.config import GraphConfig
+from ntulm.kge import NTUEmbeddings
+from ntulm.lm.config import LMConfig
+from ntulm.lm.train import finetune
+from ntulm.posts.rows import PostsTable
+
+RESULTS = Path(__file__).parent / "results" / "fusion" / "bits_vs_steps"
+MODELS = {  # name -> LMConfig overrides (the paper CPU preset's lm section is the base)
+    "BERT": {"use_ntu": False},
+    "NTULM author+hashtag": {"use_ntu": True, "ntu_types": ["author", "hashtag"]},
+}
+BASE = {
+    "backbone": "all-MiniLM-L6-v2",
+    "max_epochs": 1,
+    "max_length": 64,
+    "batch_size": 32,
+    "lr": 5.0e-5,
+    "head_warmup_steps": 200,
+    "eval_max_posts": 2000,
+    "progress": False,
+}
+
+
+def sample(table_dir: Path, posts: list[str], n: int, seed: int) -> list:
+    if not (table_dir / "DONE").exists():
+        read_posts_table(posts, GraphConfig(), table_dir, table_dir / "rejected.jsonl", False)
+        (table_dir / "DONE").write_text("")
+    table = PostsTable(table_dir)
+    take = np.random.default_rng(seed).permutation(len(table))[:n]
+    return table.take(np.sort(take))
+
+
+def paired(curves: dict[str, dict[int, list]], a: str, b: str) -> list[dict]:
+    """Per step, bits of ``b`` minus bits of ``a`` over the seeds that have both."""
+    out = []
+    seeds = sorted(set(curves.get(a, {})) & set(curves.get(b, {})))
+    if not seeds:
+        return out
+    steps = [int(s) for s, _, _ in curves[a][seeds[0]]]
+    for i, step in enumerate(steps):
+        d = [curves[b][s][i][2] - curves[a][s][i][2] for s in seeds if i < len(curves[b][s])]
+        base = [curves[a][s][i][2] for s in seeds]
+        out.append(
+            {
+                "step": step,
+                "tokens": curves[a][seeds[0]][i][1],
+                "diff_bits_mean": float(np.mean(d)),
+                "diff_bits_per_seed": d,
+                "diff_percent_mean": float(100 * np.mean(d) / np.mean(base)),
+            }
+        )
+    return out
+
+
+def plot(curves: dict[str, dict[int, list]], out: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    for (name, by_seed), color in zip(curves.items(), ("tab:gray", "tab:blue"), strict=False):
+        for k, (seed, curve) in enumerate(sorted(by_seed.items())):
+            tok = [t / 1e6 for _, t, _ in curve[1:]]  # the point before fine-tuning is off-scale
+            bits = [b for _, _, b in curve[1:]]
+            ax.plot(
+                tok,
+                bits,
+                color=color,
+                alpha=0.9,
+                marker=".",
+                ls="-" if k == 0 else "--",
+                label=f"{name} (seed {seed})",
+            )
+    ax.set_xlabel("training tokens seen (millions)")
+    ax.set_ylabel("held-out bits per masked token")
+    ax.set_title(title, fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out, dpi=120)
+    plt.close(fig)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--posts", nargs="+", default=["../shared/data/ira"])
+    ap.add_argument("--ntu", default="/work/cache/ira/kge")
+    ap.add_argument("--work", default="/work/runs/bvs", help="posts table and model directories")
+    ap.add_argument("--lm-posts", type=int, default=100_000)
+    ap.add_argument("--eval-every", type=int, default=250)
+    ap.add_argument("--seeds", type=int, nargs="+", default=[1, 2])
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--out", default=str(RESULTS))
+    args = ap.parse_args()
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    work, out = Path(args.work), Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    ntu = NTUEmbeddings.load(args.ntu)
+    curves: dict[str, dict[int, list]] = {m: {} for m in MODELS}
+    runs: list[dict] = []
+    for seed in args.seeds:
+        posts = sample(work / "posts", args.posts, args.lm_posts, seed)
+        for name, over in MODELS.items():
+            cfg = LMConfig.build(
+                {
+                    **BASE,
+                    **over,
+                    "seed": seed,
+                    "eval_every": args.eval_every,
+                    "num_threads": args.threads,
+                }
+            )
+            d = work / f"{name.replace(' ', '_').replace('+', '_')}_s{seed}"
+            uptime = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
+            t = time.perf_counter()
+            res = finetune(posts, cfg, d, ntu=ntu if cfg.use_ntu else None, resume=True)
+            curves[name][seed] = res.eval_curve
+            runs.append(
+                {
+                    "model": name,
+                    "seed": seed,
+                    "dir": str(d),
+                    "n_train": res.n_train,
+                    "n_eval": res.n_eval,
+                    "steps": res.steps,
+                    "train_tokens": res.train_tokens,
+                    "train_dtype": res.train_dtype,
+                    "tokens_per_s": res.tokens_per_s,
+                    "wall_s": round(time.perf_counter() - t, 1),
+                    "initial_eval_bits": res.initial_eval_bits,
+                    "final_eval_bits": res.eval_bits[-1] if res.eval_bits else None,
+                    "overlap_eval": res.overlap_eval,
+                    "eval_curve": res.eval_curve,
+                    "uptime_at_start": uptime,
+                }
+            )
+            diff = paired(curves, "BERT", "NTULM author+hashtag")
+            report = {
+                "benchmark": "bits_vs_steps",
+                "command": "python benchmarks/bits_vs_steps.py "
+                + " ".join(
+                    f"--{k.replace('_', '-')} {' '.join(map(str, v)) if isinstance(v, list) else v}"
+                    for k, v in vars(args).items()
+                    if k != "out"
+                ),
+                "lm_posts": args.lm_posts,
+                "baseline_lm_posts": 20_000,
+                "tokens_ratio_vs_cpu_preset": args.lm_posts / 20_000,
+                "config": {**BASE, "eval_every": args.eval_every, "num_threads": args.threads},
+                "models": MODELS,
+                "runs": runs,
+                "ntulm_minus_bert": diff,
+            }
+            write_json(out / "results.json", report)
+            plot(
+                curves,
+                out / "bits_vs_steps.png",
+                f"IRA, one epoch on {args.lm_posts:,} posts, MiniLM-L6, bf16 autocast",
+            )
+            print(
+                json.dumps(
+                    {
+                        k: runs[-1][k]
+                        for k in ("model", "seed", "final_eval_bits", "wall_s", "tokens_per_s")
+                    }
+                )
+            )
+
+
+if __name__ == "__main__":
+    main()
