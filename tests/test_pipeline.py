@@ -12,6 +12,7 @@ import yaml
 
 from ntulm.cli import build_parser, main
 from ntulm.graph import build as graph_build
+from ntulm.lm import config as lm_config
 from ntulm.pipeline import default_variants, paper_variants
 from ntulm.pipeline import run as pipeline_run
 from ntulm.posts import PostReader
@@ -126,6 +127,23 @@ def test_run_end_to_end_and_reuse(tmp_path, backbone, capsys, monkeypatch):
     assert encoded == []
     res2 = json.loads((out / "results.json").read_text())
     assert [r["metrics"] for r in res2["runs"]] == [r["metrics"] for r in res["runs"]]
+    assert res["embed_dtype"] == "float32"
+    # embed_dtype auto resolves on the machine that runs: where bf16 is emulated, float32, so
+    # the float32 run's cached embeddings are reused (the key holds the resolved dtype)
+    monkeypatch.setattr(lm_config, "native_bf16", lambda device="cpu": False)
+    cfg["eval"]["embed_dtype"] = "auto"
+    (tmp_path / "cfg_auto.yaml").write_text(yaml.safe_dump(cfg))
+    assert main(["run", "--config", str(tmp_path / "cfg_auto.yaml"), "--out", str(out), "-q"]) == 0
+    capsys.readouterr()
+    assert encoded == []
+    res_auto = json.loads((out / "results.json").read_text())
+    assert res_auto["embed_dtype"] == "float32"
+    assert [r["metrics"] for r in res_auto["runs"]] == [r["metrics"] for r in res["runs"]]
+    monkeypatch.setattr(lm_config, "native_bf16", lambda device="cpu": True)
+    assert pipeline_run.Pipeline(pipeline_run.PipelineConfig.build(cfg), out).embed_dtype == (
+        "bfloat16"
+    )
+    del cfg["eval"]["embed_dtype"]
     # graph/ and kge/ copied into another output directory are reused there (the hashtag
     # task's exclusion counts by content, not by the path of its file)
     other = tmp_path / "other"

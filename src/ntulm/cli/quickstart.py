@@ -35,7 +35,7 @@ def quickstart_config(posts: Path) -> dict[str, Any]:
         },
         "eval": {
             "embed_batch_size": 128,
-            "embed_dtype": "bfloat16",  # about 3x faster encoding where the CPU has bf16
+            "embed_dtype": "auto",  # bf16 autocast where the CPU has native bf16 (3x faster)
             "mlp": {"max_epochs": 30, "num_threads": 1},
             "tasks": [
                 {

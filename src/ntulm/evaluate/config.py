@@ -191,8 +191,10 @@ class EvalConfig(StageConfig):
     )
     bootstrap_seed: int = Field(0, description="seed of the paired bootstrap")
     level: float = Field(0.95, gt=0.5, lt=1.0, description="confidence level of the intervals")
-    embed_dtype: Literal["float32", "bfloat16"] = Field(
+    embed_dtype: Literal["float32", "bfloat16", "auto"] = Field(
         "float32",
         description="encoder precision for post embeddings; bfloat16 autocast is about 3x faster "
-        "on CPUs with native bf16 (cosine to float32 above 0.9999)",
+        "on CPUs with native bf16 (cosine to float32 above 0.9999) and many times slower where "
+        "bf16 is emulated; auto: bfloat16 where native, else float32 (the resolved dtype keys "
+        "the embedding cache and is recorded in results.json)",
     )

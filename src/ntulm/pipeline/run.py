@@ -61,7 +61,7 @@ from ntulm.evaluate.tasks import Task, build_tasks
 from ntulm.evaluate.temporal import BEFORE, Temporal, before_sql, temporal
 from ntulm.graph.build import build_graph_from_table, edge_exclusion_lines, read_posts_table
 from ntulm.kge import NTUEmbeddings, train_kge
-from ntulm.lm.config import LMConfig
+from ntulm.lm.config import LMConfig, resolve_dtype
 from ntulm.lm.data import ntu_inputs, ntu_vectors
 from ntulm.lm.encode import encode, output_dim
 from ntulm.lm.model import NTULM, STAGE
@@ -91,6 +91,8 @@ class Pipeline:
         self._memo: dict[str, dict[tuple, np.ndarray]] = {}
         self.stage = StageLog()  # log lines, shown or not by the log level (not bars)
         self.temporal: Temporal | None = None
+        # "auto" resolved once, on this machine: it keys the embedding cache and results.json
+        self.embed_dtype = resolve_dtype(config.eval.embed_dtype)
 
     # -- data and tasks --------------------------------------------------------------------
     def read_corpus(self) -> PostsTable:
@@ -291,7 +293,7 @@ class Pipeline:
             [
                 model_fp,
                 v.model_dump(mode="json"),
-                self.cfg.eval.embed_dtype,
+                self.embed_dtype,
                 task.name,
                 task_content_key(task),
             ]
@@ -471,7 +473,7 @@ class Pipeline:
         """Encode with a per-model memo: tasks built from one corpus share most posts. Given
         e_ntu rows (``ntus``, a control) bypass the memo: they are not the posts' own."""
         if ntus is not None:
-            kw = {"batch_size": self.cfg.eval.embed_batch_size, "dtype": self.cfg.eval.embed_dtype}
+            kw = {"batch_size": self.cfg.eval.embed_batch_size, "dtype": self.embed_dtype}
             if not posts:
                 return np.zeros((0, output_dim(model, pooling, False)), np.float32)
             return encode(model, posts, ntus=ntus, pooling=pooling, concat_ntu=False, **kw)
@@ -483,7 +485,7 @@ class Pipeline:
                 model,
                 [q for _, q in todo],
                 batch_size=self.cfg.eval.embed_batch_size,
-                dtype=self.cfg.eval.embed_dtype,
+                dtype=self.embed_dtype,
                 pooling=pooling,
                 concat_ntu=False,  # a variant appends e_ntu itself (post_concat_of)
             )
@@ -551,6 +553,7 @@ def _run_pipeline(config: PipelineConfig, out_dir: str | Path, progress: bool) -
         "name": cfg.name,
         "config": cfg.model_dump(mode="json"),
         "protocol": protocol,
+        "embed_dtype": p.embed_dtype,
         "corpus": p.read_report,
         "graph": p.graph_stats,
         "kge": p.kge_metrics,
