@@ -30,7 +30,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -40,6 +39,8 @@ from pathlib import Path
 import duckdb
 import pyarrow as pa
 import pyarrow.parquet as pq
+
+from machine import cpu_info  # noqa: E402  (benchmarks/machine.py)
 
 sys.path.insert(0, str(Path(__file__).parent))
 from procmem import run_measured  # noqa: E402
@@ -318,7 +319,7 @@ def main() -> None:
         "graph_sql_s": round(stats["seconds"]["total"] - stats["seconds"]["read"], 2),
         "command": " ".join(sys.argv),
         "uptime": UPTIME,
-        "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
+        "machine": cpu_info(),
     }
     if old is not None:
         result["baseline"] = {

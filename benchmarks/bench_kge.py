@@ -36,6 +36,7 @@ from pathlib import Path
 
 import torch
 
+from machine import cpu_info  # noqa: E402  (benchmarks/machine.py)
 from ntulm.artifacts import write_json
 from ntulm.kge.config import KGEConfig
 from ntulm.kge.data import load_graph, loss_weights, split_edges
@@ -215,6 +216,7 @@ def main() -> None:
     uptime = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
     result: dict = {
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
+        "machine": cpu_info(),
         "uptime_before": uptime,
         "threads": torch.get_num_threads(),
         "graph": args.graph,

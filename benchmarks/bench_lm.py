@@ -40,6 +40,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from machine import cpu_info  # noqa: E402  (benchmarks/machine.py)
 from ntulm.lm import NTULM, LMConfig, evaluate_bits, finetune  # noqa: E402
 from ntulm.lm.config import resolve_backbone  # noqa: E402
 from ntulm.lm.data import fixed_eval_masks, tokenize  # noqa: E402
@@ -249,6 +250,7 @@ def main() -> None:
     res: dict = {
         "command": "flock /tmp/ntulm-heavy.lock python " + " ".join(sys.argv),
         "uptime": uptime,
+        "machine": cpu_info(),
         "cpu_native_bf16": bool(torch.cpu._is_avx512_bf16_supported()),
         "torch": torch.__version__,
         "torch_threads": torch.get_num_threads(),
