@@ -385,6 +385,7 @@ def test_model_saved_before_the_fusion_options_still_loads(backbone, ntu, tmp_pa
         "social_exact_max",
         "pooling_gate",
         "backbone_dropout",
+        "eval_every",
     }
     for name, drop in ((LM_META, new_meta), (LM_CONFIG, new_cfg)):
         p = tmp_path / "m" / name
