@@ -42,7 +42,11 @@ def main() -> None:
     args = ap.parse_args()
     kge, lm = load("bench_kge.json"), load("bench_lm.json")
     scale = json.loads(args.scale_json.read_text())
-    kge_core = kge["ours_bf16_edges_per_s"] / kge["threads"]  # edges/s per core, bf16
+    # edges/s per core in the machine's fastest native dtype: bf16 where the benchmark's CPU has
+    # native bf16 (a JSON without `machine` came from such a CPU), else float32 (emulated bf16 is
+    # many times slower and no cluster would run it)
+    kge_dtype = "bf16" if kge.get("machine", {}).get("native_bf16", True) else "fp32"
+    kge_core = kge[f"ours_{kge_dtype}_edges_per_s"] / kge["threads"]
     k2 = scale["kge"]
     # 2 x 1 thread vs 1 x 2 threads; capped at 1: on a loaded machine one process can be
     # starved more than two (a ratio above 1 is contention, not a gain).
@@ -100,7 +104,7 @@ def main() -> None:
             f"{lm_machines} machine(s): {lm_h:,.2f} h |"
         )
     print(
-        f"Inputs: KGE {kge_core:,.0f} edges/s per core (bf16, dim 200, bench_kge.json), "
+        f"Inputs: KGE {kge_core:,.0f} edges/s per core ({kge_dtype}, dim 200, bench_kge.json), "
         f"2-process efficiency {kge_eff:.2f} (scale.json); {comm_per_edge:,.0f} bytes sent "
         f"per edge (bound without row deduplication; measured on IRA: {comm_measured:,.0f}); LM {lm_core:,.0f} tokens/s per core (all-MiniLM-L6-v2, bf16, "
         f"bench_lm.json), {tok_post:.1f} tokens per post, DDP efficiency {lm_eff:.2f} "
