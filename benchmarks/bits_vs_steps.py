@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ntulm.artifacts import write_json
+from ntulm.artifacts import is_done, mark_done, unmark, write_json
 from ntulm.graph.build import read_posts_table
 from ntulm.graph.config import GraphConfig
 from ntulm.kge import NTUEmbeddings
@@ -52,9 +52,11 @@ BASE = {
 
 
 def sample(table_dir: Path, posts: list[str], n: int, seed: int) -> list:
-    if not (table_dir / "DONE").exists():
+    key = {"posts": [str(p) for p in posts]}  # a table of other inputs is read again
+    if not is_done(table_dir, "posts", key):
+        unmark(table_dir)
         read_posts_table(posts, GraphConfig(), table_dir, table_dir / "rejected.jsonl", False)
-        (table_dir / "DONE").write_text("")
+        mark_done(table_dir, "posts", key)
     table = PostsTable(table_dir)
     take = np.random.default_rng(seed).permutation(len(table))[:n]
     return table.take(np.sort(take))
