@@ -14,7 +14,8 @@ output directory and is measured two ways:
 The two runs' ``results.json`` metrics must be identical.
 
     flock /tmp/ntulm-heavy.lock nice -n 15 python benchmarks/bench_pipeline_memory.py \
-        [--config benchmarks/paper_cpu_memory.yaml] [--set finetune_per_seed=true ...]
+        [--config benchmarks/paper_cpu_memory.yaml] [--set finetune_per_seed=true ...] \
+        [--ref HEAD --before-set isolate_stages=false]
 
 Prints one JSON line and writes ``benchmarks/results/bench_pipeline_memory.json``.
 """
@@ -31,6 +32,7 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
+from machine import cpu_info  # noqa: E402
 from procmem import run_measured  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -57,6 +59,13 @@ def main() -> int:
     ap.add_argument("--config", default="benchmarks/paper_cpu_memory.yaml")
     ap.add_argument("--set", nargs="*", default=SEEDS, help="key=value overrides of both runs")
     ap.add_argument("--ref", default="main", help="git ref of the 'before' code")
+    ap.add_argument(
+        "--before-set",
+        nargs="*",
+        default=[],
+        help="key=value overrides of the 'before' run only: with --ref HEAD and "
+        "isolate_stages=false, the same code with and without the stage workers",
+    )
     ap.add_argument("--out", default=str(RESULTS))
     args = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="bench_pipeline_memory_"))
@@ -66,7 +75,8 @@ def main() -> int:
     for mode, src in sources.items():
         out = tmp / mode
         cmd = ["/usr/bin/time", "-v", sys.executable, "-m", "ntulm", "-q", "run",
-               "--config", args.config, "--out", str(out), *args.set]  # fmt: skip
+               "--config", args.config, "--out", str(out), *args.set,
+               *(args.before_set if mode == "before" else [])]  # fmt: skip
         uptime = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
         env = {**os.environ, "PYTHONPATH": str(src)}
         done, wall, peak = run_measured(cmd, env=env, cwd=ROOT)
@@ -84,12 +94,15 @@ def main() -> int:
         }
     result = {
         "what": f"ntulm run --config {args.config} {' '.join(args.set)}; before = git {args.ref} "
-        "(one process), after = this tree (isolate_stages: a worker per fine-tune and per "
-        "model's encoding); train_dtype auto (bf16 autocast), embed_dtype bfloat16",
+        f"{' '.join(args.before_set) or '(one process)'}, after = this tree (isolate_stages: a "
+        "worker per fine-tune and per model's encoding); train_dtype auto (bf16 autocast on a "
+        "CPU with native bf16), embed_dtype bfloat16",
+        "before_set": args.before_set,
         "command": " ".join(
             ["/usr/bin/time -v ntulm -q run --config", args.config, "--out DIR", *args.set]
         ),  # fmt: skip
         "torch_threads": "default (2 cores)",
+        "machine": cpu_info(),
         "runs": rows,
         "peak_tree_rss_mb_before": rows["before"]["peak_tree_rss_mb"],
         "peak_tree_rss_mb_after": rows["after"]["peak_tree_rss_mb"],
