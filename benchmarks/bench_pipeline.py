@@ -23,6 +23,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).parent))
+from machine import cpu_info  # noqa: E402  (benchmarks/machine.py)
+
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results" / "bench_pipeline.json"
 
@@ -113,6 +116,7 @@ def main() -> None:
             quickstart_command=qs["command"],
             quickstart_uptime=qs["uptime"],
             quickstart_community_macro_f1=effect(work / "qs" / "run"),
+            quickstart_machine=cpu_info(),
         )
         if not args.no_old_workload:
             shutil.rmtree(work / "qs_old", ignore_errors=True)
@@ -133,6 +137,7 @@ def main() -> None:
             peak_rss_mb=paper["peak_rss_mb"],
             command=paper["command"],
             uptime=paper["uptime"],
+            paper_machine=cpu_info(),
         )
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(out, indent=2) + "\n")

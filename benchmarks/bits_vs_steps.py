@@ -133,6 +133,18 @@ def main() -> None:
     ntu = NTUEmbeddings.load(args.ntu)
     curves: dict[str, dict[int, list]] = {m: {} for m in MODELS}
     runs: list[dict] = []
+    # Runs of other seeds from an earlier invocation (same sample size and eval cadence) are kept,
+    # so seeds can be added one session at a time; each run records its own dtype and uptime.
+    prior = out / "results.json"
+    if prior.exists():
+        old = json.loads(prior.read_text())
+        same = old.get("lm_posts") == args.lm_posts and (
+            old.get("config", {}).get("eval_every") == args.eval_every
+        )
+        for r in old.get("runs", []) if same else []:
+            if r["seed"] not in args.seeds and r["model"] in curves:
+                runs.append(r)
+                curves[r["model"]][r["seed"]] = r["eval_curve"]
     for seed in args.seeds:
         posts = sample(work / "posts", args.posts, args.lm_posts, seed)
         for name, over in MODELS.items():
@@ -190,7 +202,8 @@ def main() -> None:
             plot(
                 curves,
                 out / "bits_vs_steps.png",
-                f"IRA, one epoch on {args.lm_posts:,} posts, MiniLM-L6, bf16 autocast",
+                f"IRA, one epoch on {args.lm_posts:,} posts, MiniLM-L6 "
+                f"({', '.join(sorted({r['train_dtype'] for r in runs}))})",
             )
             print(
                 json.dumps(
