@@ -84,6 +84,46 @@ def paired(curves: dict[str, dict[int, list]], a: str, b: str) -> list[dict]:
     return out
 
 
+def table(report: dict) -> str:
+    """``table.md``: per evaluation step, each seed's NTULM − BERT bits and their mean."""
+    runs, diff = report["runs"], report["ntulm_minus_bert"]
+    seeds = sorted({r["seed"] for r in runs})
+    lines = [
+        f"# Held-out bits against steps: BERT vs NTULM author+hashtag (seeds {seeds})",
+        "",
+        f"`{report['command']}` (each run's dtype, wall time and load are in results.json).",
+        "",
+        "| seed | model | train dtype | train / held-out posts | steps | tokens/s | "
+        "final bits | load at start |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in sorted(runs, key=lambda r: (r["seed"], r["model"])):
+        load = r.get("uptime_at_start", "").rpartition("load average:")[2].split(",")[0].strip()
+        lines.append(
+            f"| {r['seed']} | {r['model']} | {r['train_dtype']} | {r['n_train']:,} / "
+            f"{r['n_eval']:,} | {r['steps']:,} | {r['tokens_per_s']:.0f} | "
+            f"{r['final_eval_bits']:.4f} | {load} |"
+        )
+    lines += [
+        "",
+        "Paired over the seeds that have both models (same sample, held-out posts, masks and "
+        "batches within a seed):",
+        "",
+        "| step | tokens (M) | "
+        + " | ".join(f"NTULM − BERT, seed {s}" for s in seeds)
+        + " | mean | mean % |",
+        "|---|---|" + "---|" * len(seeds) + "---|---|",
+    ]
+    for row in diff:
+        per = " | ".join(f"{d:+.4f}" for d in row["diff_bits_per_seed"])
+        lines.append(
+            f"| {row['step']} | {row['tokens'] / 1e6:.2f} | {per} | "
+            f"{row['diff_bits_mean']:+.4f} | {row['diff_percent_mean']:+.2f}% |"
+        )
+    lines += ["", "![bits vs steps](bits_vs_steps.png)", ""]
+    return "\n".join(lines)
+
+
 def plot(curves: dict[str, dict[int, list]], out: Path, title: str) -> None:
     import matplotlib
 
@@ -199,6 +239,7 @@ def main() -> None:
                 "ntulm_minus_bert": diff,
             }
             write_json(out / "results.json", report)
+            (out / "table.md").write_text(table(report))
             plot(
                 curves,
                 out / "bits_vs_steps.png",
