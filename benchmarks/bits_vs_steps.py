@@ -120,6 +120,7 @@ def table(report: dict) -> str:
             f"| {row['step']} | {row['tokens'] / 1e6:.2f} | {per} | "
             f"{row['diff_bits_mean']:+.4f} | {row['diff_percent_mean']:+.2f}% |"
         )
+    lines += [""] + [f"- {n}" for n in report.get("notes", [])]
     lines += ["", "![bits vs steps](bits_vs_steps.png)", ""]
     return "\n".join(lines)
 
@@ -175,9 +176,10 @@ def main() -> None:
     runs: list[dict] = []
     # Runs of other seeds from an earlier invocation (same sample size and eval cadence) are kept,
     # so seeds can be added one session at a time; each run records its own dtype and uptime.
-    prior = out / "results.json"
+    prior, old_notes = out / "results.json", []
     if prior.exists():
         old = json.loads(prior.read_text())
+        old_notes = old.get("notes", [])
         same = old.get("lm_posts") == args.lm_posts and (
             old.get("config", {}).get("eval_every") == args.eval_every
         )
@@ -237,6 +239,7 @@ def main() -> None:
                 "models": MODELS,
                 "runs": runs,
                 "ntulm_minus_bert": diff,
+                "notes": old_notes,
             }
             write_json(out / "results.json", report)
             (out / "table.md").write_text(table(report))
