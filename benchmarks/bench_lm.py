@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import functools
 import importlib.util
 import json
 import os
@@ -209,6 +210,11 @@ def whole_corpus(args: argparse.Namespace) -> dict:
     }
 
 
+def save(res: dict, out: str) -> None:
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    Path(out).write_text(json.dumps(res, indent=2) + "\n")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--posts", default="../shared/data/ira")
@@ -305,9 +311,7 @@ def main() -> None:
             new["held_out_bits"] - padded["held_out_bits"], 4
         )
         res["train_ratio"] = round(new["tokens_per_s"] / hf["tokens_per_s"], 3)
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    # the training part on disk now, in case the encoding part fails
-    Path(args.out).write_text(json.dumps(res, indent=2) + "\n")
+    save(res, args.out)  # the training part on disk now, in case the encoding part fails
 
     # -- encoding: the real NTULM network (NTU token from the IRA KGE); weights do not matter
     from ntulm.kge import NTUEmbeddings
@@ -321,11 +325,13 @@ def main() -> None:
     old_mod = old_encode_module(args.old_rev)
     pairs = [(p, "ira") for p in posts]
     bs = args.embed_batch_size
+    # The encoder alone in every figure: concat_ntu=False (the old code has no concatenation; the
+    # recommended embedding appends e_ntu after encoding, a copy of (N, 200) floats)
+    encoder = {"concat_ntu": False}
+    enc_bf16 = functools.partial(encode, batch_size=bs, dtype="bfloat16", **encoder)
     enc: dict = {"posts": len(posts), "batch_size": bs, "dtype": "bfloat16"}
     with tempfile.TemporaryDirectory() as tmp:
-        # The encoder alone in every figure: concat_ntu=False (the old code has no concatenation;
-        # the recommended embedding appends e_ntu after encoding, a copy of (N, 200) floats)
-        encode(model, posts[:256], batch_size=bs, dtype="bfloat16", concat_ntu=False)  # warm-up
+        enc_bf16(model, posts[:256])  # warm-up
         enc["old_embed_posts_per_s"] = posts_per_s(
             lambda: old_mod.embed_to_parquet(
                 model, pairs, f"{tmp}/old.parquet", batch_size=bs, dtype="bfloat16"
@@ -334,28 +340,21 @@ def main() -> None:
         )
         enc["new_embed_posts_per_s"] = posts_per_s(
             lambda: embed_to_parquet(
-                model,
-                pairs,
-                f"{tmp}/new.parquet",
-                batch_size=bs,
-                dtype="bfloat16",
-                concat_ntu=False,
+                model, pairs, f"{tmp}/new.parquet", batch_size=bs, dtype="bfloat16", **encoder
             ),
             len(posts),
         )
     enc["embed_speedup"] = round(enc["new_embed_posts_per_s"] / enc["old_embed_posts_per_s"], 3)
     few = posts[:1000]
-    ref = encode(model, few, batch_size=bs, concat_ntu=False)  # float32
+    ref = encode(model, few, batch_size=bs, **encoder)  # float32
     twin = copy.deepcopy(model).to(torch.bfloat16)  # the alternative: bf16 weights, no autocast
     enc["bf16_weights_copy_encode_posts_per_s"] = posts_per_s(
-        lambda: encode(twin, posts, batch_size=bs, concat_ntu=False), len(posts)
+        lambda: encode(twin, posts, batch_size=bs, **encoder), len(posts)
     )
     enc["min_cosine_to_fp32"] = {
         "old_bf16_autocast": cosine_min(ref, old_mod.encode(model, few, dtype="bfloat16")),
-        "new_bf16_autocast": cosine_min(
-            ref, encode(model, few, dtype="bfloat16", concat_ntu=False)
-        ),
-        "bf16_weights_copy": cosine_min(ref, encode(twin, few, concat_ntu=False)),
+        "new_bf16_autocast": cosine_min(ref, encode(model, few, dtype="bfloat16", **encoder)),
+        "bf16_weights_copy": cosine_min(ref, encode(twin, few, **encoder)),
     }
     read_rate = res["read_posts_per_s"]
     for tag in ("old", "new"):
@@ -377,10 +376,7 @@ def main() -> None:
         )
         st.max_seq_length = cfg.max_length
         st.encode(texts[:256], batch_size=bs)
-        enc["ntulm_encode_posts_per_s"] = posts_per_s(
-            lambda: encode(model, posts, batch_size=bs, dtype="bfloat16", concat_ntu=False),
-            len(posts),
-        )
+        enc["ntulm_encode_posts_per_s"] = posts_per_s(lambda: enc_bf16(model, posts), len(posts))
         enc["st_encode_posts_per_s"] = posts_per_s(
             lambda: st.encode(texts, batch_size=bs, show_progress_bar=False), len(texts)
         )
@@ -399,8 +395,7 @@ def main() -> None:
         "wall_s": 2454.0,
         "posts_per_s": 683.3,
     }
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(res, indent=2) + "\n")
+    save(res, args.out)
     print(json.dumps(res))
 
 

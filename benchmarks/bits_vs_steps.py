@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ntulm.artifacts import is_done, mark_done, unmark, write_json
+from ntulm.artifacts import is_done, mark_done, read_json, unmark, write_json, write_text
 from ntulm.graph.build import read_posts_table
 from ntulm.graph.config import GraphConfig
 from ntulm.kge import NTUEmbeddings
@@ -178,7 +178,7 @@ def main() -> None:
     # so seeds can be added one session at a time; each run records its own dtype and uptime.
     prior, old_notes = out / "results.json", []
     if prior.exists():
-        old = json.loads(prior.read_text())
+        old = read_json(prior)
         old_notes = old.get("notes", [])
         same = old.get("lm_posts") == args.lm_posts and (
             old.get("config", {}).get("eval_every") == args.eval_every
@@ -242,7 +242,7 @@ def main() -> None:
                 "notes": old_notes,
             }
             write_json(out / "results.json", report)
-            (out / "table.md").write_text(table(report))
+            write_text(out / "table.md", table(report))
             plot(
                 curves,
                 out / "bits_vs_steps.png",
