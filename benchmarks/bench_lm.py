@@ -187,8 +187,9 @@ def whole_corpus(args: argparse.Namespace) -> dict:
     from procmem import run_measured
 
     with tempfile.TemporaryDirectory() as tmp:
+        nproc = ["--nproc", str(args.whole_corpus_nproc)] if args.whole_corpus_nproc > 1 else []
         cmd = ["ntulm", "-q", "embed", "--model", args.whole_corpus_model, "--posts", args.posts,
-               "--out", f"{tmp}/emb.parquet", "--dtype", "bfloat16",
+               *nproc, "--out", f"{tmp}/emb.parquet", "--dtype", "bfloat16",
                "--batch-size", str(args.embed_batch_size)]  # fmt: skip
         before = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
         done, wall, peak = run_measured(cmd)
@@ -196,7 +197,9 @@ def whole_corpus(args: argparse.Namespace) -> dict:
             raise SystemExit(f"ntulm embed failed ({done.returncode}): {done.stderr[-2000:]}")
         import pyarrow.parquet as pq
 
-        posts = pq.ParquetFile(f"{tmp}/emb.parquet").metadata.num_rows
+        out = Path(f"{tmp}/emb.parquet")  # with --nproc: a directory of part files
+        parts = sorted(out.glob("part-*.parquet")) if out.is_dir() else [out]
+        posts = sum(pq.ParquetFile(p).metadata.num_rows for p in parts)
     return {
         "command": " ".join(cmd[:-5] + ["FILE", *cmd[-4:]]),
         "posts": posts,
@@ -204,7 +207,8 @@ def whole_corpus(args: argparse.Namespace) -> dict:
         "posts_per_s": round(posts / wall, 1),
         "peak_rss_mb_tree": round(peak, 1),
         "dtype": "bfloat16 autocast",
-        "torch_threads": "ntulm embed default (all cores)",
+        "torch_threads": "ntulm embed default (all cores, split between --nproc processes)",
+        "nproc": args.whole_corpus_nproc,
         "uptime_before": before,
         "uptime_after": subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip(),
     }
@@ -232,6 +236,12 @@ def main() -> None:
         help="also run `ntulm embed` with this fine-tuned model over every post of --posts "
         "(bf16, --embed-batch-size) and record embed_whole_corpus: wall_s, posts/s, peak RSS "
         "of the process tree (about 30-40 min on 2 cores)",
+    )
+    ap.add_argument(
+        "--whole-corpus-nproc",
+        type=int,
+        default=1,
+        help="run that `ntulm embed` as this many processes (--nproc), the cores split among them",
     )
     ap.add_argument(
         "--only-whole-corpus",

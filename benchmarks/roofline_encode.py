@@ -4,6 +4,8 @@ allows for the whole IRA corpus (issue 12's "whole corpus <= 20 min").
 Side by side, in rounds (interleaved, so that load from other jobs hits both alike):
 - ``encode``: :func:`ntulm.lm.encode.encode` of an IRA sample with an NTULM (MiniLM-L6 + the NTU
   token), bf16 autocast and float32, batch 128, the sorted length-grouped batches it always uses;
+- ``encode_2proc``: the same posts split between two processes of one thread each (what ``ntulm
+  embed --nproc 2`` does), bf16, against one process of two threads;
 - ``gemm``: the same model's matmuls alone, as bare ``torch`` products of the shapes one encoder
   layer multiplies (Q, K, V, output, FFN in/out: (M, H) x (H, H) four times, (M, H) x (H, 4H),
   (M, 4H) x (4H, H), M = the batch's tokens) and the attention products, in the same dtype, on
@@ -22,10 +24,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import os
 import subprocess
 import sys
 import time
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -93,6 +97,49 @@ def gemm_pass(
     return time.perf_counter() - start
 
 
+def load_posts(data: str, n: int) -> list:
+    """The first ``n`` posts of the corpus's second half of files (the same ones every call)."""
+    files = sorted(str(p) for p in Path(data).glob("*.csv*"))
+    posts = []
+    for post, _ in PostReader().iter_posts(files[len(files) // 2 :]):
+        posts.append(post)
+        if len(posts) == n:
+            break
+    return posts
+
+
+def load_model(ntu_dir: str) -> NTULM:
+    """A fresh NTULM (MiniLM-L6 + the NTU token) over the given NTU table: the speed of the
+    encoder does not depend on its weights."""
+    torch.manual_seed(0)
+    ntu = NTUEmbeddings.load(ntu_dir)
+    model, _ = NTULM.from_backbone(LMConfig.build({"progress": False}), ntu.dim)
+    model.ntu = ntu
+    return model.eval()
+
+
+def shard_worker(data: str, n: int, ntu_dir: str, index: int, count: int, start_at: float) -> float:
+    """One process of ``encode_2proc``: one thread, posts ``index::count``; loads everything,
+    waits for the common start, returns when it finished (``time.time()``)."""
+    torch.set_num_threads(1)
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    posts = load_posts(data, n)[index::count]
+    model = load_model(ntu_dir)
+    encode(model, posts[:64], batch_size=BATCH, dtype="bfloat16", concat_ntu=False)  # warm-up
+    time.sleep(max(0.0, start_at - time.time()))
+    encode(model, posts, batch_size=BATCH, dtype="bfloat16", concat_ntu=False)
+    return time.time()
+
+
+def two_processes(data: str, n: int, ntu_dir: str, pool: ProcessPoolExecutor) -> float:
+    """Wall seconds of ``encode_2proc``, from the common start to the last process's end."""
+    start_at = time.time() + 30  # both have loaded the model and the posts by then
+    futures = [pool.submit(shard_worker, data, n, ntu_dir, i, 2, start_at) for i in range(2)]
+    return max(f.result() for f in futures) - start_at
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--data", default=str(ROOT.parent / "shared/data/ira"))
@@ -106,17 +153,8 @@ def main() -> None:
     from transformers.utils import logging as hf_logging
 
     hf_logging.set_verbosity_error()
-    files = sorted(str(p) for p in Path(args.data).glob("*.csv*"))
-    posts = []
-    for post, _ in PostReader().iter_posts(files[len(files) // 2 :]):
-        posts.append(post)
-        if len(posts) == args.posts:
-            break
-    torch.manual_seed(0)
-    ntu = NTUEmbeddings.load(args.ntu)
-    model, _ = NTULM.from_backbone(LMConfig.build({"progress": False}), ntu.dim)
-    model.ntu = ntu
-    model.eval()
+    posts = load_posts(args.data, args.posts)
+    model = load_model(args.ntu)
     bc = model.base.config
     h, ffn, heads, layers = (
         bc.hidden_size,
@@ -127,8 +165,9 @@ def main() -> None:
     shapes = batch_shapes(model, posts)
     work = flops(shapes, h, ffn, layers)
     uptime = [subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()]
-    times: dict[str, list[float]] = {k: [] for k in ("encode_bf16", "gemm_bf16", "encode_fp32",
-                                                      "gemm_fp32")}  # fmt: skip
+    names = ("encode_bf16", "encode_2proc_bf16", "gemm_bf16", "encode_fp32", "gemm_fp32")
+    times: dict[str, list[float]] = {k: [] for k in names}
+    pool = ProcessPoolExecutor(2, mp_context=multiprocessing.get_context("spawn"))
     encode(model, posts[:256], batch_size=BATCH, dtype="bfloat16", concat_ntu=False)  # warm-up
     gemm_pass(shapes[:4], h, ffn, heads, layers, torch.bfloat16)
     for _ in range(args.rounds):
@@ -138,6 +177,8 @@ def main() -> None:
                    concat_ntu=False)  # fmt: skip
             times[f"encode_{dt}"].append(time.perf_counter() - t)
             times[f"gemm_{dt}"].append(gemm_pass(shapes, h, ffn, heads, layers, tdt))
+        times["encode_2proc_bf16"].append(two_processes(args.data, args.posts, args.ntu, pool))
+    pool.shutdown()
     uptime.append(subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip())
     med = {k: float(np.median(v)) for k, v in times.items()}
     n = len(posts)
@@ -152,6 +193,8 @@ def main() -> None:
         "machine": cpu_info(),
         "uptime": uptime,
     }
+    res["encode_2proc_bf16_posts_per_s"] = round(n / med["encode_2proc_bf16"], 1)
+    res["encode_2proc_vs_1proc_bf16"] = round(med["encode_bf16"] / med["encode_2proc_bf16"], 3)
     for dt in ("bf16", "fp32"):
         enc, gemm = med[f"encode_{dt}"], med[f"gemm_{dt}"]
         res[dt] = {
