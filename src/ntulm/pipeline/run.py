@@ -328,17 +328,23 @@ class Pipeline:
         for k, (split, posts) in enumerate(splits):
             if task.kind == "retrieval" and split != "test":
                 posts = []  # retrieval ranks test posts among themselves: no classifier to train
-            ntus = None
+            ntus = fed = None
             if v.control is not None:  # negative control: substituted e_ntu rows
                 if emb is None:
                     raise ConfigError(f"{v.name}: a control needs NTU embeddings")
-                ntus = control_ntus(v.control, posts, emb, v.ntu_types, [self.cfg.eval.seed, k])
-            # the model reads its own NTU types; a control substitutes the rows it is fed
-            fed = ntus if ntus is not None and model.use_ntu else None
-            if fed is not None and model.cfg is not None and model.cfg.ntu_types != v.ntu_types:
-                raise ConfigError(
-                    f"{v.name}: a control of a post-concat variant needs its model's ntu_types"
-                )
+                seed = [self.cfg.eval.seed, k]
+                ntus = control_ntus(v.control, posts, emb, v.ntu_types, seed)
+                # The model reads its own NTU types. A post-concat variant may append other
+                # types (e.g. the author alone): the model is then fed its own types' rows under
+                # the same substitution (the permutation depends on the seed and the split only,
+                # so each post gets the same other post's NTUs in both places).
+                if model.use_ntu:
+                    own = model.cfg.ntu_types if model.cfg is not None else v.ntu_types
+                    fed = (
+                        ntus
+                        if own == v.ntu_types
+                        else control_ntus(v.control, posts, emb, own, seed)
+                    )
             x = self._encode(model, model_fp, posts, v.pooling, fed)
             if v.post_concat_of is not None:
                 if emb is None:
