@@ -305,6 +305,9 @@ def test_design_run_reads_no_test_post_and_post_concat_of_an_ntu_model(
             {"name": "N", "ntu_types": ["author", "hashtag"]},
             {"name": "N + e", "post_concat_of": "N", "ntu_types": ["author", "hashtag"]},
             {"name": "N + e mean", "post_concat_of": "N", "ntu_types": ["author", "hashtag"], "control": "mean"},
+            # appending the author alone; its control feeds the model a+h rows, same permutation
+            {"name": "N + a", "post_concat_of": "N", "ntu_types": ["author"]},
+            {"name": "N + a shuffled", "post_concat_of": "N", "ntu_types": ["author"], "control": "shuffled"},
         ],
         "seeds": [4],
         "isolate_stages": False,  # the test watches encode() in this process
@@ -341,6 +344,18 @@ def test_design_run_reads_no_test_post_and_post_concat_of_an_ntu_model(
         assert np.array_equal(ne["test"][:, :h], n["test"])  # the NTU model's own embedding
         assert not np.allclose(nm["test"][:, :h], n["test"])  # the control feeds the mean ...
         assert np.allclose(nm["test"][:, h:], nm["test"][0, h:])  # ... and appends it
-    assert set(res["significance"]["tasks"]["community (validation)"]["N + e"]["vs_controls"]) == {
-        "N + e mean"
-    }
+    sig = res["significance"]["tasks"]["community (validation)"]
+    assert set(sig["N + e"]["vs_controls"]) == {"N + e mean"}
+    assert set(sig["N + a"]["vs_controls"]) == {"N + a shuffled"}
+    with (
+        np.load(e / run_mod._slug("N") / f) as n,
+        np.load(e / run_mod._slug("N + a") / f) as na,
+        np.load(e / run_mod._slug("N + a shuffled") / f) as ns,
+    ):
+        h = n["test"].shape[1]
+        assert np.array_equal(na["test"][:, :h], n["test"])
+        own, other = na["test"][:, h:], ns["test"][:, h:]
+        # the appended author rows of other posts: the same rows, not the posts' own
+        assert sorted(map(tuple, own.tolist())) == sorted(map(tuple, other.tolist()))
+        assert not np.isclose(own, other).all(axis=1).all()
+        assert not np.allclose(ns["test"][:, :h], n["test"])  # the model is fed other NTUs too
