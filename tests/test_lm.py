@@ -383,6 +383,7 @@ def test_recommended_embedding_appends_e_ntu_by_default_for_ntulm(backbone, ntu,
     """encode's default for an NTULM with one mean NTU vector is [mean pooling ; e_ntu] (the
     recommended embedding); concat_ntu=False gives the paper's embedding; a no-NTU model is
     unchanged."""
+    from ntulm.errors import ConfigError
     from ntulm.lm.encode import output_dim
 
     finetune(_posts(), _cfg(backbone, max_steps=2), tmp_path / "ntulm", ntu=ntu)
@@ -393,8 +394,20 @@ def test_recommended_embedding_appends_e_ntu_by_default_for_ntulm(backbone, ntu,
     assert output_dim(model) == 32 + ntu.dim and output_dim(model, concat_ntu=False) == 32
     np.testing.assert_array_equal(default[:, :32], paper)
     np.testing.assert_allclose(default[:, 32:], ntu_vectors(posts, ntu, ["author", "hashtag"])[0])
+    # concat_types: the author's vector alone appended (design round 4), for both text models
+    author = ntu_vectors(posts, ntu, ["author"])[0]
+    assert not np.allclose(author, default[:, 32:])  # a different vector from e_ntu (a+h)
+    e_author = model.encode(posts, concat_types=["author"])
+    np.testing.assert_array_equal(e_author[:, :32], paper)
+    np.testing.assert_allclose(e_author[:, 32:], author)
+    with pytest.raises(ConfigError, match="concat_types"):
+        model.encode(posts, concat_ntu=False, concat_types=["author"])
+    with pytest.raises(ConfigError, match="not ntus="):
+        model.encode(posts, ntus=default[:, 32:], concat_types=["author"])
     finetune(_posts(), _cfg(backbone, use_ntu=False, max_steps=2), tmp_path / "bert", ntu=ntu)
-    assert NTULM.load(tmp_path / "bert").encode(posts).shape == (5, 32)
+    bert = NTULM.load(tmp_path / "bert")
+    assert bert.encode(posts).shape == (5, 32)
+    np.testing.assert_allclose(bert.encode(posts, concat_types=["author"])[:, 32:], author)
 
 
 def test_config_errors_name_the_field():
@@ -458,6 +471,15 @@ def test_cli_finetune_and_embed(backbone, ntu, tmp_path, capsys):
     np.testing.assert_allclose(emb, model.encode(read), rtol=1e-4, atol=1e-5)
     expected = [p.author.id in ("1", "2") or "maga" in p.hashtags for p in read]  # a known NTU
     assert table.column("overlap").to_pylist() == expected
+    # --concat-ntu-types author: the author's vector appended instead of e_ntu
+    args = ["-q", "embed", "--model", str(tmp_path / "m"), "--posts", str(posts)]
+    assert main([*args, "--out", str(tmp_path / "a.parquet"), "--concat-ntu-types", "author"]) == 0
+    got = np.stack(pq.read_table(tmp_path / "a.parquet").column("embedding").to_numpy(False))
+    np.testing.assert_allclose(got, model.encode(read, concat_types=["author"]), atol=1e-5)
+    capsys.readouterr()
+    with pytest.raises(SystemExit):  # argparse: exit 2 naming the bad type
+        main([*args, "--out", str(tmp_path / "b.parquet"), "--concat-ntu-types", "colour"])
+    assert "unknown NTU type" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(

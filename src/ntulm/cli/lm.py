@@ -96,6 +96,7 @@ def _embed_sharded(args: argparse.Namespace) -> int:
     options = {
         "batch_size": args.batch_size,
         "concat_ntu": args.concat_ntu,
+        "concat_types": args.concat_ntu_types,
         "show_progress_bar": not args.quiet,
         "dtype": args.dtype,
         "pooling": args.pooling,
@@ -118,6 +119,15 @@ def _embed_sharded(args: argparse.Namespace) -> int:
     return 0
 
 
+def _types_list(value: str) -> list[str]:
+    from ntulm.posts.ntus import check_ntu_types
+
+    try:
+        return check_ntu_types([t.strip() for t in value.split(",") if t.strip()])
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def cmd_embed(args: argparse.Namespace) -> int:
     if args.shard or args.nproc:
         return _embed_sharded(args)
@@ -138,6 +148,7 @@ def cmd_embed(args: argparse.Namespace) -> int:
         args.out,
         batch_size=args.batch_size,
         concat_ntu=args.concat_ntu,
+        concat_types=args.concat_ntu_types,
         show_progress_bar=args.progress,
         limit=args.limit,
         dtype=args.dtype,
@@ -203,6 +214,14 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="append the post's e_ntu to the embedding (for a no-NTU model: BERT-post-concat); "
         "default: on for an NTULM with one mean NTU vector (the recommended embedding, "
         "benchmarks/results/fusion/), off otherwise",
+    )
+    e.add_argument(
+        "--concat-ntu-types",
+        type=_types_list,
+        default=None,
+        metavar="TYPES",
+        help="with the appended vector: the NTU types averaged into it instead of the model's "
+        "own, comma-separated, e.g. 'author' (design round 4, docs/lm.md)",
     )
     e.add_argument("--batch-size", type=int, default=64)
     e.add_argument("--limit", type=int, default=0, help="stop after N posts (0: all)")

@@ -37,7 +37,7 @@ from tqdm.auto import tqdm
 from ntulm.artifacts import atomic_path
 from ntulm.errors import ConfigError
 from ntulm.lm.config import resolve_dtype
-from ntulm.lm.data import length_grouped_batches, ntu_inputs, tokenize
+from ntulm.lm.data import length_grouped_batches, ntu_inputs, ntu_vectors, tokenize
 from ntulm.memory import TRIM_EVERY, trim
 from ntulm.posts import Post
 
@@ -95,6 +95,25 @@ def post_ntus(
     return ntu_inputs(recs, model.ntu, model.cfg)
 
 
+def appended_ntus(
+    model: NTULM,
+    posts: Sequence[Post | str],
+    ntus: np.ndarray | None,
+    types: Sequence[str],
+) -> np.ndarray:
+    """The appended vectors of ``concat_types``: the mean of each post's NTUs of ``types`` in
+    the model's NTU embeddings (the table mean where it has none), (N, D) float32."""
+    from ntulm.posts.ntus import check_ntu_types
+
+    types = check_ntu_types(list(types))
+    if ntus is not None:
+        raise ConfigError("concat_types: looks NTUs up in the posts; pass posts, not ntus= rows")
+    if model.ntu is None:
+        raise ConfigError("concat_types: needs NTU embeddings (ntu=... or --ntu DIR)")
+    recs = [p if isinstance(p, Post) else Post(id="", text=p) for p in posts]
+    return ntu_vectors(recs, model.ntu, types)[0]
+
+
 DTYPES = ("float32", "bfloat16", "auto")
 
 
@@ -131,6 +150,7 @@ def encode(
     dtype: str = "float32",
     pooling: str = "mean",
     text_only: bool = False,
+    concat_types: Sequence[str] | None = None,
 ) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
     """Embeddings of ``posts``, (N, H) float32 (H + ntu_dim with ``concat_ntu``), in input order.
 
@@ -145,6 +165,9 @@ def encode(
     (BERT-post-concat for a no-NTU model); by default (``None``) it is on with ``mean`` pooling
     for models that inject one mean NTU vector and carry NTU embeddings, the recommended
     embedding (:func:`recommended_concat`), and off otherwise.
+    ``concat_types`` (with ``concat_ntu``): the NTU types whose mean vector is appended instead of
+    the model's own e_ntu, e.g. ``["author"]`` (an unknown author: the table mean); looked up in
+    the model's NTU embeddings, so it needs post records, not ``ntus=`` rows.
     ``text_only=True`` runs the encoder on the
     word pieces alone, without the NTU token (mean pooling): what transformers or
     sentence-transformers compute from ``model/`` or an ``ntulm export``.
@@ -153,8 +176,7 @@ def encode(
     if text_only and pooling != "mean":
         raise ConfigError(f"pooling: {pooling!r} needs the NTU token; text_only takes 'mean'")
     posts = as_posts(posts)
-    if concat_ntu is None:  # the text path alone appends nothing by default
-        concat_ntu = False if text_only else recommended_concat(model, pooling)
+    concat_ntu = _resolve_concat(model, pooling, concat_ntu, concat_types, text_only)
     assert model.cfg is not None and model.tokenizer is not None
     model.eval()
     device = next(model.parameters()).device
@@ -182,10 +204,13 @@ def encode(
         pooled = pool(model, hidden.float(), full_mask, ids.shape[1], pooling)
         out[idx] = pooled.float().cpu().numpy()
     if concat_ntu:
-        assert e_ntu is not None
-        if e_ntu.ndim != 2:
+        appended = e_ntu
+        if concat_types is not None:
+            appended = appended_ntus(model, posts, ntus, concat_types)
+        assert appended is not None
+        if appended.ndim != 2:
             raise ConfigError("concat_ntu: needs a model with mean NTU vectors (not per_type)")
-        out = np.concatenate([out, e_ntu], axis=1)
+        out = np.concatenate([out, appended], axis=1)
     return (out, overlap) if return_overlap else out
 
 
@@ -236,6 +261,24 @@ def recommended_concat(model: NTULM, pooling: str = "mean") -> bool:
     )
 
 
+def _resolve_concat(
+    model: NTULM,
+    pooling: str,
+    concat_ntu: bool | None,
+    concat_types: Sequence[str] | None,
+    text_only: bool = False,
+) -> bool:
+    """Whether to append a vector: as asked; by default the recommended embedding's choice (the
+    text path alone appends nothing), and always when ``concat_types`` names what to append."""
+    if concat_types is not None:
+        if concat_ntu is False:
+            raise ConfigError("concat_types: given with concat_ntu=False (nothing is appended)")
+        return True
+    if concat_ntu is None:
+        return False if text_only else recommended_concat(model, pooling)
+    return concat_ntu
+
+
 def output_dim(model: NTULM, pooling: str = "mean", concat_ntu: bool | None = None) -> int:
     """Width of :func:`encode`'s output for these options."""
     if concat_ntu is None:
@@ -267,13 +310,13 @@ def embed_to_parquet(
     limit: int = 0,
     dtype: str = "float32",
     pooling: str = "mean",
+    concat_types: Sequence[str] | None = None,
 ) -> int:
     """Stream ``(post, source)`` pairs into ``out_file`` (Parquet: id, embedding, overlap), one
     row group per chunk of ``chunk_posts``; written atomically. Returns the number of posts.
     Posts are sorted by length within each chunk (a larger chunk pads less)."""
     check_pooling(model, pooling)
-    if concat_ntu is None:
-        concat_ntu = recommended_concat(model, pooling)
+    concat_ntu = _resolve_concat(model, pooling, concat_ntu, concat_types)
     dim = output_dim(model, pooling, concat_ntu)
     schema = pa.schema(
         [("id", pa.string()), ("embedding", pa.list_(pa.float32(), dim)), ("overlap", pa.bool_())]
@@ -292,6 +335,7 @@ def embed_to_parquet(
                 return_overlap=True,
                 dtype=dtype,
                 pooling=pooling,
+                concat_types=concat_types,
             )
             flat = pa.array(emb.reshape(-1), type=pa.float32())
             table = pa.table(
