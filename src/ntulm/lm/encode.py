@@ -69,6 +69,11 @@ def as_posts(posts: Sequence[Post | str | dict[str, Any]]) -> list[Post | str]:
     return out
 
 
+def _records(posts: Sequence[Post | str]) -> list[Post]:
+    """Post records for the NTU lookup: a plain text is a post without NTUs."""
+    return [p if isinstance(p, Post) else Post(id="", text=p) for p in posts]
+
+
 def post_ntus(
     model: NTULM, posts: Sequence[Post | str], ntus: np.ndarray | None = None, need: bool = False
 ) -> tuple[np.ndarray | None, np.ndarray]:
@@ -90,7 +95,7 @@ def post_ntus(
                 "this model needs NTU embeddings: load it with ntu=... (or --ntu DIR)"
             )
         return None, np.zeros(n, dtype=bool)
-    recs = [p if isinstance(p, Post) else Post(id="", text=p) for p in posts]
+    recs = _records(posts)
     assert model.cfg is not None
     return ntu_inputs(recs, model.ntu, model.cfg)
 
@@ -110,7 +115,7 @@ def appended_ntus(
         raise ConfigError("concat_types: looks NTUs up in the posts; pass posts, not ntus= rows")
     if model.ntu is None:
         raise ConfigError("concat_types: needs NTU embeddings (ntu=... or --ntu DIR)")
-    recs = [p if isinstance(p, Post) else Post(id="", text=p) for p in posts]
+    recs = _records(posts)
     return ntu_vectors(recs, model.ntu, types)[0]
 
 
