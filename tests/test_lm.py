@@ -372,42 +372,60 @@ def test_no_ntu_baseline_and_post_concat(backbone, ntu, tmp_path):
     model = NTULM.load(tmp_path / "bert")
     assert model.projection is None
     posts = _posts(5)
-    plain = model.encode(posts)
+    plain = model.encode(posts, concat_ntu=False)
     concat = model.encode(posts, concat_ntu=True)
     assert plain.shape == (5, 32) and concat.shape == (5, 40)
     np.testing.assert_array_equal(concat[:, :32], plain)
     np.testing.assert_allclose(concat[:, 32:], ntu_vectors(posts, ntu, ["author", "hashtag"])[0])
 
 
-def test_recommended_embedding_appends_e_ntu_by_default_for_ntulm(backbone, ntu, tmp_path):
-    """encode's default for an NTULM with one mean NTU vector is [mean pooling ; e_ntu] (the
-    recommended embedding); concat_ntu=False gives the paper's embedding; a no-NTU model is
-    unchanged."""
+def test_recommended_embedding_appends_the_author_vector_by_default(backbone, ntu, tmp_path):
+    """encode's default for a model carrying NTU embeddings is [mean pooling ; the author's
+    vector] (the recommended embedding, design round 4), for an NTULM and for the no-NTU model;
+    concat_ntu=True alone appends e_ntu (the paper's post-concat), concat_ntu=False nothing; given
+    e_ntu rows, or a table without users, make the default append e_ntu."""
     from ntulm.errors import ConfigError
-    from ntulm.lm.encode import output_dim
+    from ntulm.kge import NTUEmbeddings
+    from ntulm.lm.encode import output_dim, recommended_types
 
     finetune(_posts(), _cfg(backbone, max_steps=2), tmp_path / "ntulm", ntu=ntu)
     model = NTULM.load(tmp_path / "ntulm")
     posts = _posts(5)
     default, paper = model.encode(posts), model.encode(posts, concat_ntu=False)
+    author = ntu_vectors(posts, ntu, ["author"])[0]
+    e_ntu = ntu_vectors(posts, ntu, ["author", "hashtag"])[0]
+    assert not np.allclose(author, e_ntu)  # the two appended vectors differ on these posts
     assert paper.shape == (5, 32) and default.shape == (5, 32 + ntu.dim)
     assert output_dim(model) == 32 + ntu.dim and output_dim(model, concat_ntu=False) == 32
     np.testing.assert_array_equal(default[:, :32], paper)
-    np.testing.assert_allclose(default[:, 32:], ntu_vectors(posts, ntu, ["author", "hashtag"])[0])
-    # concat_types: the author's vector alone appended (design round 4), for both text models
-    author = ntu_vectors(posts, ntu, ["author"])[0]
-    assert not np.allclose(author, default[:, 32:])  # a different vector from e_ntu (a+h)
-    e_author = model.encode(posts, concat_types=["author"])
-    np.testing.assert_array_equal(e_author[:, :32], paper)
-    np.testing.assert_allclose(e_author[:, 32:], author)
+    np.testing.assert_allclose(default[:, 32:], author)
+    np.testing.assert_allclose(model.encode(posts, concat_ntu=True)[:, 32:], e_ntu)
+    both = model.encode(posts, concat_types=["author", "hashtag"])
+    np.testing.assert_allclose(both[:, 32:], e_ntu)
+    assert model.encode(posts, text_only=True).shape == (5, 32)
+    rows = np.zeros((5, ntu.dim), np.float32) + 0.5  # given e_ntu rows: appended as given
+    np.testing.assert_array_equal(model.encode(posts, ntus=rows)[:, 32:], rows)
     with pytest.raises(ConfigError, match="concat_types"):
         model.encode(posts, concat_ntu=False, concat_types=["author"])
     with pytest.raises(ConfigError, match="not ntus="):
-        model.encode(posts, ntus=default[:, 32:], concat_types=["author"])
+        model.encode(posts, ntus=rows, concat_types=["author"])
+    # a table without users: no author vector to append, the model's e_ntu instead
+    model.ntu = NTUEmbeddings(
+        tables={"hashtag": ntu.tables["hashtag"]}, keys={"hashtag": ntu.keys["hashtag"]},
+        relations={}, user_handles=[],
+    )  # fmt: skip
+    assert recommended_types(model) is None
+    np.testing.assert_allclose(
+        model.encode(posts)[:, 32:], ntu_vectors(posts, model.ntu, ["author", "hashtag"])[0]
+    )
     finetune(_posts(), _cfg(backbone, use_ntu=False, max_steps=2), tmp_path / "bert", ntu=ntu)
     bert = NTULM.load(tmp_path / "bert")
-    assert bert.encode(posts).shape == (5, 32)
-    np.testing.assert_allclose(bert.encode(posts, concat_types=["author"])[:, 32:], author)
+    plain = bert.encode(posts, concat_ntu=False)
+    assert plain.shape == (5, 32) and output_dim(bert) == 32 + ntu.dim
+    np.testing.assert_array_equal(bert.encode(posts)[:, :32], plain)
+    np.testing.assert_allclose(bert.encode(posts)[:, 32:], author)  # BERT + the author's vector
+    bert.ntu = None  # without NTU embeddings there is nothing to append
+    assert bert.encode(posts).shape == (5, 32) and output_dim(bert) == 32
 
 
 def test_config_errors_name_the_field():
@@ -471,11 +489,14 @@ def test_cli_finetune_and_embed(backbone, ntu, tmp_path, capsys):
     np.testing.assert_allclose(emb, model.encode(read), rtol=1e-4, atol=1e-5)
     expected = [p.author.id in ("1", "2") or "maga" in p.hashtags for p in read]  # a known NTU
     assert table.column("overlap").to_pylist() == expected
-    # --concat-ntu-types author: the author's vector appended instead of e_ntu
+    np.testing.assert_allclose(emb[:, -ntu.dim :], ntu_vectors(read, ntu, ["author"])[0])
+    # --concat-ntu-types author,hashtag: their mean appended instead of the author's vector
     args = ["-q", "embed", "--model", str(tmp_path / "m"), "--posts", str(posts)]
-    assert main([*args, "--out", str(tmp_path / "a.parquet"), "--concat-ntu-types", "author"]) == 0
+    both = ["--concat-ntu-types", "author,hashtag"]
+    assert main([*args, "--out", str(tmp_path / "a.parquet"), *both]) == 0
     got = np.stack(pq.read_table(tmp_path / "a.parquet").column("embedding").to_numpy(False))
-    np.testing.assert_allclose(got, model.encode(read, concat_types=["author"]), atol=1e-5)
+    np.testing.assert_allclose(got[:, -ntu.dim :], ntu_vectors(read, ntu, ["author", "hashtag"])[0])
+    np.testing.assert_allclose(got[:, : -ntu.dim], emb[:, : -ntu.dim], atol=1e-5)
     capsys.readouterr()
     with pytest.raises(SystemExit):  # argparse: exit 2 naming the bad type
         main([*args, "--out", str(tmp_path / "b.parquet"), "--concat-ntu-types", "colour"])

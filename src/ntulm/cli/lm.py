@@ -211,17 +211,19 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--concat-ntu",
         action=argparse.BooleanOptionalAction,
         default=None,
-        help="append the post's e_ntu to the embedding (for a no-NTU model: BERT-post-concat); "
-        "default: on for an NTULM with one mean NTU vector (the recommended embedding, "
-        "benchmarks/results/fusion/), off otherwise",
+        help="--concat-ntu appends the post's e_ntu, the mean of the model's NTU types "
+        "(author+hashtag for a no-NTU model: the paper's BERT-post-concat); --no-concat-ntu "
+        "appends nothing (the paper's embedding); default: the recommended embedding, the "
+        "post author's NTU vector appended where the model carries NTU embeddings with users "
+        "(benchmarks/results/fusion/final_author), else e_ntu for an NTULM with one mean vector",
     )
     e.add_argument(
         "--concat-ntu-types",
         type=_types_list,
         default=None,
         metavar="TYPES",
-        help="with the appended vector: the NTU types averaged into it instead of the model's "
-        "own, comma-separated, e.g. 'author' (design round 4, docs/lm.md)",
+        help="the NTU types averaged into the appended vector, comma-separated, e.g. "
+        "'author,hashtag' (default: author; docs/lm.md)",
     )
     e.add_argument("--batch-size", type=int, default=64)
     e.add_argument("--limit", type=int, default=0, help="stop after N posts (0: all)")

@@ -101,7 +101,7 @@ from the backbone `{cfg.get("backbone", "?")}`, hidden size {meta.get("hidden_si
 
 | loader | what you get |
 |---|---|
-| `NTULM.load("DIR")`, then `model.encode(posts)` (`from ntulm.lm import NTULM`) | the whole model{" with the NTU token" if ntu else ""}: the mean of the final hidden states{" over the word pieces and the NTU token, by default with the raw e_ntu appended (the recommended embedding; `concat_ntu=False` gives the paper's)" if ntu else ""} |
+| `NTULM.load("DIR")`, then `model.encode(posts)` (`from ntulm.lm import NTULM`) | the whole model{" with the NTU token" if ntu else ""}: the mean of the final hidden states{" over the word pieces and the NTU token, by default with the post author's raw NTU vector appended (the recommended embedding; `concat_ntu=True` appends e_ntu instead, `concat_ntu=False` gives the paper's)" if ntu else ", by default with the post author's raw NTU vector appended where the directory carries NTU embeddings (`ntu/`: BERT + the author's vector, the recommended embedding; `concat_ntu=False` gives the text embedding alone)"} |
 | `transformers.AutoModel.from_pretrained("DIR/model")` (or `AutoModelForMaskedLM`) | {elsewhere} |
 | `SentenceTransformer("DIR/model")` | {elsewhere}; sentence-transformers adds a default mean pooling and warns |
 | `ntulm export --model DIR --out ST_DIR --format sentence-transformers`, then `SentenceTransformer("ST_DIR")` | the text path as a proper sentence-transformers model (mean pooling over the word pieces, ntulm's `max_length`): the vectors of `model.encode(texts, text_only=True)` |
@@ -120,7 +120,7 @@ def export_card(meta: dict[str, Any], cfg: dict[str, Any] | None, source: str) -
         "`NTULM.load(...).encode(posts)`; they are those of `encode(texts, text_only=True)`."
         if ntu
         else "The source is a no-NTU model, so this is the whole model: its vectors are those of "
-        "`NTULM.load(...).encode(texts)`."
+        "`NTULM.load(...).encode(texts, concat_ntu=False)`."
     )
     text_cfg = repr(cfg.get("text") or {})
     return f"""---

@@ -166,13 +166,16 @@ def encode(
     ``dtype="bfloat16"`` runs the encoder under bfloat16 autocast: about 3x faster than float32
     on CPUs with native bf16 (cosine to float32 above 0.999); ``"auto"`` picks bfloat16 there and
     float32 elsewhere. The output stays float32. ``pooling`` is ``"mean"`` (the paper),
-    ``"mean+ntu"`` or ``"gate"`` (see :func:`pool`). ``concat_ntu`` appends the post's e_ntu
-    (BERT-post-concat for a no-NTU model); by default (``None``) it is on with ``mean`` pooling
-    for models that inject one mean NTU vector and carry NTU embeddings, the recommended
-    embedding (:func:`recommended_concat`), and off otherwise.
-    ``concat_types`` (with ``concat_ntu``): the NTU types whose mean vector is appended instead of
-    the model's own e_ntu, e.g. ``["author"]`` (an unknown author: the table mean); looked up in
-    the model's NTU embeddings, so it needs post records, not ``ntus=`` rows.
+    ``"mean+ntu"`` or ``"gate"`` (see :func:`pool`). ``concat_ntu`` appends an NTU vector
+    (BERT-post-concat for a no-NTU model). By default (``None``) the recommended embedding
+    (:func:`recommended_concat`): with ``mean`` pooling, for a model that carries NTU embeddings,
+    the post author's vector is appended (an unknown author: the table mean; where the table holds
+    no users, or ``ntus=`` rows are given, the post's e_ntu instead); off otherwise.
+    ``concat_ntu=True`` alone appends the post's e_ntu (the mean over the model's NTU types;
+    author+hashtag for a no-NTU model), the paper's BERT-post-concat.
+    ``concat_types`` (with ``concat_ntu``): the NTU types whose mean vector is appended, e.g.
+    ``["author", "hashtag"]``; looked up in the model's NTU embeddings, so it needs post records,
+    not ``ntus=`` rows.
     ``text_only=True`` runs the encoder on the
     word pieces alone, without the NTU token (mean pooling): what transformers or
     sentence-transformers compute from ``model/`` or an ``ntulm export``.
@@ -181,7 +184,9 @@ def encode(
     if text_only and pooling != "mean":
         raise ConfigError(f"pooling: {pooling!r} needs the NTU token; text_only takes 'mean'")
     posts = as_posts(posts)
-    concat_ntu = _resolve_concat(model, pooling, concat_ntu, concat_types, text_only)
+    concat_ntu, concat_types = _resolve_concat(
+        model, pooling, concat_ntu, concat_types, text_only, rows_given=ntus is not None
+    )
     assert model.cfg is not None and model.tokenizer is not None
     model.eval()
     device = next(model.parameters()).device
@@ -256,14 +261,30 @@ def check_pooling(model: NTULM, pooling: str) -> None:
         raise ConfigError("pooling: 'gate' needs a model fine-tuned with pooling_gate=true")
 
 
+RECOMMENDED_TYPES = ("author",)
+
+
+def recommended_types(model: NTULM) -> list[str] | None:
+    """The NTU types the recommended embedding appends: the author's vector alone (an unknown
+    author: the table mean) where the model's NTU embeddings hold users, else None (the model's
+    own e_ntu). Design round 4 and its 3-seed test (``benchmarks/results/fusion/final_author``):
+    against the author+hashtag mean it wins account category and MAP, loses hashtag Recall@10,
+    and drops the hate/offensive losses the IRA-graph hashtag vectors caused on TweetEval."""
+    if model.ntu is None or len(model.ntu.tables.get("user", ())) == 0:
+        return None
+    return list(RECOMMENDED_TYPES)
+
+
 def recommended_concat(model: NTULM, pooling: str = "mean") -> bool:
-    """Whether the recommended embedding of ``model`` appends e_ntu: with the paper's ``mean``
-    pooling, for an NTULM that injects one mean NTU vector and carries its NTU embeddings. Chosen on validation splits over the fusion
-    designs (``benchmarks/results/fusion/``): the paper's mean pooling keeps the text's skill, the
-    appended raw vector keeps the NTU signal the pooled mean dilutes."""
-    return bool(
-        pooling == "mean" and model.use_ntu and model.typed is None and model.ntu is not None
-    )
+    """Whether the recommended embedding of ``model`` appends an NTU vector: with the paper's
+    ``mean`` pooling, for a model that carries NTU embeddings and either holds users (the author's
+    vector, :func:`recommended_types`; also for a no-NTU text model: BERT + the author's vector)
+    or injects one mean NTU vector (its e_ntu). Chosen on validation splits over the fusion
+    designs (``benchmarks/results/fusion/``): mean pooling keeps the text's skill, the appended
+    raw vector keeps the NTU signal the pooled mean dilutes."""
+    if pooling != "mean" or model.typed is not None or model.ntu is None:
+        return False
+    return recommended_types(model) is not None or model.use_ntu
 
 
 def _resolve_concat(
@@ -272,16 +293,21 @@ def _resolve_concat(
     concat_ntu: bool | None,
     concat_types: Sequence[str] | None,
     text_only: bool = False,
-) -> bool:
-    """Whether to append a vector: as asked; by default the recommended embedding's choice (the
-    text path alone appends nothing), and always when ``concat_types`` names what to append."""
+    rows_given: bool = False,
+) -> tuple[bool, list[str] | None]:
+    """Whether to append a vector, and of which NTU types (None: the model's own e_ntu): as
+    asked; by default the recommended embedding's choice (the text path alone appends nothing);
+    always when ``concat_types`` names what to append. ``concat_ntu=True`` alone appends e_ntu,
+    as does the default where the caller gives the e_ntu rows (``rows_given``)."""
     if concat_types is not None:
         if concat_ntu is False:
             raise ConfigError("concat_types: given with concat_ntu=False (nothing is appended)")
-        return True
+        return True, list(concat_types)
     if concat_ntu is None:
-        return False if text_only else recommended_concat(model, pooling)
-    return concat_ntu
+        if text_only or not recommended_concat(model, pooling):
+            return False, None
+        return True, None if rows_given else recommended_types(model)
+    return concat_ntu, None
 
 
 def output_dim(model: NTULM, pooling: str = "mean", concat_ntu: bool | None = None) -> int:
@@ -321,7 +347,7 @@ def embed_to_parquet(
     row group per chunk of ``chunk_posts``; written atomically. Returns the number of posts.
     Posts are sorted by length within each chunk (a larger chunk pads less)."""
     check_pooling(model, pooling)
-    concat_ntu = _resolve_concat(model, pooling, concat_ntu, concat_types)
+    concat_ntu, concat_types = _resolve_concat(model, pooling, concat_ntu, concat_types)
     dim = output_dim(model, pooling, concat_ntu)
     schema = pa.schema(
         [("id", pa.string()), ("embedding", pa.list_(pa.float32(), dim)), ("overlap", pa.bool_())]
