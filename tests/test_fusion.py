@@ -396,7 +396,9 @@ def test_model_saved_before_the_fusion_options_still_loads(backbone, ntu, tmp_pa
     posts = _posts(6)
     np.testing.assert_array_equal(encode(model, posts), encode(old, posts))
     e = ntu_vectors(posts, ntu, ["author", "hashtag"])[0]
-    np.testing.assert_array_equal(encode(old, posts), encode(old, posts, ntus=e))
+    # the NTU lookup of the loaded model: injected and appended, as the given e_ntu rows
+    looked_up = encode(old, posts, concat_ntu=True)
+    np.testing.assert_array_equal(looked_up, encode(old, posts, ntus=e, concat_ntu=True))
 
 
 _OLD_LM_FIELDS = (
