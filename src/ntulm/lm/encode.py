@@ -270,7 +270,12 @@ def recommended_types(model: NTULM) -> list[str] | None:
     own e_ntu). Design round 4 and its 3-seed test (``benchmarks/results/fusion/final_author``):
     against the author+hashtag mean it wins account category and MAP, loses hashtag Recall@10,
     and drops the hate/offensive losses the IRA-graph hashtag vectors caused on TweetEval."""
-    if model.ntu is None or len(model.ntu.tables.get("user", ())) == 0:
+    from ntulm.posts.ntus import in_registry_order
+
+    if model.ntu is None:
+        return None
+    tables = {t.node_type for t in in_registry_order(RECOMMENDED_TYPES)}  # the author: "user"
+    if any(len(model.ntu.tables.get(str(t), ())) == 0 for t in tables):
         return None
     return list(RECOMMENDED_TYPES)
 
