@@ -6,7 +6,7 @@ import pytest
 from ntulm.errors import ConfigError
 from ntulm.evaluate.controls import control_ntus, derangement
 from ntulm.kge import NTUEmbeddings
-from ntulm.lm.data import ntu_vectors
+from ntulm.lm.data import ntu_type_vectors, ntu_vectors
 from ntulm.pipeline import PipelineConfig
 from ntulm.posts import Post, UserRef
 
@@ -49,6 +49,26 @@ def test_controls_feed_other_posts_ntus_or_the_table_mean(emb):
         control_ntus("zero", posts, emb, ["author"])
 
 
+def test_per_type_controls_move_all_of_a_posts_type_rows_with_its_appended_row(emb):
+    """A per-type model's control rows (N, K, D): the shuffled control gives each post the K rows
+    of the same other post whose appended row it gets (one permutation), absent types included;
+    the mean control gives every type the table mean."""
+    posts = [Post(id=str(i), text="x", author=UserRef(id=str(i)),
+                  hashtags=["abc"[i % 3]] if i % 2 else [])  # odd posts only: absent types
+             for i in range(6)]  # fmt: skip
+    types = ["author", "hashtag"]
+    own, _ = ntu_type_vectors(posts, emb, types)  # (6, 2, 4), NaN where a post has no hashtag
+    typed = control_ntus("shuffled", posts, emb, types, seed=[13, 1], per_type=True)
+    flat = control_ntus("shuffled", posts, emb, ["author"], seed=[13, 1])
+    assert typed.shape == (6, 2, 4)
+    for i in range(6):
+        (j,) = np.flatnonzero(np.isclose(own[:, 0], typed[i, 0]).all(axis=1))  # its source post
+        assert j != i and np.array_equal(typed[i], own[j], equal_nan=True)
+        assert np.allclose(flat[i], own[j, 0])  # the same other post as the appended row's
+    mean = control_ntus("mean", posts, emb, types, per_type=True)
+    assert mean.shape == (6, 2, 4) and np.allclose(mean, np.asarray(emb.mean)[None, None])
+
+
 def test_control_variants_are_validated_and_paired_with_their_model():
     base = {"posts": ["x"], "eval": {"tasks": [{"type": "hashtag"}]}}
     ok = PipelineConfig.build({**base, "variants": [
@@ -68,6 +88,13 @@ def test_control_variants_are_validated_and_paired_with_their_model():
         {"name": "BERT + e", "post_concat_of": "BERT", "ntu_types": ["author"]},
     ]})  # fmt: skip
     assert concat.controls() == {"N + e": ["N + e shuffled"]}
+    typed = PipelineConfig.build({**base, "variants": [
+        {"name": "BERT", "use_ntu": False},
+        {"name": "T", "ntu_types": ["author", "hashtag"], "lm": {"ntu_tokens": "per_type"}},
+        {"name": "T + e", "post_concat_of": "T", "ntu_types": ["author"]},
+        {"name": "T + e mean", "post_concat_of": "T", "ntu_types": ["author"], "control": "mean"},
+    ]})  # fmt: skip
+    assert typed.controls() == {"T + e": ["T + e mean"]}
     assert ok.variants[2].ntu_types == ["author"] and ok.protocol == "paper"
     for bad in (
         {"name": "c", "control": "mean"},

@@ -451,13 +451,6 @@ def test_pipeline_variant_sets_its_own_lm_fields():
         ([{"name": "N", "lm": {"pooling_gate": True}}], "pooling_gate"),
         ([{"name": "N"}, {"name": "N g", "model_of": "N", "pooling": "gate"}], "pooling 'gate'"),
         ([{"name": "N", "lm": {"nope": 1}}], "nope"),
-        (
-            [
-                {"name": "N", "lm": {"ntu_tokens": "per_type"}},
-                {"name": "N m", "model_of": "N", "control": "mean"},
-            ],
-            "per_type",
-        ),
     ):
         with pytest.raises(ConfigError, match=needle):
             PipelineConfig.build(

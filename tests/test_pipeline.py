@@ -308,6 +308,10 @@ def test_design_run_reads_no_test_post_and_post_concat_of_an_ntu_model(
             # appending the author alone; its control feeds the model a+h rows, same permutation
             {"name": "N + a", "post_concat_of": "N", "ntu_types": ["author"]},
             {"name": "N + a shuffled", "post_concat_of": "N", "ntu_types": ["author"], "control": "shuffled"},
+            # a per-type model's control: its (N, K, D) rows under the same permutation
+            {"name": "T", "ntu_types": ["author", "hashtag"], "lm": {"ntu_tokens": "per_type"}},
+            {"name": "T + a", "post_concat_of": "T", "ntu_types": ["author"]},
+            {"name": "T + a shuffled", "post_concat_of": "T", "ntu_types": ["author"], "control": "shuffled"},
         ],
         "seeds": [4],
         "isolate_stages": False,  # the test watches encode() in this process
@@ -359,3 +363,14 @@ def test_design_run_reads_no_test_post_and_post_concat_of_an_ntu_model(
         assert sorted(map(tuple, own.tolist())) == sorted(map(tuple, other.tolist()))
         assert not np.isclose(own, other).all(axis=1).all()
         assert not np.allclose(ns["test"][:, :h], n["test"])  # the model is fed other NTUs too
+    assert set(sig["T + a"]["vs_controls"]) == {"T + a shuffled"}
+    with (
+        np.load(e / run_mod._slug("T") / f) as t,
+        np.load(e / run_mod._slug("T + a") / f) as ta,
+        np.load(e / run_mod._slug("T + a shuffled") / f) as ts,
+    ):
+        h = t["test"].shape[1]
+        assert np.array_equal(ta["test"][:, :h], t["test"])
+        assert not np.allclose(ts["test"][:, :h], t["test"])  # the model is fed other posts' rows
+        own, other = ta["test"][:, h:], ts["test"][:, h:]
+        assert sorted(map(tuple, own.tolist())) == sorted(map(tuple, other.tolist()))

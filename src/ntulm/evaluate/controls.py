@@ -8,6 +8,11 @@ information about the post. A gain of NTULM over BERT counts only where it also 
 - ``mean``: every post gets the NTU table mean (the paper's vector for an unknown NTU), so the
   token carries nothing.
 
+A model with one NTU token per type (``ntu_tokens: per_type``) takes (N, K, D) rows, one per type:
+``shuffled`` gives each post all K rows of the same other post (the same permutation as its
+appended rows, so that the pairing is broken once, consistently), absent types included; ``mean``
+gives every type of every post the table mean, so each of the K tokens carries nothing.
+
 The pipeline passes these rows to :func:`ntulm.lm.encode.encode` (``ntus=``) in place of the
 posts' own; variants declare them with ``control`` and ``model_of`` (``pipeline/config.py``).
 A control's gap to its model shows what the post's own NTUs add; on TweetEval, whose posts have
@@ -22,7 +27,7 @@ from typing import Literal
 import numpy as np
 
 from ntulm.kge import NTUEmbeddings
-from ntulm.lm.data import ntu_vectors
+from ntulm.lm.data import ntu_type_vectors, ntu_vectors
 from ntulm.posts import Post
 
 Control = Literal["shuffled", "mean"]
@@ -45,11 +50,16 @@ def control_ntus(
     ntu: NTUEmbeddings,
     types: Sequence[str],
     seed: int | Sequence[int] = 0,
+    per_type: bool = False,
 ) -> np.ndarray:
-    """The e_ntu rows a control feeds for ``posts`` (one split), (N, D) float32."""
+    """The e_ntu rows a control feeds for ``posts`` (one split), (N, D) float32; with
+    ``per_type``, the per-type rows of a ``ntu_tokens: per_type`` model, (N, K, D) with
+    K = len(types). The permutation depends on ``seed`` and len(posts) only."""
     if control == "mean":
-        return np.tile(np.asarray(ntu.mean, dtype=np.float32), (len(posts), 1))
+        shape = (len(posts), len(types), 1) if per_type else (len(posts), 1)
+        return np.tile(np.asarray(ntu.mean, dtype=np.float32), shape)
     if control == "shuffled":
-        rows, _ = ntu_vectors(posts, ntu, types)  # (N, D): each post's own e_ntu
+        # (N, D) each post's own e_ntu, or (N, K, D) its per-type rows (NaN where absent)
+        rows, _ = (ntu_type_vectors if per_type else ntu_vectors)(posts, ntu, types)
         return rows[derangement(len(rows), np.random.default_rng(seed))]
     raise ValueError(f"control: {control!r} is not one of {', '.join(CONTROLS)}")

@@ -344,13 +344,6 @@ class PipelineConfig(StageConfig):
                 self.variants[i] = v
             if v.pooling == "mean+ntu" and not v.use_ntu:
                 raise ValueError(f"variants: {v.name!r} pooling 'mean+ntu' needs an NTU model")
-            ref = v.model_of or v.post_concat_of
-            per_type = ref in own and (self.lm_config(own[ref], self.seeds[0]).ntu_tokens != "mean")
-            if v.control is not None and per_type:
-                raise ValueError(
-                    f"variants: {v.name!r} controls substitute mean NTU vectors: not for "
-                    "a per_type model"
-                )
             if v.pooling == "gate":
                 base = own.get(v.model_of or v.post_concat_of or v.name)
                 if base is None or not self.lm_config(base, self.seeds[0]).pooling_gate:

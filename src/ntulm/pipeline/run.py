@@ -338,12 +338,14 @@ class Pipeline:
                 # types (e.g. the author alone): the model is then fed its own types' rows under
                 # the same substitution (the permutation depends on the seed and the split only,
                 # so each post gets the same other post's NTUs in both places).
+                # A per-type model is fed its (N, K, D) rows under that same permutation.
                 if model.use_ntu:
                     own = model.cfg.ntu_types if model.cfg is not None else v.ntu_types
+                    per_type = model.cfg is not None and model.cfg.ntu_tokens == "per_type"
                     fed = (
                         ntus
-                        if own == v.ntu_types
-                        else control_ntus(v.control, posts, emb, own, seed)
+                        if own == v.ntu_types and not per_type
+                        else control_ntus(v.control, posts, emb, own, seed, per_type=per_type)
                     )
             x = self._encode(model, model_fp, posts, v.pooling, fed)
             if v.post_concat_of is not None:
