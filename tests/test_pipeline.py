@@ -333,6 +333,11 @@ def test_design_run_reads_no_test_post_and_post_concat_of_an_ntu_model(
     val_ids = {q.id for _, t in tasks for q in t.val}
     # (a validation half by author may drop a class with one author: not every val post)
     assert test_ids and not test_ids & encoded and len(val_ids & encoded) > len(val_ids) // 2
+    # the design run fine-tuned on the sample the test run draws: its models are the test run's
+    assert p.lm_held == test_ids | val_ids
+    assert not {q.id for q in run_mod.finetune_sample(p.read_corpus(), tasks, full)} & (
+        test_ids | val_ids
+    )
     res = json.loads((run / "results.json").read_text())
     assert all(n.endswith("(validation)") for n in res["tasks"])
     assert "Design run" in (run / "report.md").read_text()
@@ -363,6 +368,13 @@ def test_design_run_reads_no_test_post_and_post_concat_of_an_ntu_model(
         assert sorted(map(tuple, own.tolist())) == sorted(map(tuple, other.tolist()))
         assert not np.isclose(own, other).all(axis=1).all()
         assert not np.allclose(ns["test"][:, :h], n["test"])  # the model is fed other NTUs too
+    # the test run of the same config reuses every fine-tune of the design run
+    assert main(["run", "--config", str(tmp_path / "cfg.yaml"), "--out", str(run), "-q",
+                 "eval.design=false"]) == 0  # fmt: skip
+    capsys.readouterr()
+    stages = json.loads((run / "results.json").read_text())["stages"]
+    assert "finetune N" in " ".join(stages["reused"]), stages
+    assert not [s for s in stages["ran"] if s.startswith("finetune")], stages
     assert set(sig["T + a"]["vs_controls"]) == {"T + a shuffled"}
     with (
         np.load(e / run_mod._slug("T") / f) as t,

@@ -20,7 +20,8 @@ Choices (documented in the report):
 - task splits use ``eval.seed`` once; ``seeds`` vary the downstream MLP (and, with
   ``finetune_per_seed``, the fine-tuning);
 - the test posts of corpus tasks and their validation posts are kept out of the fine-tuning
-  sample; the hashtag task's validation and test posts also give no graph edges (and with
+  sample, in a design run (``eval.design``) too, where the tasks score on validation halves: its
+  fine-tunes are the very models the test run of the same config uses (and reuses); the hashtag task's validation and test posts also give no graph edges (and with
   ``exclusion: strict`` no test author keeps an edge to its removed hashtag);
 - ``protocol: temporal`` (``evaluate/temporal.py``): the cutoff is resolved once from the posts
   table; the graph (so the NTU embeddings) is built from the posts strictly before it, the
@@ -38,6 +39,7 @@ import logging
 import shutil
 import time
 import zlib
+from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
@@ -91,6 +93,9 @@ class Pipeline:
         self._memo: dict[str, dict[tuple, np.ndarray]] = {}
         self.stage = StageLog()  # log lines, shown or not by the log level (not bars)
         self.temporal: Temporal | None = None
+        # post ids the fine-tuning sample leaves out: every task's validation and test posts as
+        # the tasks are built, before a design run (eval.design) replaces their splits
+        self.lm_held: set[str] = set()
         # "auto" resolved once, on this machine: it keys the embedding cache and results.json
         self.embed_dtype = resolve_dtype(config.eval.embed_dtype)
 
@@ -170,6 +175,7 @@ class Pipeline:
             except ValueError as exc:  # the data cannot make this task: a config problem
                 raise ConfigError(f"eval.tasks ({spec.name or spec.type}): {exc}") from None
             for task in built:
+                self.lm_held.update(q.id for q in (*task.val, *task.test))
                 if self.cfg.eval.design:  # the test posts are never read
                     task = validation_task(task, self.cfg.eval.seed)
                 tasks.append((spec, task))
@@ -535,7 +541,7 @@ def _run_pipeline(config: PipelineConfig, out_dir: str | Path, progress: bool) -
     p.stage(f"kge: training NTU embeddings ({cfg.kge.num_epochs} epochs)")
     emb, kge_fp = p.kge(graph_fp)
 
-    sample = finetune_sample(table, tasks, cfg, p.temporal)
+    sample = finetune_sample(table, tasks, cfg, p.temporal, held=p.lm_held)
     table.close()
     trim()  # the task building's and the posts table's freed buffers
     overlap_types = cfg.overlap_types()
@@ -621,11 +627,16 @@ def finetune_sample(
     tasks: list[tuple[TaskSpec, Task]],
     cfg: PipelineConfig,
     temporal: Temporal | None = None,
+    held: Collection[str] | None = None,
 ) -> list[Post]:
     """The MLM fine-tuning sample: ``cfg.lm_posts`` corpus posts (seeded by ``cfg.lm.seed``)
     that no task validates or tests on, in corpus order; under the temporal protocol only posts
-    strictly before the cutoff. Over a posts table, only the sampled posts become objects."""
-    held = sorted({q.id for _, t in tasks for q in (*t.val, *t.test)})
+    strictly before the cutoff. Over a posts table, only the sampled posts become objects.
+    ``held``: the ids to leave out, if not those of ``tasks`` (a design run passes those of the
+    tasks before their splits were replaced, :attr:`Pipeline.lm_held`)."""
+    held = sorted(
+        set(held) if held is not None else {q.id for _, t in tasks for q in (*t.val, *t.test)}
+    )
     if isinstance(posts, PostsTable):
         posts.con.execute("CREATE OR REPLACE TEMP TABLE _held AS SELECT unnest($1) AS id", [held])
         out = posts.con.execute("SELECT rid FROM posts SEMI JOIN _held USING (id)").fetchnumpy()
