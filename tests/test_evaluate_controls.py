@@ -95,6 +95,18 @@ def test_control_variants_are_validated_and_paired_with_their_model():
         {"name": "T + e mean", "post_concat_of": "T", "ntu_types": ["author"], "control": "mean"},
     ]})  # fmt: skip
     assert typed.controls() == {"T + e": ["T + e mean"]}
+    split = PipelineConfig.build({**base, "variants": [
+        {"name": "BERT", "use_ntu": False},
+        {"name": "B + a|h", "post_concat_of": "BERT", "concat": "per_type"},
+        {"name": "B + a+h", "post_concat_of": "BERT"},
+        {"name": "N", "ntu_types": ["author"]},
+        {"name": "N + a|h", "post_concat_of": "N", "concat": "per_type"},
+        {"name": "N + a|h mean", "post_concat_of": "N", "concat": "per_type", "control": "mean"},
+    ]})  # fmt: skip
+    assert split.controls() == {"N + a|h": ["N + a|h mean"]}  # not the averaged one's
+    assert "concat" not in split.variants[2].model_dump()  # the paper's: fingerprints unchanged
+    with pytest.raises(ConfigError, match="post_concat_of"):
+        PipelineConfig.build({**base, "variants": [{"name": "N", "concat": "per_type"}]})
     assert ok.variants[2].ntu_types == ["author"] and ok.protocol == "paper"
     for bad in (
         {"name": "c", "control": "mean"},

@@ -308,6 +308,10 @@ def test_design_run_reads_no_test_post_and_post_concat_of_an_ntu_model(
             # appending the author alone; its control feeds the model a+h rows, same permutation
             {"name": "N + a", "post_concat_of": "N", "ntu_types": ["author"]},
             {"name": "N + a shuffled", "post_concat_of": "N", "ntu_types": ["author"], "control": "shuffled"},
+            # the author's and the hashtags' e_ntu side by side, and its control
+            {"name": "N + a|h", "post_concat_of": "N", "ntu_types": ["author", "hashtag"], "concat": "per_type"},
+            {"name": "N + a|h shuffled", "post_concat_of": "N", "ntu_types": ["author", "hashtag"],
+             "concat": "per_type", "control": "shuffled"},
             # a per-type model's control: its (N, K, D) rows under the same permutation
             {"name": "T", "ntu_types": ["author", "hashtag"], "lm": {"ntu_tokens": "per_type"}},
             {"name": "T + a", "post_concat_of": "T", "ntu_types": ["author"]},
@@ -368,6 +372,22 @@ def test_design_run_reads_no_test_post_and_post_concat_of_an_ntu_model(
         assert sorted(map(tuple, own.tolist())) == sorted(map(tuple, other.tolist()))
         assert not np.isclose(own, other).all(axis=1).all()
         assert not np.allclose(ns["test"][:, :h], n["test"])  # the model is fed other NTUs too
+    assert set(sig["N + a|h"]["vs_controls"]) == {"N + a|h shuffled"}
+    with (
+        np.load(e / run_mod._slug("N + a") / f) as na,
+        np.load(e / run_mod._slug("N + a|h") / f) as nah,
+        np.load(e / run_mod._slug("N + a|h shuffled") / f) as nahs,
+    ):
+        h = na["test"].shape[1] - d
+        assert nah["test"].shape[1] == h + 2 * d  # two appended slots, not their mean
+        assert np.array_equal(nah["test"][:, : h + d], na["test"])  # text, then the author's
+        hashtag_slot = nah["test"][:, h + d :]
+        assert not np.allclose(hashtag_slot, nah["test"][:, h : h + d])
+        # the control: both slots of one other post (the author slot is N + a shuffled's)
+        with np.load(e / run_mod._slug("N + a shuffled") / f) as ns:
+            assert np.array_equal(nahs["test"][:, h : h + d], ns["test"][:, h:])
+        own_rows = sorted(map(tuple, nah["test"][:, h:].tolist()))
+        assert own_rows == sorted(map(tuple, nahs["test"][:, h:].tolist()))
     # the test run of the same config reuses every fine-tune of the design run
     assert main(["run", "--config", str(tmp_path / "cfg.yaml"), "--out", str(run), "-q",
                  "eval.design=false"]) == 0  # fmt: skip

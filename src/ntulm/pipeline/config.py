@@ -38,6 +38,14 @@ class VariantSpec(StageConfig):
         "Of a no-NTU model it is the paper's BERT-post-concat; of an NTU model the NTULM "
         "embedding keeps the raw NTU vector beside it",
     )
+    concat: Literal["mean", "per_type"] = Field(
+        "mean",
+        description="how a post_concat_of variant appends the NTUs of ntu_types: their 'mean' "
+        "(one e_ntu, the paper's BERT-post-concat) or 'per_type', one e_ntu per type in "
+        "ntu_types order, each as the paper computes it for that type alone (an unknown or "
+        "absent type: the table mean), len(ntu_types) x D wide: the author's and the hashtags' "
+        "vectors side by side instead of averaged into one point",
+    )
     model_of: str | None = Field(
         None,
         description="no model of its own: embed with the named model variant's fine-tuned model "
@@ -65,6 +73,8 @@ class VariantSpec(StageConfig):
             data.pop("unknown_ntu_train", None)
         if self.unknown_ntu_types is None:
             data.pop("unknown_ntu_types", None)
+        if self.concat == "mean":
+            data.pop("concat", None)
         return data
 
     @field_validator("ntu_types")
@@ -76,6 +86,8 @@ class VariantSpec(StageConfig):
     def _types_if_used(self) -> VariantSpec:
         if (self.use_ntu or self.post_concat_of) and not self.ntu_types:
             raise ValueError("ntu_types: at least one NTU type for a variant that uses NTUs")
+        if self.concat != "mean" and self.post_concat_of is None:
+            raise ValueError(f"concat: {self.concat!r} is for a post_concat_of variant")
         return self
 
     control: Literal["shuffled", "mean"] | None = Field(
@@ -134,6 +146,7 @@ def controls_of(variants: list[VariantSpec]) -> dict[str, list[str]]:
                 and v.pooling == c.pooling
                 and v.post_concat_of == c.post_concat_of
                 and v.ntu_types == c.ntu_types
+                and v.concat == c.concat
                 and v.unknown_ntu_train == c.unknown_ntu_train
                 and v.unknown_types() == c.unknown_types()
             ]

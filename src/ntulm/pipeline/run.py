@@ -334,12 +334,15 @@ class Pipeline:
         for k, (split, posts) in enumerate(splits):
             if task.kind == "retrieval" and split != "test":
                 posts = []  # retrieval ranks test posts among themselves: no classifier to train
-            ntus = fed = None
+            ntus = fed = e_ctl = None
             if v.control is not None:  # negative control: substituted e_ntu rows
                 if emb is None:
                     raise ConfigError(f"{v.name}: a control needs NTU embeddings")
                 seed = [self.cfg.eval.seed, k]
                 ntus = control_ntus(v.control, posts, emb, v.ntu_types, seed)
+                if v.concat == "per_type":  # the appended rows: each type's, one permutation
+                    appended = [control_ntus(v.control, posts, emb, g, seed) for g in _groups(v)]
+                    e_ctl = np.concatenate(appended, axis=1)
                 # The model reads its own NTU types. A post-concat variant may append other
                 # types (e.g. the author alone): the model is then fed its own types' rows under
                 # the same substitution (the permutation depends on the seed and the split only,
@@ -357,7 +360,10 @@ class Pipeline:
             if v.post_concat_of is not None:
                 if emb is None:
                     raise ConfigError(f"{v.name}: post-concat needs NTU embeddings")
-                e_ntu = ntus if ntus is not None else ntu_vectors(posts, emb, v.ntu_types)[0]
+                if ntus is None:
+                    e_ntu = appended_ntus(v, posts, emb)
+                else:
+                    e_ntu = e_ctl if v.concat == "per_type" else ntus
                 x = np.concatenate([x, e_ntu], axis=1)
             x = np.asarray(x, dtype=np.float32)
             if split == "train" and v.unknown_ntu_train > 0 and posts:
@@ -396,10 +402,11 @@ class Pipeline:
             fed = ntu_inputs(sub, emb, model.cfg, drop)[0]
             text = self._encode(model, model_fp, sub, v.pooling, fed)
         else:  # the text part does not see NTUs
-            text = x[idx, : x.shape[1] - (emb.dim if v.post_concat_of is not None else 0)]
+            width = emb.dim * len(_groups(v)) if v.post_concat_of is not None else 0
+            text = x[idx, : x.shape[1] - width]
         parts = [text]
         if v.post_concat_of is not None:
-            parts.append(ntu_vectors(sub, emb, v.ntu_types, drop)[0])
+            parts.append(appended_ntus(v, sub, emb, drop))
         x[idx] = np.concatenate(parts, axis=1)
 
     # -- evaluation --------------------------------------------------------------------------
@@ -620,6 +627,20 @@ def _embed_job(
     for name in names:
         for task in tasks:
             p.embeddings(variants[name], model, model_fp, task, emb)
+
+
+def _groups(v: VariantSpec) -> list[list[str]]:
+    """The NTU type groups a post-concat variant appends one e_ntu each of (``concat``)."""
+    return [[t] for t in v.ntu_types] if v.concat == "per_type" else [list(v.ntu_types)]
+
+
+def appended_ntus(
+    v: VariantSpec, posts: list[Post], emb: NTUEmbeddings, unknown: Collection[str] = ()
+) -> np.ndarray:
+    """The NTU rows a post-concat variant appends: e_ntu of its ``ntu_types`` (N, D), or with
+    ``concat: per_type`` one e_ntu per type side by side (N, K*D). ``unknown``: types whose NTUs
+    count as unknown (the downstream NTU dropout)."""
+    return np.concatenate([ntu_vectors(posts, emb, g, unknown)[0] for g in _groups(v)], axis=1)
 
 
 def finetune_sample(
