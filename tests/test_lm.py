@@ -402,6 +402,19 @@ def test_recommended_embedding_appends_the_author_vector_by_default(backbone, nt
     np.testing.assert_allclose(model.encode(posts, concat_ntu=True)[:, 32:], e_ntu)
     both = model.encode(posts, concat_types=["author", "hashtag"])
     np.testing.assert_allclose(both[:, 32:], e_ntu)
+    # concat_per_type: the author's and the hashtags' vectors side by side, not their mean
+    apart = model.encode(posts, concat_types=["author", "hashtag"], concat_per_type=True)
+    hashtags = ntu_vectors(posts, ntu, ["hashtag"])[0]
+    assert apart.shape == (5, 32 + 2 * ntu.dim)
+    assert (
+        output_dim(model, concat_types=["author", "hashtag"], concat_per_type=True)
+        == apart.shape[1]
+    )
+    np.testing.assert_array_equal(apart[:, :32], paper)
+    np.testing.assert_allclose(apart[:, 32 : 32 + ntu.dim], author)
+    np.testing.assert_allclose(apart[:, 32 + ntu.dim :], hashtags)
+    with pytest.raises(ConfigError, match="concat_per_type"):
+        model.encode(posts, concat_per_type=True)
     assert model.encode(posts, text_only=True).shape == (5, 32)
     rows = np.zeros((5, ntu.dim), np.float32) + 0.5  # given e_ntu rows: appended as given
     np.testing.assert_array_equal(model.encode(posts, ntus=rows)[:, 32:], rows)
@@ -497,6 +510,19 @@ def test_cli_finetune_and_embed(backbone, ntu, tmp_path, capsys):
     got = np.stack(pq.read_table(tmp_path / "a.parquet").column("embedding").to_numpy(False))
     np.testing.assert_allclose(got[:, -ntu.dim :], ntu_vectors(read, ntu, ["author", "hashtag"])[0])
     np.testing.assert_allclose(got[:, : -ntu.dim], emb[:, : -ntu.dim], atol=1e-5)
+    # --concat-per-type: the two vectors side by side, through one process and through --nproc
+    from ntulm.lm.shards import read_embeddings
+
+    for extra in ([], ["--nproc", "1"]):
+        out_c = tmp_path / f"c{len(extra)}.parquet"
+        assert main([*args, "--out", str(out_c), *both, "--concat-per-type", *extra]) == 0
+        got = read_embeddings(out_c)  # --nproc writes a directory of shards
+        apart = np.stack(got.column("embedding").to_numpy(False))
+        assert apart.shape[1] == emb.shape[1] + ntu.dim
+        np.testing.assert_allclose(
+            apart[:, -2 * ntu.dim : -ntu.dim], ntu_vectors(read, ntu, ["author"])[0]
+        )
+        np.testing.assert_allclose(apart[:, -ntu.dim :], ntu_vectors(read, ntu, ["hashtag"])[0])
     capsys.readouterr()
     with pytest.raises(SystemExit):  # argparse: exit 2 naming the bad type
         main([*args, "--out", str(tmp_path / "b.parquet"), "--concat-ntu-types", "colour"])

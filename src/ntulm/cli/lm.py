@@ -97,6 +97,7 @@ def _embed_sharded(args: argparse.Namespace) -> int:
         "batch_size": args.batch_size,
         "concat_ntu": args.concat_ntu,
         "concat_types": args.concat_ntu_types,
+        "concat_per_type": args.concat_per_type,
         "show_progress_bar": not args.quiet,
         "dtype": args.dtype,
         "pooling": args.pooling,
@@ -149,6 +150,7 @@ def cmd_embed(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         concat_ntu=args.concat_ntu,
         concat_types=args.concat_ntu_types,
+        concat_per_type=args.concat_per_type,
         show_progress_bar=args.progress,
         limit=args.limit,
         dtype=args.dtype,
@@ -224,6 +226,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         metavar="TYPES",
         help="the NTU types averaged into the appended vector, comma-separated, e.g. "
         "'author,hashtag' (default: author; docs/lm.md)",
+    )
+    e.add_argument(
+        "--concat-per-type",
+        action="store_true",
+        help="with --concat-ntu-types: append each type's vector side by side (K x NTU dim) "
+        "instead of their mean, e.g. the author's and the hashtags' kept apart",
     )
     e.add_argument("--batch-size", type=int, default=64)
     e.add_argument("--limit", type=int, default=0, help="stop after N posts (0: all)")

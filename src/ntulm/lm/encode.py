@@ -105,9 +105,11 @@ def appended_ntus(
     posts: Sequence[Post | str],
     ntus: np.ndarray | None,
     types: Sequence[str],
+    per_type: bool = False,
 ) -> np.ndarray:
     """The appended vectors of ``concat_types``: the mean of each post's NTUs of ``types`` in
-    the model's NTU embeddings (the table mean where it has none), (N, D) float32."""
+    the model's NTU embeddings (the table mean where it has none), (N, D) float32; with
+    ``per_type`` that vector for each type alone, side by side in ``types`` order, (N, K*D)."""
     from ntulm.posts.ntus import check_ntu_types
 
     types = check_ntu_types(list(types))
@@ -116,7 +118,8 @@ def appended_ntus(
     if model.ntu is None:
         raise ConfigError("concat_types: needs NTU embeddings (ntu=... or --ntu DIR)")
     recs = _records(posts)
-    return ntu_vectors(recs, model.ntu, types)[0]
+    groups = [[t] for t in types] if per_type else [types]
+    return np.concatenate([ntu_vectors(recs, model.ntu, g)[0] for g in groups], axis=1)
 
 
 DTYPES = ("float32", "bfloat16", "auto")
@@ -156,6 +159,7 @@ def encode(
     pooling: str = "mean",
     text_only: bool = False,
     concat_types: Sequence[str] | None = None,
+    concat_per_type: bool = False,
 ) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
     """Embeddings of ``posts``, (N, H) float32 (H + ntu_dim with ``concat_ntu``), in input order.
 
@@ -175,7 +179,8 @@ def encode(
     author+hashtag for a no-NTU model), the paper's BERT-post-concat.
     ``concat_types`` (with ``concat_ntu``): the NTU types whose mean vector is appended, e.g.
     ``["author", "hashtag"]``; looked up in the model's NTU embeddings, so it needs post records,
-    not ``ntus=`` rows.
+    not ``ntus=`` rows. ``concat_per_type=True`` appends each type's vector side by side instead
+    of their mean (K x ntu_dim: the author's and the hashtags' vectors kept apart).
     ``text_only=True`` runs the encoder on the
     word pieces alone, without the NTU token (mean pooling): what transformers or
     sentence-transformers compute from ``model/`` or an ``ntulm export``.
@@ -184,6 +189,7 @@ def encode(
     if text_only and pooling != "mean":
         raise ConfigError(f"pooling: {pooling!r} needs the NTU token; text_only takes 'mean'")
     posts = as_posts(posts)
+    _check_per_type(concat_types, concat_per_type)
     concat_ntu, concat_types = _resolve_concat(
         model, pooling, concat_ntu, concat_types, text_only, rows_given=ntus is not None
     )
@@ -216,7 +222,7 @@ def encode(
     if concat_ntu:
         appended = e_ntu
         if concat_types is not None:
-            appended = appended_ntus(model, posts, ntus, concat_types)
+            appended = appended_ntus(model, posts, ntus, concat_types, concat_per_type)
         assert appended is not None
         if appended.ndim != 2:
             raise ConfigError("concat_ntu: needs a model with mean NTU vectors (not per_type)")
@@ -315,11 +321,25 @@ def _resolve_concat(
     return concat_ntu, None
 
 
-def output_dim(model: NTULM, pooling: str = "mean", concat_ntu: bool | None = None) -> int:
+def _check_per_type(concat_types: Sequence[str] | None, concat_per_type: bool) -> None:
+    if concat_per_type and concat_types is None:
+        raise ConfigError("concat_per_type: needs concat_types, the NTU types to append apart")
+
+
+def output_dim(
+    model: NTULM,
+    pooling: str = "mean",
+    concat_ntu: bool | None = None,
+    concat_types: Sequence[str] | None = None,
+    concat_per_type: bool = False,
+) -> int:
     """Width of :func:`encode`'s output for these options."""
-    if concat_ntu is None:
+    if concat_types is not None:
+        concat_ntu = True
+    elif concat_ntu is None:
         concat_ntu = recommended_concat(model, pooling)
-    ntu = model.ntu.dim if concat_ntu and model.ntu is not None else 0
+    slots = len(concat_types) if concat_per_type and concat_types is not None else 1
+    ntu = model.ntu.dim * slots if concat_ntu and model.ntu is not None else 0
     return model.hidden_size * (2 if pooling == "mean+ntu" else 1) + ntu
 
 
@@ -347,13 +367,15 @@ def embed_to_parquet(
     dtype: str = "float32",
     pooling: str = "mean",
     concat_types: Sequence[str] | None = None,
+    concat_per_type: bool = False,
 ) -> int:
     """Stream ``(post, source)`` pairs into ``out_file`` (Parquet: id, embedding, overlap), one
     row group per chunk of ``chunk_posts``; written atomically. Returns the number of posts.
     Posts are sorted by length within each chunk (a larger chunk pads less)."""
     check_pooling(model, pooling)
+    _check_per_type(concat_types, concat_per_type)
     concat_ntu, concat_types = _resolve_concat(model, pooling, concat_ntu, concat_types)
-    dim = output_dim(model, pooling, concat_ntu)
+    dim = output_dim(model, pooling, concat_ntu, concat_types, concat_per_type)
     schema = pa.schema(
         [("id", pa.string()), ("embedding", pa.list_(pa.float32(), dim)), ("overlap", pa.bool_())]
     )
@@ -372,6 +394,7 @@ def embed_to_parquet(
                 dtype=dtype,
                 pooling=pooling,
                 concat_types=concat_types,
+                concat_per_type=concat_per_type,
             )
             flat = pa.array(emb.reshape(-1), type=pa.float32())
             table = pa.table(
