@@ -279,6 +279,26 @@ def test_evaluate_saved_models_matches_run(tmp_path, backbone, capsys):
     assert "is not an `ntulm finetune` directory" in capsys.readouterr().err
 
 
+def _assert_shuffled_concat(files: Path, model: str, concat: str, control: str) -> None:
+    """``concat`` (post_concat_of ``model``) keeps the model's embedding and appends rows; its
+    shuffled ``control`` feeds the model other posts' NTUs and appends the same rows, paired with
+    other posts. ``files``: the task's embedding file, ``{}`` standing for the variant's slug."""
+    from ntulm.pipeline.run import _slug
+
+    with (
+        np.load(str(files).format(_slug(model))) as m,
+        np.load(str(files).format(_slug(concat))) as c,
+        np.load(str(files).format(_slug(control))) as s,
+    ):
+        h = m["test"].shape[1]
+        assert np.array_equal(c["test"][:, :h], m["test"])
+        assert not np.allclose(s["test"][:, :h], m["test"])  # the model is fed other NTUs too
+        own, other = c["test"][:, h:], s["test"][:, h:]
+        # the appended rows of other posts: the same rows, not the posts' own
+        assert sorted(map(tuple, own.tolist())) == sorted(map(tuple, other.tolist()))
+        assert not np.isclose(own, other).all(axis=1).all()
+
+
 def test_design_run_reads_no_test_post_and_post_concat_of_an_ntu_model(
     tmp_path, backbone, capsys, monkeypatch
 ):
@@ -360,18 +380,10 @@ def test_design_run_reads_no_test_post_and_post_concat_of_an_ntu_model(
     sig = res["significance"]["tasks"]["community (validation)"]
     assert set(sig["N + e"]["vs_controls"]) == {"N + e mean"}
     assert set(sig["N + a"]["vs_controls"]) == {"N + a shuffled"}
-    with (
-        np.load(e / run_mod._slug("N") / f) as n,
-        np.load(e / run_mod._slug("N + a") / f) as na,
-        np.load(e / run_mod._slug("N + a shuffled") / f) as ns,
-    ):
-        h = n["test"].shape[1]
-        assert np.array_equal(na["test"][:, :h], n["test"])
-        own, other = na["test"][:, h:], ns["test"][:, h:]
-        # the appended author rows of other posts: the same rows, not the posts' own
-        assert sorted(map(tuple, own.tolist())) == sorted(map(tuple, other.tolist()))
-        assert not np.isclose(own, other).all(axis=1).all()
-        assert not np.allclose(ns["test"][:, :h], n["test"])  # the model is fed other NTUs too
+    _assert_shuffled_concat(e / f"{{}}/{f}", "N", "N + a", "N + a shuffled")
+    # a per-type model's control: its (N, K, D) rows under the same permutation
+    assert set(sig["T + a"]["vs_controls"]) == {"T + a shuffled"}
+    _assert_shuffled_concat(e / f"{{}}/{f}", "T", "T + a", "T + a shuffled")
     assert set(sig["N + a|h"]["vs_controls"]) == {"N + a|h shuffled"}
     with (
         np.load(e / run_mod._slug("N + a") / f) as na,
@@ -395,14 +407,3 @@ def test_design_run_reads_no_test_post_and_post_concat_of_an_ntu_model(
     stages = json.loads((run / "results.json").read_text())["stages"]
     assert "finetune N" in " ".join(stages["reused"]), stages
     assert not [s for s in stages["ran"] if s.startswith("finetune")], stages
-    assert set(sig["T + a"]["vs_controls"]) == {"T + a shuffled"}
-    with (
-        np.load(e / run_mod._slug("T") / f) as t,
-        np.load(e / run_mod._slug("T + a") / f) as ta,
-        np.load(e / run_mod._slug("T + a shuffled") / f) as ts,
-    ):
-        h = t["test"].shape[1]
-        assert np.array_equal(ta["test"][:, :h], t["test"])
-        assert not np.allclose(ts["test"][:, :h], t["test"])  # the model is fed other posts' rows
-        own, other = ta["test"][:, h:], ts["test"][:, h:]
-        assert sorted(map(tuple, own.tolist())) == sorted(map(tuple, other.tolist()))
