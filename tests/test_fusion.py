@@ -135,6 +135,22 @@ def test_per_type_model_injects_k_tokens_after_the_words(backbone, ntu, tokenize
     )
 
 
+def test_per_type_model_default_appends_the_author_vector(backbone, ntu):
+    """The recommended embedding of a per-type model is [mean ; e_author] as for the others
+    (its 3-seed test, benchmarks/results/fusion/final_pertype); given (N, K, D) rows, nothing is
+    appended (they are the model's input, not one vector to append)."""
+    from ntulm.lm.encode import output_dim
+
+    model = _model(backbone, ntu, ntu_tokens="per_type", ntu_types=["author", "hashtag"])
+    posts = _posts(6)
+    default, plain = encode(model, posts), encode(model, posts, concat_ntu=False)
+    assert default.shape == (6, 32 + ntu.dim) and output_dim(model) == 32 + ntu.dim
+    np.testing.assert_array_equal(default[:, :32], plain)
+    np.testing.assert_allclose(default[:, 32:], ntu_vectors(posts, ntu, ["author"])[0])
+    rows = ntu_type_vectors(posts, ntu, ["author", "hashtag"])[0]
+    np.testing.assert_array_equal(encode(model, posts, ntus=rows), plain)
+
+
 def test_dropped_type_is_invisible_to_the_words(backbone, ntu, tokenizer):
     """absent=drop: a post without hashtags gets no hashtag token; whatever the unknown vector
     says, the word states do not change (masked out of attention)."""

@@ -172,8 +172,8 @@ def encode(
     float32 elsewhere. The output stays float32. ``pooling`` is ``"mean"`` (the paper),
     ``"mean+ntu"`` or ``"gate"`` (see :func:`pool`). ``concat_ntu`` appends an NTU vector
     (BERT-post-concat for a no-NTU model). By default (``None``) the recommended embedding
-    (:func:`recommended_concat`): with ``mean`` pooling, for a model that carries NTU embeddings,
-    the post author's vector is appended (an unknown author: the table mean; where the table holds
+    (:func:`recommended_concat`): with ``mean`` pooling, for a model that carries NTU embeddings
+    (per-type models included), the post author's vector is appended (an unknown author: the table mean; where the table holds
     no users, or ``ntus=`` rows are given, the post's e_ntu instead); off otherwise.
     ``concat_ntu=True`` alone appends the post's e_ntu (the mean over the model's NTU types;
     author+hashtag for a no-NTU model), the paper's BERT-post-concat.
@@ -293,9 +293,11 @@ def recommended_concat(model: NTULM, pooling: str = "mean") -> bool:
     or injects one mean NTU vector (its e_ntu). Chosen on validation splits over the fusion
     designs (``benchmarks/results/fusion/``): mean pooling keeps the text's skill, the appended
     raw vector keeps the NTU signal the pooled mean dilutes."""
-    if pooling != "mean" or model.typed is not None or model.ntu is None:
+    if pooling != "mean" or model.ntu is None:
         return False
-    return recommended_types(model) is not None or model.use_ntu
+    if recommended_types(model) is not None:  # per-type models too (final_pertype, 3 seeds)
+        return True
+    return model.use_ntu and model.typed is None  # its one e_ntu (a per-type model has K)
 
 
 def _resolve_concat(
@@ -317,7 +319,9 @@ def _resolve_concat(
     if concat_ntu is None:
         if text_only or not recommended_concat(model, pooling):
             return False, None
-        return True, None if rows_given else recommended_types(model)
+        if rows_given:  # the given rows are e_ntu; a per-type model's (N, K, D) are not appended
+            return model.typed is None, None
+        return True, recommended_types(model)
     return concat_ntu, None
 
 
