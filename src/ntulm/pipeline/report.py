@@ -97,7 +97,7 @@ def table2(results: dict[str, Any], agg: dict) -> str:
         v = cfg_variants[name]
         ntus = "+".join(v["ntu_types"]) if (v["use_ntu"] or v["post_concat_of"]) else "—"
         if v.get("concat", "mean") == "per_type":  # appended side by side, not averaged
-            ntus = " | ".join(v["ntu_types"]) + " (appended per type)"
+            ntus = " / ".join(v["ntu_types"]) + " (appended per type)"
         if v.get("pooling", "mean") != "mean":
             ntus += f"; {v['pooling']} pooling"
         lm = results["lm"].get(name) or []
