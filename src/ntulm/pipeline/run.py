@@ -21,8 +21,9 @@ Choices (documented in the report):
   ``finetune_per_seed``, the fine-tuning);
 - the test posts of corpus tasks and their validation posts are kept out of the fine-tuning
   sample, in a design run (``eval.design``) too, where the tasks score on validation halves: its
-  fine-tunes are the very models the test run of the same config uses (and reuses); the hashtag task's validation and test posts also give no graph edges (and with
-  ``exclusion: strict`` no test author keeps an edge to its removed hashtag);
+  fine-tunes are the very models the test run of the same config uses (and reuses); the hashtag
+  task's validation and test posts also give no graph edges (and with ``exclusion: strict`` no
+  test author keeps an edge to its removed hashtag);
 - ``protocol: temporal`` (``evaluate/temporal.py``): the cutoff is resolved once from the posts
   table; the graph (so the NTU embeddings) is built from the posts strictly before it, the
   fine-tuning sample is drawn from them, and every corpus task validates and tests on posts at or
