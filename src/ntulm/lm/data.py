@@ -55,6 +55,20 @@ def ntu_vectors(
     return np.asarray(vecs, dtype=np.float32).reshape(-1, dim), np.asarray(known, dtype=bool)
 
 
+def appended_vectors(
+    posts: Iterable[Post],
+    ntu: NTUEmbeddings,
+    types: Sequence[str],
+    per_type: bool = False,
+    unknown: Collection[str] = (),
+) -> np.ndarray:
+    """The NTU rows a post-concat embedding appends: :func:`ntu_vectors` of ``types`` (N, D),
+    or with ``per_type`` that of each type alone, side by side in ``types`` order (N, K*D)."""
+    posts = list(posts)
+    groups = [[t] for t in types] if per_type else [list(types)]
+    return np.concatenate([ntu_vectors(posts, ntu, g, unknown)[0] for g in groups], axis=1)
+
+
 def ntu_type_vectors(
     posts: Iterable[Post], ntu: NTUEmbeddings, types: Sequence[str], unknown: Collection[str] = ()
 ) -> tuple[np.ndarray, np.ndarray]:

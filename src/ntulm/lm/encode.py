@@ -37,7 +37,12 @@ from tqdm.auto import tqdm
 from ntulm.artifacts import atomic_path
 from ntulm.errors import ConfigError
 from ntulm.lm.config import resolve_dtype
-from ntulm.lm.data import length_grouped_batches, ntu_inputs, ntu_vectors, tokenize
+from ntulm.lm.data import (
+    appended_vectors,
+    length_grouped_batches,
+    ntu_inputs,
+    tokenize,
+)
 from ntulm.memory import TRIM_EVERY, trim
 from ntulm.posts import Post
 
@@ -117,9 +122,7 @@ def appended_ntus(
         raise ConfigError("concat_types: looks NTUs up in the posts; pass posts, not ntus= rows")
     if model.ntu is None:
         raise ConfigError("concat_types: needs NTU embeddings (ntu=... or --ntu DIR)")
-    recs = _records(posts)
-    groups = [[t] for t in types] if per_type else [types]
-    return np.concatenate([ntu_vectors(recs, model.ntu, g)[0] for g in groups], axis=1)
+    return appended_vectors(_records(posts), model.ntu, types, per_type)
 
 
 DTYPES = ("float32", "bfloat16", "auto")
@@ -173,8 +176,9 @@ def encode(
     ``"mean+ntu"`` or ``"gate"`` (see :func:`pool`). ``concat_ntu`` appends an NTU vector
     (BERT-post-concat for a no-NTU model). By default (``None``) the recommended embedding
     (:func:`recommended_concat`): with ``mean`` pooling, for a model that carries NTU embeddings
-    (per-type models included), the post author's vector is appended (an unknown author: the table mean; where the table holds
-    no users, or ``ntus=`` rows are given, the post's e_ntu instead); off otherwise.
+    (per-type models included), the post author's vector is appended (an unknown author: the
+    table mean; where the table holds no users, or ``ntus=`` rows are given, the post's e_ntu
+    instead); off otherwise.
     ``concat_ntu=True`` alone appends the post's e_ntu (the mean over the model's NTU types;
     author+hashtag for a no-NTU model), the paper's BERT-post-concat.
     ``concat_types`` (with ``concat_ntu``): the NTU types whose mean vector is appended, e.g.

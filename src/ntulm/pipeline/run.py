@@ -65,7 +65,7 @@ from ntulm.evaluate.temporal import BEFORE, Temporal, before_sql, temporal
 from ntulm.graph.build import build_graph_from_table, edge_exclusion_lines, read_posts_table
 from ntulm.kge import NTUEmbeddings, train_kge
 from ntulm.lm.config import LMConfig, resolve_dtype
-from ntulm.lm.data import ntu_inputs, ntu_vectors
+from ntulm.lm.data import appended_vectors, ntu_inputs, ntu_vectors
 from ntulm.lm.encode import encode, output_dim
 from ntulm.lm.model import NTULM, STAGE
 from ntulm.lm.train import CHECKPOINT, finetune
@@ -641,7 +641,7 @@ def appended_ntus(
     """The NTU rows a post-concat variant appends: e_ntu of its ``ntu_types`` (N, D), or with
     ``concat: per_type`` one e_ntu per type side by side (N, K*D). ``unknown``: types whose NTUs
     count as unknown (the downstream NTU dropout)."""
-    return np.concatenate([ntu_vectors(posts, emb, g, unknown)[0] for g in _groups(v)], axis=1)
+    return appended_vectors(posts, emb, v.ntu_types, v.concat == "per_type", unknown)
 
 
 def finetune_sample(
