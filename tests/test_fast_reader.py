@@ -30,6 +30,8 @@ TEXTS = [
     "@aaaaaaaaaaaaaaaaaa @ok@ ##double x@y #a#b @a_b. HTTP://UP.COM/X) (www.in.paren)",
     "#tag\ufe0f and \u200d#zwj e\u0301#mark \ufffd#repl",
     "   ",
+    "\u00a0",  # empty after strip(): rejected by both paths
+    " \u00a0\t\n\u00a0",
     "a" * 150,
 ]
 
@@ -73,7 +75,7 @@ def test_fast_equals_reference_on_plain_csv(tmp_path):
     path = tmp_path / "IRAhandle_tweets_en_01.csv.gz"
     path.write_bytes(gzip.compress(_csv(_rows(TEXTS * 3))))
     table, report, quarantine = _assert_same([path], tmp_path)
-    assert report["rejected"] == 6 and table.num_rows == 3 * len(TEXTS) - 6
+    assert report["rejected"] == 12 and table.num_rows == 3 * len(TEXTS) - 12  # 4 texts x 3
     assert "empty text" in quarantine and "text too long" in quarantine
     ids = table.column("id").to_pylist()
     assert ids[:7] == [f"IRAhandle_tweets_en_01:{n}" for n in (2, 3, 4, 5, 6, 7, 9)]  # 7: 2 lines
