@@ -460,10 +460,11 @@ def ira_tables(
         table = table.rename_columns(header)
         starts = np.asarray(starts_l, dtype=np.int64)
     table = table.append_column("_line", pa.array(starts, pa.int64()))
-    fast, slow_idx = _extract(table, header, stem, name, reader.max_text_chars, threads)
-    slow_posts, slow_sources, slow_lines = [], [], []
+    fast, ok = _extract(table, header, stem, name, reader.max_text_chars, threads)
+    slow_idx = np.flatnonzero(~ok)
+    slow_posts, slow_sources, slow_at = [], [], []
     if len(slow_idx):
-        for row in table.take(slow_idx).to_pylist():
+        for at, row in zip(slow_idx, table.take(slow_idx).to_pylist(), strict=True):
             line = row.pop("_line")
             raw = ",".join(row[h] for h in header)
             try:
@@ -477,20 +478,26 @@ def ira_tables(
                 continue
             slow_posts.append(post)
             slow_sources.append(f"{name}:{line}")
-            slow_lines.append(line)
+            slow_at.append(at)
     log.info(
         "%s: %d rows, %d through the reference parser (%.2f%%)",
         name, table.num_rows, len(slow_idx), 100 * len(slow_idx) / max(table.num_rows, 1),
     )  # fmt: skip
     for line, problem, raw in sorted(rejects, key=lambda r: r[0]):
         reader._reject(q, name, line, problem, raw)
-    parts = [fast]
-    if slow_posts:
-        slow = pa.Table.from_pydict(posts_to_columns(slow_posts, slow_sources), schema=POSTS_SCHEMA)
-        parts.append(
-            slow.add_column(0, "_line", pa.array(slow_lines, pa.int64())).cast(fast.schema)
-        )
-    out = pa.concat_tables(parts).sort_by("_line").drop_columns(["_line"])
+    out = fast.drop_columns(["_line"])
+    if len(slow_idx):  # one take in line order: the fast rows kept, each parsed slow row in place
+        pick = np.arange(len(ok))
+        parts = [out]
+        if slow_posts:
+            slow = pa.Table.from_pydict(
+                posts_to_columns(slow_posts, slow_sources), schema=POSTS_SCHEMA
+            )
+            parts.append(slow.cast(out.schema))
+            pick[slow_at] = len(ok) + np.arange(len(slow_at))
+            ok = ok.copy()
+            ok[slow_at] = True
+        out = pa.concat_tables(parts).take(pa.array(pick[ok]))
     reader.report.read += out.num_rows
     reader.report.accepted += out.num_rows
     yield out
@@ -499,7 +506,8 @@ def ira_tables(
 def _extract(
     table: pa.Table, header: list[str], stem: str, name: str, max_chars: int, threads: int | None
 ) -> tuple[pa.Table, pa.Array]:
-    """``(posts of the plain rows with _line, row indices for the reference parser)``."""
+    """``(posts of every row, with _line; ok)``: the posts of the rows where ``ok`` (a NumPy
+    bool array) is true are the reference's; the others go to the reference parser."""
     n = table.num_rows
     line = table.column("_line").combine_chunks()
     rows = pa.table({
@@ -534,4 +542,4 @@ def _extract(
     }
     schema = pa.schema([pa.field("_line", pa.int64()), *POSTS_SCHEMA])
     posts = pa.table([line, *(cols[f] for f in POSTS_SCHEMA.names)], schema=schema)
-    return posts.filter(ok), pc.indices_nonzero(pc.invert(ok))
+    return posts, ok.to_numpy(zero_copy_only=False)
