@@ -184,6 +184,24 @@ def test_quickstart_with_a_backbone(tmp_path, backbone, capsys):
             assert set(ids) <= corpus
 
 
+def test_default_variants_recommend_the_per_type_model_with_the_author_vector():
+    """`ntulm run`'s default: the recommended variant appends the author's vector to a model
+    fine-tuned with per-type NTU tokens; the text-only model with the same vector runs beside it."""
+    from ntulm.pipeline.config import RECOMMENDED, PipelineConfig
+
+    task = {"type": "classification", "name": "c", "label": "community"}
+    cfg = PipelineConfig(posts=["x"], eval={"tasks": [task]})
+    by_name = {v.name: v for v in cfg.variants}
+    rec = by_name[RECOMMENDED]
+    assert rec.ntu_types == ["author"] and rec.post_concat_of
+    model = by_name[rec.post_concat_of]
+    assert model.use_ntu and model.lm == {"ntu_tokens": "per_type"}
+    assert set(model.ntu_types) == {"author", "hashtag"}
+    text = by_name["BERT-post-concat (author)"]
+    assert not by_name[text.post_concat_of].use_ntu and text.ntu_types == ["author"]
+    assert [v.name for v in cfg.variants[:5]] == [v.name for v in paper_variants()]
+
+
 def test_quickstart_default_output_is_ignored_by_git():
     """`ntulm quickstart` run from a checkout writes under a directory git ignores."""
     root = Path(__file__).resolve().parents[1]
