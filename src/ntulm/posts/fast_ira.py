@@ -460,7 +460,7 @@ def ira_tables(
         table = table.rename_columns(header)
         starts = np.asarray(starts_l, dtype=np.int64)
     table = table.append_column("_line", pa.array(starts, pa.int64()))
-    fast, ok = _extract(table, header, stem, name, reader.max_text_chars, threads)
+    sql_posts, ok = _extract(table, header, stem, name, reader.max_text_chars, threads)
     slow_idx = np.flatnonzero(~ok)
     slow_posts, slow_sources, slow_at = [], [], []
     if len(slow_idx):
@@ -485,7 +485,7 @@ def ira_tables(
     )  # fmt: skip
     for line, problem, raw in sorted(rejects, key=lambda r: r[0]):
         reader._reject(q, name, line, problem, raw)
-    out = fast.drop_columns(["_line"])
+    out = sql_posts.drop_columns(["_line"])
     if len(slow_idx):  # one take in line order: the fast rows kept, each parsed slow row in place
         pick = np.arange(len(ok))
         parts = [out]
@@ -505,7 +505,7 @@ def ira_tables(
 
 def _extract(
     table: pa.Table, header: list[str], stem: str, name: str, max_chars: int, threads: int | None
-) -> tuple[pa.Table, pa.Array]:
+) -> tuple[pa.Table, np.ndarray]:
     """``(posts of every row, with _line; ok)``: the posts of the rows where ``ok`` (a NumPy
     bool array) is true are the reference's; the others go to the reference parser."""
     n = table.num_rows
