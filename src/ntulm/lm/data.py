@@ -55,6 +55,12 @@ def ntu_vectors(
     return np.asarray(vecs, dtype=np.float32).reshape(-1, dim), np.asarray(known, dtype=bool)
 
 
+def concat_groups(types: Sequence[str], per_type: bool = False) -> list[list[str]]:
+    """The NTU type groups a post-concat embedding appends one e_ntu each of: all ``types`` in
+    one group, or with ``per_type`` each type alone, in ``types`` order."""
+    return [[t] for t in types] if per_type else [list(types)]
+
+
 def appended_vectors(
     posts: Iterable[Post],
     ntu: NTUEmbeddings,
@@ -65,7 +71,7 @@ def appended_vectors(
     """The NTU rows a post-concat embedding appends: :func:`ntu_vectors` of ``types`` (N, D),
     or with ``per_type`` that of each type alone, side by side in ``types`` order (N, K*D)."""
     posts = list(posts)
-    groups = [[t] for t in types] if per_type else [list(types)]
+    groups = concat_groups(types, per_type)
     return np.concatenate([ntu_vectors(posts, ntu, g, unknown)[0] for g in groups], axis=1)
 
 

@@ -65,7 +65,7 @@ from ntulm.evaluate.temporal import BEFORE, Temporal, before_sql, temporal
 from ntulm.graph.build import build_graph_from_table, edge_exclusion_lines, read_posts_table
 from ntulm.kge import NTUEmbeddings, train_kge
 from ntulm.lm.config import LMConfig, resolve_dtype
-from ntulm.lm.data import appended_vectors, ntu_inputs, ntu_vectors
+from ntulm.lm.data import appended_vectors, concat_groups, ntu_inputs, ntu_vectors
 from ntulm.lm.encode import encode, output_dim
 from ntulm.lm.model import NTULM, STAGE
 from ntulm.lm.train import CHECKPOINT, finetune
@@ -632,7 +632,7 @@ def _embed_job(
 
 def _groups(v: VariantSpec) -> list[list[str]]:
     """The NTU type groups a post-concat variant appends one e_ntu each of (``concat``)."""
-    return [[t] for t in v.ntu_types] if v.concat == "per_type" else [list(v.ntu_types)]
+    return concat_groups(v.ntu_types, v.concat == "per_type")
 
 
 def appended_ntus(
