@@ -1,8 +1,11 @@
-"""Resident memory of MLM fine-tuning with and without giving freed heap pages back to the OS
-(``ntulm.memory.trim``: glibc ``malloc_trim(0)`` every 50 steps), side by side in one run.
+"""Resident memory of MLM fine-tuning under the heap settings ``ntulm.memory`` can apply, side by
+side in one run: without and with giving freed heap pages back to the OS (``trim``: glibc
+``malloc_trim(0)`` every 50 steps), and with glibc's allocator tuned as well (``tuned``: a fixed
+mmap threshold and two arenas, ``ntulm.memory.tune_allocator``).
 
 Same command, data, seed, steps, dtype (the default ``train_dtype: auto``: bfloat16 autocast on
-this CPU) and threads; only ``NTULM_MALLOC_TRIM`` differs. Peak RSS of the process tree is sampled
+this CPU) and threads; only the environment variables ``NTULM_MALLOC_TRIM`` and
+``NTULM_MALLOC_TUNE`` differ. Peak RSS of the process tree is sampled
 from ``/proc`` every 0.2 s (``benchmarks/procmem.py``); the two runs alternate ``--repeats`` times.
 The fine-tuned weights must be identical (trimming changes where memory lives, not the maths).
 
@@ -28,6 +31,33 @@ from ntulm.posts import PostReader  # noqa: E402
 from procmem import run_measured  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results" / "bench_memory.json"
+MODES = {  # name: environment
+    "no_trim": {"NTULM_MALLOC_TRIM": "0", "NTULM_MALLOC_TUNE": "0"},
+    "trim": {"NTULM_MALLOC_TRIM": "1", "NTULM_MALLOC_TUNE": "0"},
+    "tuned": {"NTULM_MALLOC_TRIM": "1", "NTULM_MALLOC_TUNE": "1"},
+    # glibc's own variables, read when a process starts (what ``tuned`` sets, one at a time)
+    "arena2": {"NTULM_MALLOC_TRIM": "1", "NTULM_MALLOC_TUNE": "0", "MALLOC_ARENA_MAX": "2"},
+    "mmap1m": {
+        "NTULM_MALLOC_TRIM": "1",
+        "NTULM_MALLOC_TUNE": "0",
+        "MALLOC_MMAP_THRESHOLD_": "1048576",
+    },
+    "mmap4m": {
+        "NTULM_MALLOC_TRIM": "1",
+        "NTULM_MALLOC_TUNE": "0",
+        "MALLOC_MMAP_THRESHOLD_": "4194304",
+    },
+    "mmap16m": {
+        "NTULM_MALLOC_TRIM": "1",
+        "NTULM_MALLOC_TUNE": "0",
+        "MALLOC_MMAP_THRESHOLD_": "16777216",
+    },
+    "mmap128k": {
+        "NTULM_MALLOC_TRIM": "1",
+        "NTULM_MALLOC_TUNE": "0",
+        "MALLOC_MMAP_THRESHOLD_": "131072",
+    },
+}
 
 
 def write_sample(src: str, n: int, out: Path) -> int:
@@ -55,21 +85,25 @@ def main() -> int:
     ap.add_argument("--n-posts", type=int, default=12_000)
     ap.add_argument("--steps", type=int, default=300)
     ap.add_argument("--repeats", type=int, default=1)
+    ap.add_argument(
+        "--modes", default="no_trim,trim,tuned", help="comma-separated, of " + ",".join(MODES)
+    )
     ap.add_argument("--out", default=str(RESULTS))
     args = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="bench_memory_"))
     sample = tmp / "posts.jsonl"
     n = write_sample(args.posts, args.n_posts, sample)
     uptime = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
-    rows: dict[str, list[dict]] = {"trim": [], "no_trim": []}
+    modes = args.modes.split(",")
+    rows: dict[str, list[dict]] = {m: [] for m in modes}
     for r in range(args.repeats):
-        for mode in ("no_trim", "trim") if r % 2 == 0 else ("trim", "no_trim"):
+        for mode in modes if r % 2 == 0 else modes[::-1]:
             out = tmp / f"{mode}{r}"
             cmd = [sys.executable, "-m", "ntulm", "-q", "finetune", "--posts", str(sample),
                    "--no-ntu", "--out", str(out), f"max_steps={args.steps}", "max_epochs=1",
                    "batch_size=32", "max_length=64", "head_warmup_steps=0",
                    "eval_max_posts=500", "seed=13"]  # fmt: skip
-            env = {**os.environ, "NTULM_MALLOC_TRIM": "0" if mode == "no_trim" else "1"}
+            env = {**os.environ, **MODES[mode]}
             done, wall, peak = run_measured(cmd, env=env)
             if done.returncode != 0:
                 print(done.stderr[-2000:], file=sys.stderr)
@@ -89,12 +123,13 @@ def main() -> int:
         "torch_threads": "default (2 cores)",
         "uptime": uptime,
         "runs": rows,
-        "peak_rss_mb_no_trim": best["no_trim"],
-        "peak_rss_mb_trim": best["trim"],
-        "saved_mb": round(best["no_trim"] - best["trim"], 1),
-        "wall_ratio_trim": round(
-            min(x["wall_s"] for x in rows["trim"]) / min(x["wall_s"] for x in rows["no_trim"]), 3
-        ),
+        **{f"peak_rss_mb_{m}": best[m] for m in modes},
+        **{
+            f"wall_ratio_{m}_vs_{modes[0]}": round(
+                min(x["wall_s"] for x in rows[m]) / min(x["wall_s"] for x in rows[modes[0]]), 3
+            )
+            for m in modes[1:]
+        },
         "same_weights": len(digests) == 1,
     }
     Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
