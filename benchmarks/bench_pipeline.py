@@ -64,7 +64,8 @@ def timed(cmd: list[str]) -> dict:
     ``time_v_max_rss_mb`` the largest single process.
     """
     load = uptime()
-    proc, _, tree_peak = run_measured(["/usr/bin/time", "-v", *cmd], cwd=ROOT)
+    each: dict[int, float] = {}
+    proc, _, tree_peak = run_measured(["/usr/bin/time", "-v", *cmd], cwd=ROOT, per_process=each)
     if proc.returncode != 0:
         sys.stderr.write(proc.stderr[-3000:])
         raise SystemExit(f"failed ({proc.returncode}): {' '.join(cmd)}")
@@ -77,6 +78,8 @@ def timed(cmd: list[str]) -> dict:
         "wall_s": round(seconds, 1),
         "peak_rss_mb": round(max(tree_peak, largest), 1),
         "time_v_max_rss_mb": round(largest, 1),
+        # each process's own peak, in the order they started (the run, then its stage workers)
+        "process_peaks_mb": [round(x, 1) for x in each.values() if x >= 50],
         "command": " ".join(cmd),
         "uptime": load,
         "uptime_after": uptime(),
@@ -145,6 +148,7 @@ def main() -> None:
             wall_s=paper["wall_s"],
             peak_rss_mb=paper["peak_rss_mb"],
             time_v_max_rss_mb=paper["time_v_max_rss_mb"],
+            process_peaks_mb=paper["process_peaks_mb"],
             command=paper["command"],
             uptime=paper["uptime"],
             uptime_after=paper["uptime_after"],

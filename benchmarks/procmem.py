@@ -28,20 +28,25 @@ def _rss_kb(pid: int) -> int:
     return 0
 
 
-def tree_rss_mb(pid: int) -> float:
+def tree_rss_mb(pid: int, per_process: dict[int, float] | None = None) -> float:
+    """RSS of ``pid`` and its descendants (MB); ``per_process``: each one's peak so far, updated."""
     total, stack = 0, [pid]
     while stack:
         p = stack.pop()
-        total += _rss_kb(p)
+        kb = _rss_kb(p)
+        total += kb
+        if per_process is not None and kb / 1024 > per_process.get(p, 0.0):
+            per_process[p] = kb / 1024
         stack += _children(p)
     return total / 1024
 
 
 def run_measured(
-    cmd: list[str], interval: float = 0.2, **kwargs
+    cmd: list[str], interval: float = 0.2, per_process: dict[int, float] | None = None, **kwargs
 ) -> tuple[subprocess.CompletedProcess, float, float]:
     """Run ``cmd``; return (completed process, wall seconds, peak RSS in MB of the process tree,
-    summed over processes alive at the same sample)."""
+    summed over processes alive at the same sample). ``per_process`` (a dict) receives each
+    process's own peak (MB) by pid, in the order they appeared."""
     t0 = time.perf_counter()
     proc = subprocess.Popen(
         cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kwargs
@@ -52,7 +57,7 @@ def run_measured(
     def sample() -> None:
         nonlocal peak
         while not stop.is_set():
-            peak = max(peak, tree_rss_mb(proc.pid))
+            peak = max(peak, tree_rss_mb(proc.pid, per_process))
             time.sleep(interval)
 
     thread = threading.Thread(target=sample, daemon=True)
