@@ -4,6 +4,8 @@ the ones the single-process run gives."""
 
 import gc
 import json
+import subprocess
+import sys
 import warnings
 from pathlib import Path
 
@@ -130,3 +132,24 @@ def _lm(lm: dict, run: str) -> dict:
             for k in ("train_seconds", "tokens_per_s", "peak_rss_mb"):
                 r.pop(k, None)
     return out
+
+
+def test_the_runs_own_process_never_imports_the_language_model_code(tmp_path, backbone):
+    # with workers, transformers (~110 MB resident) is imported by the fine-tune and encoding
+    # workers only; a fresh interpreter runs the whole pipeline and reports its own modules
+    cfg = _config(tmp_path, backbone, isolate=True)
+    cfg = cfg.model_copy(update={"variants": cfg.variants[:1], "seeds": [1]})
+    (tmp_path / "cfg.json").write_text(cfg.to_json())
+    code = (
+        "import json, sys\n"
+        "from ntulm.pipeline import PipelineConfig, run_pipeline\n"
+        f"cfg = PipelineConfig.model_validate_json(open({str(tmp_path / 'cfg.json')!r}).read())\n"
+        f"res = run_pipeline(cfg, {str(tmp_path / 'run')!r}, progress=False)\n"
+        "print(json.dumps([len(res['runs']), sorted(m for m in sys.modules\n"
+        "                  if m.split('.')[0] == 'transformers' or m == 'ntulm.lm.model')]))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout
+    n_runs, loaded = json.loads(out.strip().splitlines()[-1])
+    assert n_runs > 0 and loaded == []

@@ -15,6 +15,10 @@ from ntulm.posts.ntus import EMBEDDED_NTU_TYPES, check_ntu_types
 
 # NTU types the LM can average into e_ntu: those the NTU embeddings have tables for.
 LM_NTU_TYPES = EMBEDDED_NTU_TYPES
+# names of a fine-tuned model's artifacts, here so that code that only checks them (the pipeline's
+# main process) needs neither torch's model code nor transformers
+STAGE = "lm"  # the stage of its DONE.json
+CHECKPOINT = "checkpoint.pt"  # a fine-tune's resumable checkpoint
 
 
 class TextNormConfig(StageConfig):

@@ -48,7 +48,7 @@ from ntulm.artifacts import (
 )
 from ntulm.errors import ArtifactError, ConfigError
 from ntulm.lm.card import CARD, model_card
-from ntulm.lm.config import LMConfig, resolve_backbone
+from ntulm.lm.config import STAGE, LMConfig, resolve_backbone
 from ntulm.lm.fusion import GatePooling, TypedNTUTokens
 
 if TYPE_CHECKING:
@@ -64,7 +64,6 @@ FUSION = "ntu_fusion.safetensors"  # per-type NTU tokens and/or the pooling gate
 LM_META = "lm.json"  # NTU configuration: use_ntu, ntu_dim, ntu_types, ntu_layernorm, fusion
 LM_CONFIG = "lm_config.json"  # the resolved LMConfig
 NTU_DIR = "ntu"  # a copy of the NTU embeddings, so the model directory is self-contained
-STAGE = "lm"  # the stage of its DONE.json
 
 
 def inject_ntu(

@@ -46,7 +46,7 @@ from ntulm.artifacts import (
     write_json,
 )
 from ntulm.errors import ConfigError
-from ntulm.lm.config import LMConfig, resolve_dtype
+from ntulm.lm.config import CHECKPOINT, LMConfig, resolve_dtype
 from ntulm.lm.data import (
     fixed_eval_masks,
     length_grouped_batches,
@@ -68,7 +68,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-CHECKPOINT = "checkpoint.pt"
 RESULT = "train_result.json"
 
 

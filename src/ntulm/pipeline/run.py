@@ -42,7 +42,7 @@ import time
 import zlib
 from collections.abc import Collection
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -64,17 +64,18 @@ from ntulm.evaluate.tasks import Task, build_tasks
 from ntulm.evaluate.temporal import BEFORE, Temporal, before_sql, temporal
 from ntulm.graph.build import build_graph_from_table, edge_exclusion_lines, read_posts_table
 from ntulm.kge import NTUEmbeddings, train_kge
-from ntulm.lm.config import LMConfig, resolve_dtype
+from ntulm.lm.config import CHECKPOINT, STAGE, LMConfig, resolve_dtype
 from ntulm.lm.data import appended_vectors, concat_groups, ntu_inputs, ntu_vectors
-from ntulm.lm.encode import encode, output_dim
-from ntulm.lm.model import NTULM, STAGE
-from ntulm.lm.train import CHECKPOINT, finetune
 from ntulm.memory import trim
 from ntulm.pipeline.config import PipelineConfig, VariantSpec
 from ntulm.pipeline.progress import StageLog
 from ntulm.posts import Post
 from ntulm.posts.rows import PostsTable
 from ntulm.workers import run_isolated
+
+if TYPE_CHECKING:  # the model code (transformers: ~110 MB resident) is imported where it runs:
+    # with isolate_stages, only in the workers, never in the run's own process
+    from ntulm.lm.model import NTULM
 
 log = logging.getLogger(__name__)
 
@@ -284,6 +285,8 @@ class Pipeline:
                 result = run_isolated(_finetune_job, *args)
             else:
                 ntu = emb if needs_ntu else None
+                from ntulm.lm.train import finetune
+
                 result = finetune(sample, quiet, d, ntu=ntu, resume=resume).to_json()
             self.timings[f"finetune {v.name}{suffix}"] = time.perf_counter() - t
             trim()
@@ -328,7 +331,7 @@ class Pipeline:
         if self._is_cached(path, fp):
             with np.load(path) as z:
                 return {k: z[k] for k in z.files}
-        if not isinstance(model, NTULM):
+        if isinstance(model, Path):  # a directory: its worker should have written the file
             raise ArtifactError(f"{path}: the embeddings of {v.name!r} were not written")
         arrays: dict[str, np.ndarray] = {"fingerprint": np.array(fp)}
         splits = (("train", task.train), ("val", task.val), ("test", task.test))
@@ -467,7 +470,7 @@ class Pipeline:
         kge = self.out / "kge"
         for key, variants in groups.items():
             model, fp = models[key]
-            if isinstance(model, NTULM):
+            if not isinstance(model, Path):  # loaded here (isolate_stages: false)
                 continue
             if all(
                 self._is_cached(*self._embedding_file(v, fp, t)) for v in variants for _, t in tasks
@@ -494,6 +497,8 @@ class Pipeline:
     ) -> np.ndarray:
         """Encode with a per-model memo: tasks built from one corpus share most posts. Given
         e_ntu rows (``ntus``, a control) bypass the memo: they are not the posts' own."""
+        from ntulm.lm.encode import encode, output_dim
+
         if ntus is not None:
             kw = {"batch_size": self.cfg.eval.embed_batch_size, "dtype": self.embed_dtype}
             if not posts:
@@ -568,7 +573,7 @@ def _run_pipeline(config: PipelineConfig, out_dir: str | Path, progress: bool) -
             d, fp, res = p.finetune(v, ft_seed, sample, emb, kge_fp)
             lm_results.setdefault(v.name, []).append(res)
             # isolated: a directory, encoded in a worker (embed_in_workers); else loaded here
-            models[v.name] = (d if cfg.isolate_stages else NTULM.load(d, ntu=emb), fp)
+            models[v.name] = (d if cfg.isolate_stages else _load_model(d, emb), fp)
         eval_seeds = [ft_seed] if cfg.finetune_per_seed else cfg.seeds
         runs += p.evaluate(tasks, models, emb, flags, eval_seeds, finetune_seed=ft_seed)
     results = {
@@ -596,6 +601,12 @@ def _run_pipeline(config: PipelineConfig, out_dir: str | Path, progress: bool) -
     return results
 
 
+def _load_model(d: Path, emb: NTUEmbeddings | None) -> NTULM:
+    from ntulm.lm.model import NTULM
+
+    return NTULM.load(d, ntu=emb)
+
+
 def _kge_job(graph: str, out: str, cfg: Any, progress: bool) -> None:
     """The NTU embeddings, in a worker process (:meth:`Pipeline.kge`); written to ``out``."""
     train_kge(graph, out, cfg, progress=progress)
@@ -605,6 +616,8 @@ def _finetune_job(
     sample: list[Post], lcfg: dict, out: str, kge_dir: str | None, resume: bool
 ) -> dict[str, Any]:
     """One fine-tune, in a worker process (:meth:`Pipeline.finetune`): its result as JSON."""
+    from ntulm.lm.train import finetune
+
     ntu = NTUEmbeddings.load(kge_dir) if kge_dir is not None else None
     cfg = LMConfig.model_validate(lcfg)
     return finetune(sample, cfg, out, ntu=ntu, resume=resume).to_json()
@@ -623,7 +636,7 @@ def _embed_job(
     (:meth:`Pipeline.embed_in_workers`)."""
     p = Pipeline(PipelineConfig.model_validate(cfg), out, progress=False)
     emb = NTUEmbeddings.load(kge_dir) if kge_dir is not None else None
-    model = NTULM.load(model_dir, ntu=emb)
+    model = _load_model(Path(model_dir), emb)
     variants = {v.name: v for v in p.cfg.variants}
     for name in names:
         for task in tasks:
