@@ -4,6 +4,7 @@ the ones the single-process run gives."""
 
 import gc
 import json
+import os
 import subprocess
 import sys
 import warnings
@@ -136,7 +137,9 @@ def _lm(lm: dict, run: str) -> dict:
 
 def test_the_runs_own_process_never_imports_the_language_model_code(tmp_path, backbone):
     # with workers, transformers (~110 MB resident) is imported by the fine-tune and encoding
-    # workers only; a fresh interpreter runs the whole pipeline and reports its own modules
+    # workers only; a fresh interpreter runs the whole pipeline and reports its own modules, and
+    # the allocator settings of the fine-tunes (ntulm.memory) stayed out of it and of the
+    # encoding workers it starts (they inherit its environment)
     cfg = _config(tmp_path, backbone, isolate=True)
     cfg = cfg.model_copy(update={"variants": cfg.variants[:1], "seeds": [1]})
     (tmp_path / "cfg.json").write_text(cfg.to_json())
@@ -145,11 +148,14 @@ def test_the_runs_own_process_never_imports_the_language_model_code(tmp_path, ba
         "from ntulm.pipeline import PipelineConfig, run_pipeline\n"
         f"cfg = PipelineConfig.model_validate_json(open({str(tmp_path / 'cfg.json')!r}).read())\n"
         f"res = run_pipeline(cfg, {str(tmp_path / 'run')!r}, progress=False)\n"
+        "import os\n"
         "print(json.dumps([len(res['runs']), sorted(m for m in sys.modules\n"
-        "                  if m.split('.')[0] == 'transformers' or m == 'ntulm.lm.model')]))\n"
+        "                  if m.split('.')[0] == 'transformers' or m == 'ntulm.lm.model'),\n"
+        "                  'ONEDNN_PRIMITIVE_CACHE_CAPACITY' in os.environ]))\n"
     )
+    env = {k: v for k, v in os.environ.items() if k != "ONEDNN_PRIMITIVE_CACHE_CAPACITY"}
     out = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env
     ).stdout
-    n_runs, loaded = json.loads(out.strip().splitlines()[-1])
-    assert n_runs > 0 and loaded == []
+    n_runs, loaded, tuned = json.loads(out.strip().splitlines()[-1])
+    assert n_runs > 0 and loaded == [] and not tuned

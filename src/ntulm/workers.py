@@ -33,8 +33,6 @@ from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from typing import Any, TypeVar
 
-from ntulm.memory import tune_allocator
-
 T = TypeVar("T")
 
 _PR_SET_PDEATHSIG = 1
@@ -74,7 +72,6 @@ def worker_pool(workers: int, log_level: int | None = None) -> ProcessPoolExecut
 
 def _init_isolated(parent: int, level: int) -> None:
     die_with_parent(parent)
-    tune_allocator()  # before the stage's first tensor (ntulm.memory)
     logging.basicConfig(
         level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S"
     )

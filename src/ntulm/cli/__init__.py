@@ -23,7 +23,6 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from ntulm import __version__
 from ntulm.errors import ConfigError, NTULMError
-from ntulm.memory import tune_allocator
 
 if TYPE_CHECKING:
     from ntulm.posts.config import ReaderConfig
@@ -242,7 +241,6 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)  # for relaunch_under_torchrun
-    tune_allocator()  # large buffers mapped and unmapped, not kept in the heap (ntulm.memory)
     level = logging.DEBUG if args.verbose else logging.WARNING if args.quiet else logging.INFO
     logging.basicConfig(
         level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S"

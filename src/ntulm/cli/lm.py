@@ -51,6 +51,9 @@ def _sample(reader: PostReader, paths: list[str], cfg: LMConfig) -> Iterator[tup
 
 
 def cmd_finetune(args: argparse.Namespace) -> int:
+    from ntulm.memory import tune_allocator
+
+    tune_allocator()  # a process that fine-tunes: before its first tensor (ntulm.memory)
     status = relaunch_under_torchrun(args)
     if status is not None:
         return status

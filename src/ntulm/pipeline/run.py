@@ -66,7 +66,7 @@ from ntulm.graph.build import build_graph_from_table, edge_exclusion_lines, read
 from ntulm.kge import NTUEmbeddings, train_kge
 from ntulm.lm.config import CHECKPOINT, STAGE, LMConfig, resolve_dtype
 from ntulm.lm.data import appended_vectors, concat_groups, ntu_inputs, ntu_vectors
-from ntulm.memory import trim
+from ntulm.memory import trim, tune_allocator
 from ntulm.pipeline.config import PipelineConfig, VariantSpec
 from ntulm.pipeline.progress import StageLog
 from ntulm.posts import Post
@@ -616,6 +616,7 @@ def _finetune_job(
     sample: list[Post], lcfg: dict, out: str, kge_dir: str | None, resume: bool
 ) -> dict[str, Any]:
     """One fine-tune, in a worker process (:meth:`Pipeline.finetune`): its result as JSON."""
+    tune_allocator()  # this process only fine-tunes: before its first tensor (ntulm.memory)
     from ntulm.lm.train import finetune
 
     ntu = NTUEmbeddings.load(kge_dir) if kge_dir is not None else None
