@@ -1,11 +1,12 @@
 """Resident memory of MLM fine-tuning under the heap settings ``ntulm.memory`` can apply, side by
 side in one run: without and with giving freed heap pages back to the OS (``trim``: glibc
 ``malloc_trim(0)`` every 50 steps), and with glibc's allocator tuned as well (``tuned``: a fixed
-mmap threshold and two arenas, ``ntulm.memory.tune_allocator``).
+mmap threshold and oneDNN's kernel cache capped: ``ntulm finetune --lean-memory``,
+``ntulm.memory.tune_allocator``).
 
 Same command, data, seed, steps, dtype (the default ``train_dtype: auto``: bfloat16 autocast on
-this CPU) and threads; only the environment variables ``NTULM_MALLOC_TRIM`` and
-``NTULM_MALLOC_TUNE`` differ. Peak RSS of the process tree is sampled
+this CPU) and threads; only ``--lean-memory`` and the environment variables differ
+(``NTULM_MALLOC_TRIM``, and glibc's for the single settings). Peak RSS of the process tree is sampled
 from ``/proc`` every 0.2 s (``benchmarks/procmem.py``); the two runs alternate ``--repeats`` times.
 The fine-tuned weights must be identical (trimming changes where memory lives, not the maths).
 
@@ -34,7 +35,7 @@ RESULTS = Path(__file__).parent / "results" / "bench_memory.json"
 MODES = {  # name: environment
     "no_trim": {"NTULM_MALLOC_TRIM": "0", "NTULM_MALLOC_TUNE": "0"},
     "trim": {"NTULM_MALLOC_TRIM": "1", "NTULM_MALLOC_TUNE": "0"},
-    "tuned": {"NTULM_MALLOC_TRIM": "1", "NTULM_MALLOC_TUNE": "1"},
+    "tuned": {"NTULM_MALLOC_TRIM": "1", "NTULM_MALLOC_TUNE": "1"},  # and --lean-memory
     # glibc's own variables, read when a process starts (what ``tuned`` sets, one at a time)
     "arena2": {"NTULM_MALLOC_TRIM": "1", "NTULM_MALLOC_TUNE": "0", "MALLOC_ARENA_MAX": "2"},
     "mmap1m": {
@@ -103,6 +104,8 @@ def main() -> int:
                    "--no-ntu", "--out", str(out), f"max_steps={args.steps}", "max_epochs=1",
                    "batch_size=32", "max_length=64", "head_warmup_steps=0",
                    "eval_max_posts=500", "seed=13"]  # fmt: skip
+            if mode == "tuned":
+                cmd.append("--lean-memory")
             env = {**os.environ, **MODES[mode]}
             done, wall, peak = run_measured(cmd, env=env)
             if done.returncode != 0:

@@ -91,3 +91,16 @@ def test_tune_allocator_caps_onednn_primitive_cache_unless_the_user_set_it(monke
     monkeypatch.setenv("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "7")
     memory.tune_allocator()
     assert os.environ["ONEDNN_PRIMITIVE_CACHE_CAPACITY"] == "7"
+
+
+def test_finetune_cli_tunes_the_allocator_only_when_asked(monkeypatch, tmp_path):
+    from ntulm.cli import main
+
+    calls: list[int] = []
+    monkeypatch.setattr(memory, "tune_allocator", lambda *a: calls.append(1) or True)
+    args = ["finetune", "--posts", str(tmp_path / "missing.jsonl"), "--no-ntu", "--out",
+            str(tmp_path / "out")]  # fmt: skip
+    assert main(args) != 0  # the missing file: a clear error, after the allocator was set
+    assert calls == []
+    assert main([*args, "--lean-memory"]) != 0
+    assert calls == [1]

@@ -80,17 +80,22 @@ def test_stages_leave_no_model_behind_and_give_the_same_numbers(tmp_path, backbo
 
         monkeypatch.setattr(pipeline_run.Pipeline, name, wrapped)
     real_isolated = pipeline_run.run_isolated
-    monkeypatch.setattr(
-        pipeline_run,
-        "run_isolated",
-        lambda fn, *a: workers.append(fn.__name__) or real_isolated(fn, *a),
-    )
+    lean: list[bool] = []  # each fine-tune worker's allocator settings (lean_finetune)
+
+    def isolated(fn, *a):
+        workers.append(fn.__name__)
+        if fn.__name__ == "_finetune_job":
+            lean.append(a[-1])
+        return real_isolated(fn, *a)
+
+    monkeypatch.setattr(pipeline_run, "run_isolated", isolated)
     base = _tensor_bytes()
     cfg = _config(tmp_path, backbone, isolate=True)
     res = pipeline_run.run_pipeline(cfg, tmp_path / "isolated", progress=False)
     # the NTU embeddings trained, and the model fine-tuned and encoded once per seed, each in
     # its own worker
     assert workers == ["_kge_job"] + ["_finetune_job", "_embed_job"] * 2
+    assert lean == [True, True]  # the default: fine-tune workers map buffers (ntulm.memory)
     assert [n for n, _ in census] == ["finetune", "evaluate"] * 2
     # the tiny BERT alone is ~1 MB of float32 weights (a loaded model, optimizer state or
     # gradients would each show); what stays is the NTU table and small MLP leftovers

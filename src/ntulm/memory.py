@@ -20,15 +20,20 @@ every matmul shape it has seen, up to 1,024, and length-grouped batches and a va
 masked positions make new shapes every step. :func:`tune_allocator` caps that cache at
 ``ONEDNN_CACHE`` primitives, about one training step's worth. Measured on a 150-step fine-tune
 (glibc ``mallinfo2`` and RSS at each trim, trims every 25 steps): 2,338 MB before a trim at
-most, 1,932 MB with the threshold, 1,619 MB with both, tokens/s within the runs' noise.
+most, 1,932 MB with the threshold, 1,619 MB with both (runs too short to time). The threshold
+alone cost 1.06x the wall time in two single 300-step runs (``bench_memory.py --modes
+trim,mmap4m``).
 
-Only processes that fine-tune call it, before their first tensor: ``ntulm finetune`` and the
-fine-tune workers of ``ntulm run`` (``isolate_stages``). Applied to every process of the paper
-CPU preset, the fine-tune workers peaked at 2.0-2.2 GB instead of 3.2-3.5 GB with identical
-metrics, but the evaluation (encoding workers and the MLPs) took 32.0 min instead of 24.5 (runs one
-after the other on one machine, not side by side). Which of the two settings costs the time
-there, oneDNN recompiling the kernels of shapes it has evicted or mapped buffers faulted in again
-at each allocation, has not been separated. A user calling
+Only processes that fine-tune call it, before their first tensor: the fine-tune workers of
+``ntulm run`` (``lean_finetune: true``, the default, with ``isolate_stages``) and ``ntulm
+finetune --lean-memory``. Its price is time: side by side (``benchmarks/bench_memory.py``, 300
+steps, bf16, 2 repeats) the fine-tune's peak fell from 2,575 to 1,695 MB with identical weights,
+and its wall time rose 1.20x. Applied to every process of the paper CPU preset, the fine-tune
+workers peaked at 2.0-2.2 GB instead of 3.2-3.5 GB with identical metrics, but the evaluation
+(encoding workers and the MLPs) took 32.0 min instead of 24.5 (runs one after the other on one
+machine, not side by side), so the run's own process and its encoding workers keep the defaults.
+Which of the two settings costs the time, oneDNN recompiling the kernels of shapes it has evicted
+or mapped buffers faulted in again at each allocation, has not been separated. A user calling
 :func:`ntulm.lm.train.finetune` from Python can call it first. ``NTULM_MALLOC_TUNE=0`` turns it
 off; glibc's own ``MALLOC_MMAP_THRESHOLD_`` and a set ``ONEDNN_PRIMITIVE_CACHE_CAPACITY`` win.
 """

@@ -281,7 +281,8 @@ class Pipeline:
             quiet = lcfg.model_copy(update={"progress": lcfg.progress and self.progress})
             if self.cfg.isolate_stages:  # in a worker: its memory goes back to the OS with it
                 kge_dir = str(self.out / "kge") if needs_ntu else None
-                args = (sample, quiet.model_dump(mode="json"), str(d), kge_dir, resume)
+                lean = self.cfg.lean_finetune
+                args = (sample, quiet.model_dump(mode="json"), str(d), kge_dir, resume, lean)
                 result = run_isolated(_finetune_job, *args)
             else:
                 ntu = emb if needs_ntu else None
@@ -613,10 +614,11 @@ def _kge_job(graph: str, out: str, cfg: Any, progress: bool) -> None:
 
 
 def _finetune_job(
-    sample: list[Post], lcfg: dict, out: str, kge_dir: str | None, resume: bool
+    sample: list[Post], lcfg: dict, out: str, kge_dir: str | None, resume: bool, lean: bool = False
 ) -> dict[str, Any]:
     """One fine-tune, in a worker process (:meth:`Pipeline.finetune`): its result as JSON."""
-    tune_allocator()  # this process only fine-tunes: before its first tensor (ntulm.memory)
+    if lean:  # this process only fine-tunes: before its first tensor (ntulm.memory)
+        tune_allocator()
     from ntulm.lm.train import finetune
 
     ntu = NTUEmbeddings.load(kge_dir) if kge_dir is not None else None
