@@ -1,5 +1,6 @@
 """``ntulm run`` end to end on a tiny synthetic corpus with a tiny BERT built in code."""
 
+import importlib
 import json
 import shutil
 import subprocess
@@ -117,9 +118,12 @@ def test_run_end_to_end_and_reuse(tmp_path, backbone, capsys, monkeypatch):
     # a second run reuses every stage and every task's cached embeddings (none is encoded
     # again), and gives the same numbers
     encoded = []
-    real_encode = pipeline_run.encode
+    # the run imports the encoder where it encodes (its own process never loads transformers
+    # when it has workers): watch the function in its module
+    encode_mod = importlib.import_module("ntulm.lm.encode")
+    real_encode = encode_mod.encode
     monkeypatch.setattr(
-        pipeline_run, "encode", lambda *a, **k: encoded.append(1) or real_encode(*a, **k)
+        encode_mod, "encode", lambda *a, **k: encoded.append(1) or real_encode(*a, **k)
     )
     assert main(["run", "--config", str(tmp_path / "cfg.yaml"), "--out", str(out), "-q"]) == 0
     second = capsys.readouterr().out
@@ -360,9 +364,12 @@ def test_design_run_reads_no_test_post_and_post_concat_of_an_ntu_model(
     }  # fmt: skip
     (tmp_path / "cfg.yaml").write_text(yaml.safe_dump(cfg))
     encoded: set[str] = set()
-    real = run_mod.encode
+    encode_mod = importlib.import_module("ntulm.lm.encode")  # imported where it encodes
+    real = encode_mod.encode
     monkeypatch.setattr(
-        run_mod, "encode", lambda m, ps, **k: encoded.update(p.id for p in ps) or real(m, ps, **k)
+        encode_mod,
+        "encode",
+        lambda m, ps, **k: encoded.update(p.id for p in ps) or real(m, ps, **k),
     )
     run = tmp_path / "run"
     assert main(["run", "--config", str(tmp_path / "cfg.yaml"), "--out", str(run), "-q"]) == 0
