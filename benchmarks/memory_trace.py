@@ -25,20 +25,11 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).parent))
 
 from machine import cpu_info  # noqa: E402
-from procmem import _children, _rss_kb  # noqa: E402
+from procmem import tree_rss_kb  # noqa: E402
 
 
 def uptime() -> str:
     return subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
-
-
-def _tree(pid: int) -> dict[int, int]:
-    out, stack = {}, [pid]
-    while stack:
-        p = stack.pop()
-        out[p] = _rss_kb(p)
-        stack += _children(p)
-    return out
 
 
 def main() -> None:
@@ -69,7 +60,7 @@ def main() -> None:
         last = -10.0
         while not stop.is_set():
             t = time.time() - t0
-            tree = _tree(proc.pid)
+            tree = tree_rss_kb(proc.pid)
             total = sum(tree.values()) / 1024
             for p, kb in tree.items():
                 rec = procs.setdefault(

@@ -28,17 +28,23 @@ def _rss_kb(pid: int) -> int:
     return 0
 
 
-def tree_rss_mb(pid: int, per_process: dict[int, float] | None = None) -> float:
-    """RSS of ``pid`` and its descendants (MB); ``per_process``: each one's peak so far, updated."""
-    total, stack = 0, [pid]
+def tree_rss_kb(pid: int) -> dict[int, int]:
+    """RSS (kB) of ``pid`` and of each of its descendants, by pid."""
+    out, stack = {}, [pid]
     while stack:
         p = stack.pop()
-        kb = _rss_kb(p)
-        total += kb
-        if per_process is not None and kb / 1024 > per_process.get(p, 0.0):
-            per_process[p] = kb / 1024
+        out[p] = _rss_kb(p)
         stack += _children(p)
-    return total / 1024
+    return out
+
+
+def tree_rss_mb(pid: int, per_process: dict[int, float] | None = None) -> float:
+    """RSS of ``pid`` and its descendants (MB); ``per_process``: each one's peak so far, updated."""
+    tree = tree_rss_kb(pid)
+    if per_process is not None:
+        for p, kb in tree.items():
+            per_process[p] = max(per_process.get(p, 0.0), kb / 1024)
+    return sum(tree.values()) / 1024
 
 
 def run_measured(
