@@ -32,31 +32,16 @@ from ntulm.posts import PostReader  # noqa: E402
 from procmem import run_measured  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results" / "bench_memory.json"
-MODES = {  # name: environment
-    "no_trim": {"NTULM_MALLOC_TRIM": "0", "NTULM_MALLOC_TUNE": "0"},
-    "trim": {"NTULM_MALLOC_TRIM": "1", "NTULM_MALLOC_TUNE": "0"},
-    "tuned": {"NTULM_MALLOC_TRIM": "1", "NTULM_MALLOC_TUNE": "1"},  # and --lean-memory
-    # glibc's own variables, read when a process starts (what ``tuned`` sets, one at a time)
-    "arena2": {"NTULM_MALLOC_TRIM": "1", "NTULM_MALLOC_TUNE": "0", "MALLOC_ARENA_MAX": "2"},
-    "mmap1m": {
-        "NTULM_MALLOC_TRIM": "1",
-        "NTULM_MALLOC_TUNE": "0",
-        "MALLOC_MMAP_THRESHOLD_": "1048576",
-    },
-    "mmap4m": {
-        "NTULM_MALLOC_TRIM": "1",
-        "NTULM_MALLOC_TUNE": "0",
-        "MALLOC_MMAP_THRESHOLD_": "4194304",
-    },
-    "mmap16m": {
-        "NTULM_MALLOC_TRIM": "1",
-        "NTULM_MALLOC_TUNE": "0",
-        "MALLOC_MMAP_THRESHOLD_": "16777216",
-    },
-    "mmap128k": {
-        "NTULM_MALLOC_TRIM": "1",
-        "NTULM_MALLOC_TUNE": "0",
-        "MALLOC_MMAP_THRESHOLD_": "131072",
+_TRIM = {"NTULM_MALLOC_TRIM": "1", "NTULM_MALLOC_TUNE": "0"}
+MODES: dict[str, tuple[dict[str, str], list[str]]] = {  # name: (environment, extra arguments)
+    "no_trim": ({"NTULM_MALLOC_TRIM": "0", "NTULM_MALLOC_TUNE": "0"}, []),
+    "trim": (_TRIM, []),
+    "tuned": ({"NTULM_MALLOC_TRIM": "1", "NTULM_MALLOC_TUNE": "1"}, ["--lean-memory"]),
+    # glibc's own variables, read when a process starts (part of what ``tuned`` sets, alone)
+    "arena2": ({**_TRIM, "MALLOC_ARENA_MAX": "2"}, []),
+    **{
+        f"mmap{label}": ({**_TRIM, "MALLOC_MMAP_THRESHOLD_": str(n)}, [])
+        for label, n in (("128k", 128 << 10), ("1m", 1 << 20), ("4m", 4 << 20), ("16m", 16 << 20))
     },
 }
 
@@ -104,9 +89,9 @@ def main() -> int:
                    "--no-ntu", "--out", str(out), f"max_steps={args.steps}", "max_epochs=1",
                    "batch_size=32", "max_length=64", "head_warmup_steps=0",
                    "eval_max_posts=500", "seed=13"]  # fmt: skip
-            if mode == "tuned":
-                cmd.append("--lean-memory")
-            env = {**os.environ, **MODES[mode]}
+            env_set, extra = MODES[mode]
+            cmd += extra
+            env = {**os.environ, **env_set}
             done, wall, peak = run_measured(cmd, env=env)
             if done.returncode != 0:
                 print(done.stderr[-2000:], file=sys.stderr)

@@ -52,14 +52,20 @@ _M_MMAP_THRESHOLD = -3  # mallopt's parameter number (malloc.h)
 
 
 @functools.cache
+def _libc_function(name: str):  # noqa: ANN202 (a ctypes function or None)
+    """``name`` from the C library, or None where it has none (not glibc: macOS, musl)."""
+    lib = ctypes.util.find_library("c")
+    try:
+        return getattr(ctypes.CDLL(lib), name) if lib else None
+    except (OSError, AttributeError):
+        return None
+
+
+@functools.cache
 def _malloc_trim():  # noqa: ANN202 (a ctypes function or None)
     if os.environ.get("NTULM_MALLOC_TRIM", "1") == "0":
         return None
-    name = ctypes.util.find_library("c")
-    try:
-        fn = ctypes.CDLL(name).malloc_trim if name else None
-    except (OSError, AttributeError):  # not glibc
-        return None
+    fn = _libc_function("malloc_trim")
     if fn is not None:
         fn.argtypes, fn.restype = [ctypes.c_size_t], ctypes.c_int
     return fn
@@ -74,16 +80,6 @@ def trim() -> bool:
     return True
 
 
-@functools.cache
-def _libc():  # noqa: ANN202 (a ctypes library or None)
-    name = ctypes.util.find_library("c")
-    try:
-        lib = ctypes.CDLL(name) if name else None
-        return lib if lib is not None and hasattr(lib, "mallopt") else None
-    except OSError:
-        return None
-
-
 def tune_allocator(threshold: int = MMAP_THRESHOLD) -> bool:
     """Have glibc map allocations of ``threshold`` bytes or more on their own and unmap them when
     freed (``mallopt(M_MMAP_THRESHOLD)``), and cap oneDNN's primitive cache (read when torch
@@ -94,8 +90,8 @@ def tune_allocator(threshold: int = MMAP_THRESHOLD) -> bool:
     os.environ.setdefault("ONEDNN_PRIMITIVE_CACHE_CAPACITY", str(ONEDNN_CACHE))
     if "MALLOC_MMAP_THRESHOLD_" in os.environ:
         return False
-    lib = _libc()
-    if lib is None:  # not glibc (macOS, musl): their allocators behave otherwise
+    mallopt = _libc_function("mallopt")
+    if mallopt is None:  # not glibc: its allocator behaves otherwise
         return False
-    lib.mallopt.argtypes, lib.mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
-    return bool(lib.mallopt(_M_MMAP_THRESHOLD, int(threshold)))
+    mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
+    return bool(mallopt(_M_MMAP_THRESHOLD, int(threshold)))
