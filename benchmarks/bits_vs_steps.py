@@ -30,7 +30,7 @@ from ntulm.artifacts import is_done, mark_done, read_json, unmark, write_json, w
 from ntulm.graph.build import read_posts_table
 from ntulm.graph.config import GraphConfig
 from ntulm.kge import NTUEmbeddings
-from ntulm.lm.config import LMConfig
+from ntulm.lm.config import STAGE, LMConfig
 from ntulm.lm.train import finetune
 from ntulm.posts.rows import PostsTable
 
@@ -38,7 +38,14 @@ RESULTS = Path(__file__).parent / "results" / "fusion" / "bits_vs_steps"
 MODELS = {  # name -> LMConfig overrides (the paper CPU preset's lm section is the base)
     "BERT": {"use_ntu": False},
     "NTULM author+hashtag": {"use_ntu": True, "ntu_types": ["author", "hashtag"]},
+    # The recommended configuration's text model (issue 11): one NTU token per type.
+    "NTULM a+h per-type": {
+        "use_ntu": True,
+        "ntu_types": ["author", "hashtag"],
+        "ntu_tokens": "per_type",
+    },
 }
+COLORS = ("tab:gray", "tab:blue", "tab:orange")
 BASE = {
     "backbone": "all-MiniLM-L6-v2",
     "max_epochs": 1,
@@ -76,6 +83,7 @@ def paired(curves: dict[str, dict[int, list]], a: str, b: str) -> list[dict]:
             {
                 "step": step,
                 "tokens": curves[a][seeds[0]][i][1],
+                "seeds": seeds,
                 "diff_bits_mean": float(np.mean(d)),
                 "diff_bits_per_seed": d,
                 "diff_percent_mean": float(100 * np.mean(d) / np.mean(base)),
@@ -85,11 +93,11 @@ def paired(curves: dict[str, dict[int, list]], a: str, b: str) -> list[dict]:
 
 
 def table(report: dict) -> str:
-    """``table.md``: per evaluation step, each seed's NTULM − BERT bits and their mean."""
-    runs, diff = report["runs"], report["ntulm_minus_bert"]
+    """``table.md``: per evaluation step, each seed's NTU model − BERT bits and their mean."""
+    runs = report["runs"]
     seeds = sorted({r["seed"] for r in runs})
     lines = [
-        f"# Held-out bits against steps: BERT vs NTULM author+hashtag (seeds {seeds})",
+        f"# Held-out bits against steps: BERT vs the NTU models (seeds {seeds})",
         "",
         f"`{report['command']}` (each run's dtype, wall time and load are in results.json).",
         "",
@@ -104,22 +112,22 @@ def table(report: dict) -> str:
             f"{r['n_eval']:,} | {r['steps']:,} | {r['tokens_per_s']:.0f} | "
             f"{r['final_eval_bits']:.4f} | {load} |"
         )
-    lines += [
-        "",
-        "Paired over the seeds that have both models (same sample, held-out posts, masks and "
-        "batches within a seed):",
-        "",
-        "| step | tokens (M) | "
-        + " | ".join(f"NTULM − BERT, seed {s}" for s in seeds)
-        + " | mean | mean % |",
-        "|---|---|" + "---|" * len(seeds) + "---|---|",
-    ]
-    for row in diff:
-        per = " | ".join(f"{d:+.4f}" for d in row["diff_bits_per_seed"])
-        lines.append(
-            f"| {row['step']} | {row['tokens'] / 1e6:.2f} | {per} | "
-            f"{row['diff_bits_mean']:+.4f} | {row['diff_percent_mean']:+.2f}% |"
-        )
+    for model, diff in report["minus_bert"].items():
+        both = diff[0]["seeds"] if diff else []
+        lines += [
+            "",
+            f"{model} − BERT, paired over the seeds that have both models (same sample, "
+            "held-out posts, masks and batches within a seed):",
+            "",
+            "| step | tokens (M) | " + " | ".join(f"seed {s}" for s in both) + " | mean | mean % |",
+            "|---|---|" + "---|" * len(both) + "---|---|",
+        ]
+        for row in diff:
+            per = " | ".join(f"{d:+.4f}" for d in row["diff_bits_per_seed"])
+            lines.append(
+                f"| {row['step']} | {row['tokens'] / 1e6:.2f} | {per} | "
+                f"{row['diff_bits_mean']:+.4f} | {row['diff_percent_mean']:+.2f}% |"
+            )
     lines += [""] + [f"- {n}" for n in report.get("notes", [])]
     lines += ["", "![bits vs steps](bits_vs_steps.png)", ""]
     return "\n".join(lines)
@@ -132,7 +140,9 @@ def plot(curves: dict[str, dict[int, list]], out: Path, title: str) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 4.2))
-    for (name, by_seed), color in zip(curves.items(), ("tab:gray", "tab:blue"), strict=False):
+    color_of = dict(zip(MODELS, COLORS, strict=True))
+    for name, by_seed in curves.items():
+        color = color_of[name]
         for k, (seed, curve) in enumerate(sorted(by_seed.items())):
             tok = [t / 1e6 for _, t, _ in curve[1:]]  # the point before fine-tuning is off-scale
             bits = [b for _, _, b in curve[1:]]
@@ -163,6 +173,13 @@ def main() -> None:
     ap.add_argument("--lm-posts", type=int, default=100_000)
     ap.add_argument("--eval-every", type=int, default=250)
     ap.add_argument("--seeds", type=int, nargs="+", default=[1, 2])
+    ap.add_argument(
+        "--models",
+        nargs="+",
+        choices=list(MODELS),
+        default=list(MODELS),
+        help="models to fine-tune for --seeds (runs of the others are kept from results.json)",
+    )
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", default=str(RESULTS))
     args = ap.parse_args()
@@ -176,7 +193,7 @@ def main() -> None:
     runs: list[dict] = []
     # Runs of other seeds from an earlier invocation (same sample size and eval cadence) are kept,
     # so seeds can be added one session at a time; each run records its own dtype and uptime.
-    prior, old_notes = out / "results.json", []
+    prior, old_notes, earlier = out / "results.json", [], {}
     if prior.exists():
         old = read_json(prior)
         old_notes = old.get("notes", [])
@@ -184,12 +201,16 @@ def main() -> None:
             old.get("config", {}).get("eval_every") == args.eval_every
         )
         for r in old.get("runs", []) if same else []:
-            if r["seed"] not in args.seeds and r["model"] in curves:
+            earlier[(r["model"], r["seed"])] = r
+            if (r["seed"] not in args.seeds or r["model"] not in args.models) and (
+                r["model"] in curves
+            ):
                 runs.append(r)
                 curves[r["model"]][r["seed"]] = r["eval_curve"]
     for seed in args.seeds:
         posts = sample(work / "posts", args.posts, args.lm_posts, seed)
-        for name, over in MODELS.items():
+        for name in args.models:
+            over = MODELS[name]
             cfg = LMConfig.build(
                 {
                     **BASE,
@@ -200,6 +221,11 @@ def main() -> None:
                 }
             )
             d = work / f"{name.replace(' ', '_').replace('+', '_')}_s{seed}"
+            if (name, seed) in earlier and is_done(d, STAGE, cfg.model_dump(mode="json")):
+                # Finished in an earlier invocation: keep its record (its own wall time, load).
+                runs.append(earlier[(name, seed)])
+                curves[name][seed] = earlier[(name, seed)]["eval_curve"]
+                continue
             uptime = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
             t = time.perf_counter()
             res = finetune(posts, cfg, d, ntu=ntu if cfg.use_ntu else None, resume=True)
@@ -223,7 +249,7 @@ def main() -> None:
                     "uptime_at_start": uptime,
                 }
             )
-            diff = paired(curves, "BERT", "NTULM author+hashtag")
+            minus_bert = {m: paired(curves, "BERT", m) for m in MODELS if m != "BERT"}
             report = {
                 "benchmark": "bits_vs_steps",
                 "command": "python benchmarks/bits_vs_steps.py "
@@ -238,13 +264,14 @@ def main() -> None:
                 "config": {**BASE, "eval_every": args.eval_every, "num_threads": args.threads},
                 "models": MODELS,
                 "runs": runs,
-                "ntulm_minus_bert": diff,
+                "ntulm_minus_bert": minus_bert["NTULM author+hashtag"],  # the paper's design
+                "minus_bert": minus_bert,
                 "notes": old_notes,
             }
             write_json(out / "results.json", report)
             write_text(out / "table.md", table(report))
             plot(
-                curves,
+                {m: c for m, c in curves.items() if c},
                 out / "bits_vs_steps.png",
                 f"IRA, one epoch on {args.lm_posts:,} posts, MiniLM-L6 "
                 f"({', '.join(sorted({r['train_dtype'] for r in runs}))})",
