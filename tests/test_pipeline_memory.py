@@ -11,6 +11,7 @@ import warnings
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 import yaml
 
@@ -164,3 +165,20 @@ def test_the_runs_own_process_never_imports_the_language_model_code(tmp_path, ba
     ).stdout
     n_runs, loaded, tuned = json.loads(out.strip().splitlines()[-1])
     assert n_runs > 0 and loaded == [] and not tuned
+
+
+def test_scikit_learn_is_imported_only_when_a_task_is_scored():
+    # `ntulm run`'s own process lives beside every worker: scikit-learn (~110 MB resident) must
+    # not ride along through the graph, KGE, fine-tuning and encoding stages
+    code = (
+        "import json, sys\n"
+        "import ntulm.pipeline.run, ntulm.cli.run\n"
+        "before = 'sklearn' in sys.modules\n"
+        "from ntulm.evaluate.metrics import compute_metrics\n"
+        "m, _ = compute_metrics(['macro_f1', 'auc'], [0, 1, 1], [[0.9, 0.1], [0.2, 0.8], [0.6, 0.4]])\n"
+        "print(json.dumps([before, 'sklearn' in sys.modules, m]))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    before, after, metrics = json.loads(out.stdout.strip().splitlines()[-1])
+    assert not before and after
+    assert metrics == {"macro_f1": pytest.approx(0.6666667), "auc": 1.0}

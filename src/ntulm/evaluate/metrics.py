@@ -15,7 +15,10 @@ import re
 from collections.abc import Sequence
 
 import numpy as np
-from sklearn.metrics import accuracy_score, f1_score, precision_score, roc_auc_score
+
+# scikit-learn (~110 MB resident) is imported by the functions that score: `ntulm run`'s own
+# process then carries it only from its first evaluation on, not through the graph, KGE,
+# fine-tuning and encoding stages, whose workers run beside it (the memory goal of issue 12).
 
 CLASSIFICATION_METRICS = ("macro_f1", "accuracy", "precision", "auc")
 # Lower is better for these; every other metric is higher-is-better.
@@ -149,6 +152,8 @@ def perplexity(mean_nll_nats: float) -> float:
 
 
 def _auc(y_true: np.ndarray, proba: np.ndarray, kind: str) -> tuple[float | None, str | None]:
+    from sklearn.metrics import roc_auc_score
+
     n_classes = proba.shape[1]
     if kind == "multilabel":
         present = [c for c in range(n_classes) if 0 < y_true[:, c].sum() < len(y_true)]
@@ -177,6 +182,8 @@ def compute_metrics(
     prediction is the argmax. ``kind="multilabel"``: ``y_true`` (N, C) 0/1, ``proba`` (N, C)
     sigmoid output; a label is predicted at probability >= 0.5 and accuracy is exact-set match.
     """
+    from sklearn.metrics import accuracy_score, f1_score, precision_score
+
     y_true = np.asarray(y_true)
     proba = np.asarray(proba, dtype=np.float64)
     out: dict[str, float | None] = {}
