@@ -169,7 +169,7 @@ def test_the_runs_own_process_never_imports_the_language_model_code(tmp_path, ba
 
 def test_scikit_learn_is_imported_only_when_a_task_is_scored():
     # `ntulm run`'s own process lives beside every worker: scikit-learn (~110 MB resident) must
-    # not ride along through the graph, KGE, fine-tuning and encoding stages
+    # not ride along through the graph, KGE and fine-tuning stages
     code = (
         "import json, sys\n"
         "import ntulm.pipeline.run, ntulm.cli.run\n"

@@ -17,8 +17,8 @@ from collections.abc import Sequence
 import numpy as np
 
 # scikit-learn (~110 MB resident) is imported by the functions that score: `ntulm run`'s own
-# process then carries it only from its first evaluation on, not through the graph, KGE,
-# fine-tuning and encoding stages, whose workers run beside it (the memory goal of issue 12).
+# process then carries it only from its first evaluation on, not through the graph, KGE and
+# fine-tuning stages, whose workers run beside it (the memory goal of issue 12).
 
 CLASSIFICATION_METRICS = ("macro_f1", "accuracy", "precision", "auc")
 # Lower is better for these; every other metric is higher-is-better.
