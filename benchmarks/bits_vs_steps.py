@@ -141,9 +141,11 @@ def plot(curves: dict[str, dict[int, list]], out: Path, title: str) -> None:
 
     fig, ax = plt.subplots(figsize=(7, 4.2))
     color_of = dict(zip(MODELS, COLORS, strict=True))
+    seeds = sorted({s for by_seed in curves.values() for s in by_seed})
+    style_of = {s: ("-", "--", ":", "-.")[i % 4] for i, s in enumerate(seeds)}  # one per seed
     for name, by_seed in curves.items():
         color = color_of[name]
-        for k, (seed, curve) in enumerate(sorted(by_seed.items())):
+        for seed, curve in sorted(by_seed.items()):
             tok = [t / 1e6 for _, t, _ in curve[1:]]  # the point before fine-tuning is off-scale
             bits = [b for _, _, b in curve[1:]]
             ax.plot(
@@ -152,7 +154,7 @@ def plot(curves: dict[str, dict[int, list]], out: Path, title: str) -> None:
                 color=color,
                 alpha=0.9,
                 marker=".",
-                ls="-" if k == 0 else "--",
+                ls=style_of[seed],
                 label=f"{name} (seed {seed})",
             )
     ax.set_xlabel("training tokens seen (millions)")
