@@ -44,8 +44,23 @@ MODELS = {  # name -> LMConfig overrides (the paper CPU preset's lm section is t
         "ntu_types": ["author", "hashtag"],
         "ntu_tokens": "per_type",
     },
+    # Design (issue 11, perplexity): the NTU projections aligned first, through the frozen encoder
+    # (LLaVA's stage 1), alone and with a 10x learning rate for them during fine-tuning.
+    "per-type + NTU warm-up": {
+        "use_ntu": True,
+        "ntu_types": ["author", "hashtag"],
+        "ntu_tokens": "per_type",
+        "ntu_warmup": True,
+    },
+    "per-type + NTU warm-up + NTU lr 5e-4": {
+        "use_ntu": True,
+        "ntu_types": ["author", "hashtag"],
+        "ntu_tokens": "per_type",
+        "ntu_warmup": True,
+        "ntu_lr": 5.0e-4,
+    },
 }
-COLORS = ("tab:gray", "tab:blue", "tab:orange")
+COLORS = ("tab:gray", "tab:blue", "tab:orange", "tab:green", "tab:red")
 BASE = {
     "backbone": "all-MiniLM-L6-v2",
     "max_epochs": 1,

@@ -215,6 +215,71 @@ def test_ntu_dropout_rate_is_realised_and_seeded(ntu):
     np.testing.assert_array_equal(drop_ntus(e, 0.0, np.random.default_rng(1), mean), e)
 
 
+# ---------------------------------------------------------------------------- NTU warm-up, NTU lr
+@pytest.mark.parametrize("ntu_tokens", ["mean", "per_type"])
+def test_ntu_warmup_trains_only_the_ntu_path_and_head_through_the_frozen_encoder(
+    backbone, ntu, tokenizer, ntu_tokens
+):
+    from ntulm.lm.train import _head_warmup
+
+    types = ["author", "hashtag"]
+    posts = _posts(24)
+    tokens = tokenize([p.text for p in posts], tokenizer, 16, TextNormConfig())
+    vectors = ntu_type_vectors if ntu_tokens == "per_type" else ntu_vectors
+    e = vectors(posts, ntu, types)[0]
+    changed = {}
+    for warm in (False, True):
+        cfg = _cfg(backbone, ntu_tokens=ntu_tokens, ntu_types=types, ntu_warmup=warm, seed=3)
+        model = _model(backbone, ntu, ntu_tokens=ntu_tokens, ntu_types=types).train()
+        ntu_ids = {id(p) for p in model.ntu_parameters()}
+        assert ntu_ids and all(
+            id(p) in ntu_ids for p in (model.projection or model.typed).parameters()
+        )
+        before = {n: p.detach().clone() for n, p in model.named_parameters()}
+        _head_warmup(model, cfg, tokens, e, torch.device("cpu"), 3)
+        changed[warm] = {
+            n for n, p in model.named_parameters() if not torch.equal(p.detach(), before[n])
+        }
+        encoder = {n for n, _ in model.base.named_parameters()}
+        assert not any(n.split(".", 2)[-1] in encoder for n in changed[warm] if "embeddings" in n)
+        assert all(p.requires_grad for p in model.parameters())  # unfrozen again
+        for n, p in model.named_parameters():
+            if n in changed[warm]:
+                assert not n.startswith("mlm." + model.base.base_model_prefix), n  # encoder frozen
+                assert id(p) in ntu_ids or n.startswith(f"mlm.{model.head_name}."), n
+    weights = "typed.weight" if ntu_tokens == "per_type" else "projection.weight"
+    assert weights not in changed[False] and weights in changed[True]
+    assert changed[False] and changed[False] < changed[True]  # the head trains either way
+
+
+def test_ntu_lr_puts_the_ntu_path_in_groups_of_its_own(backbone, ntu, caplog, tmp_path):
+    from ntulm.lm.train import _optimizer
+
+    kw = {"ntu_tokens": "per_type", "ntu_types": ["author", "hashtag"]}
+    model = _model(backbone, ntu, **kw)
+    plain = _optimizer(model, _cfg(backbone, **kw))
+    assert [(g["lr"], g["weight_decay"]) for g in plain.param_groups] == [
+        (5e-5, 0.01),
+        (5e-5, 0.0),
+    ]  # as before the option existed, so old checkpoints resume
+    opt = _optimizer(model, _cfg(backbone, ntu_lr=1e-3, **kw))
+    ntu_ids = {id(p) for p in model.ntu_parameters()}
+    seen = [id(p) for g in opt.param_groups for p in g["params"]]
+    assert sorted(seen) == sorted(id(p) for p in model.parameters() if p.requires_grad)
+    for g in opt.param_groups:
+        is_ntu = {id(p) in ntu_ids for p in g["params"]}
+        assert len(is_ntu) == 1 and g["lr"] == (1e-3 if is_ntu.pop() else 5e-5)
+    assert sum(len(g["params"]) for g in opt.param_groups if g["lr"] == 1e-3) == len(ntu_ids)
+    with pytest.raises(ConfigError, match="ntu_warmup"):
+        LMConfig.build({"use_ntu": False, "ntu_warmup": True})
+    with pytest.raises(ConfigError, match="ntu_lr"):
+        LMConfig.build({"ntu_lr": 0})
+    # This backbone has an MLM head, so no warm-up runs: said, not silently ignored.
+    with caplog.at_level("WARNING", logger="ntulm.lm.train"):
+        finetune(_posts(16), _cfg(backbone, ntu_warmup=True, ntu_lr=1e-3), tmp_path / "m", ntu=ntu)
+    assert "ntu_warmup: no head warm-up runs" in caplog.text
+
+
 # ---------------------------------------------------------------------------- social objective
 def test_nt_xent_against_a_hand_computed_value():
     """3 pairs in 2-D, tau = 0.5. For a_0 = (1, 0): cosines to a_1, a_2, b_0, b_1, b_2 are
@@ -400,6 +465,8 @@ def test_model_saved_before_the_fusion_options_still_loads(backbone, ntu, tmp_pa
         "social_k",
         "social_exact_max",
         "pooling_gate",
+        "ntu_warmup",
+        "ntu_lr",
         "backbone_dropout",
         "eval_every",
     }

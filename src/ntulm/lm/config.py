@@ -42,6 +42,8 @@ FUSION_FIELDS = (
     "social_k",
     "social_exact_max",
     "pooling_gate",
+    "ntu_warmup",
+    "ntu_lr",
     "backbone_dropout",
     "eval_every",
 )
@@ -112,6 +114,19 @@ class LMConfig(StageConfig):
         200, ge=0, description="head-only steps (encoder frozen) when the MLM head is new"
     )
     head_warmup_lr: float = Field(1e-3, gt=0.0, description="learning rate of the head warm-up")
+    ntu_warmup: bool = Field(
+        False,
+        description="the head warm-up also trains the new NTU projection(s) (per_type: with their "
+        "type and unknown vectors) through the frozen encoder, so fine-tuning starts with an NTU "
+        "token the encoder can read (LLaVA's stage-1 projector alignment); needs use_ntu and "
+        "head_warmup_steps > 0 with a new MLM head",
+    )
+    ntu_lr: float | None = Field(
+        None,
+        gt=0.0,
+        description="AdamW learning rate of the NTU projection(s) during fine-tuning, with the "
+        "same warm-up/decay schedule (null: lr, the paper)",
+    )
     eval_fraction: float = Field(0.05, gt=0.0, lt=1.0, description="held-out fraction of posts")
     eval_max_posts: int = Field(5000, ge=1, description="cap on held-out posts")
     max_posts: int = Field(0, ge=0, description="use the first N posts read (0: all)")
@@ -170,6 +185,8 @@ class LMConfig(StageConfig):
             raise ValueError("pooling_gate: needs use_ntu=true and social_weight > 0 to train it")
         if not self.use_ntu and (self.ntu_tokens != "mean" or self.ntu_dropout > 0):
             raise ValueError("ntu_tokens/ntu_dropout: need use_ntu=true")
+        if not self.use_ntu and (self.ntu_warmup or self.ntu_lr is not None):
+            raise ValueError("ntu_warmup/ntu_lr: need use_ntu=true")
         return self
 
 

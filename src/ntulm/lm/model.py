@@ -186,6 +186,11 @@ class NTULM(nn.Module):
     def use_ntu(self) -> bool:
         return self.projection is not None or self.typed is not None
 
+    def ntu_parameters(self) -> list[nn.Parameter]:
+        """The NTU input path's own weights: the projection (per-type: the projections with their
+        type and unknown vectors); not the gate, which pools, and not the shared LayerNorm."""
+        return [p for m in (self.projection, self.typed) if m is not None for p in m.parameters()]
+
     @property
     def ntu_dim(self) -> int | None:
         for m in (self.projection, self.typed):

@@ -192,17 +192,25 @@ def _autocast(device: torch.device, dtype: str) -> contextlib.AbstractContextMan
 
 
 def _optimizer(model: NTULM, cfg: LMConfig) -> torch.optim.Optimizer:
-    decay, no_decay = [], []
+    """AdamW, weight decay on matrices only; ``cfg.ntu_lr`` (when set) is the learning rate of the
+    NTU projection(s), in groups of their own that the schedule scales like the rest."""
+    ntu = {id(p) for p in model.ntu_parameters()} if cfg.ntu_lr is not None else set()
+    groups: dict[tuple[bool, bool], list[torch.nn.Parameter]] = {}
     for name, p in model.named_parameters():
         if p.requires_grad:
-            (
-                no_decay if p.ndim < 2 or "LayerNorm" in name or "norm" in name.lower() else decay
-            ).append(p)
-    groups = [
-        {"params": decay, "weight_decay": cfg.weight_decay},
-        {"params": no_decay, "weight_decay": 0.0},
-    ]
-    return torch.optim.AdamW(groups, lr=cfg.lr)
+            no_decay = p.ndim < 2 or "LayerNorm" in name or "norm" in name.lower()
+            groups.setdefault((id(p) in ntu, no_decay), []).append(p)
+    return torch.optim.AdamW(
+        [
+            {
+                "params": params,
+                "weight_decay": 0.0 if no_decay else cfg.weight_decay,
+                "lr": cfg.ntu_lr if is_ntu else cfg.lr,
+            }
+            for (is_ntu, no_decay), params in sorted(groups.items())
+        ],
+        lr=cfg.lr,
+    )
 
 
 def _head_warmup(
@@ -215,10 +223,37 @@ def _head_warmup(
     dtype: str = "float32",
 ) -> None:
     """Train only the new MLM head (its transform and bias; the decoder is the frozen word
-    embeddings) with the encoder frozen: a fresh head learns much faster this way."""
+    embeddings) with the encoder frozen: a fresh head learns much faster this way. With
+    ``cfg.ntu_warmup`` the NTU projection(s) train too: the gradient runs back through the frozen
+    encoder (its weights get none) to the NTU token."""
     tied = {id(model.base.embeddings.word_embeddings.weight)}
     params = [p for p in model.head.parameters() if id(p) not in tied]
+    through_encoder = bool(cfg.ntu_warmup and model.use_ntu and e_ntu is not None)
+    frozen: list[torch.nn.Parameter] = []
+    if through_encoder:
+        params += model.ntu_parameters()
+        frozen = [p for p in model.base.parameters() if p.requires_grad]
+        for p in frozen:
+            p.requires_grad_(False)
     opt = torch.optim.AdamW(params, lr=cfg.head_warmup_lr)
+    try:
+        _head_warmup_steps(model, cfg, tokens, e_ntu, device, steps, dtype, opt, through_encoder)
+    finally:
+        for p in frozen:
+            p.requires_grad_(True)
+
+
+def _head_warmup_steps(
+    model: NTULM,
+    cfg: LMConfig,
+    tokens: list[np.ndarray],
+    e_ntu,
+    device,
+    steps: int,
+    dtype: str,
+    opt: torch.optim.Optimizer,
+    through_encoder: bool,
+) -> None:
     lengths = np.array([len(t) for t in tokens])
     rng = np.random.default_rng([cfg.seed, 7])
     batches: list[np.ndarray] = []
@@ -239,7 +274,7 @@ def _head_warmup(
             continue
         with _autocast(device, dtype):
             loss, _ = model.mlm_loss(
-                masked.to(device), mask, labels.to(device), e, encoder_grad=False
+                masked.to(device), mask, labels.to(device), e, encoder_grad=through_encoder
             )
         loss.backward()
         opt.step()
@@ -441,6 +476,11 @@ def _finetune(
     else:
         if resume:
             log.warning("%s: no checkpoint, starting from scratch", ckpt)
+        if cfg.ntu_warmup and not (head_new and cfg.head_warmup_steps):
+            log.warning(
+                "ntu_warmup: no head warm-up runs (the backbone has an MLM head or "
+                "head_warmup_steps is 0), so the NTU projection starts untrained"
+            )
         if head_new and cfg.head_warmup_steps:
             _head_warmup(model, cfg, train_tok, e_tr, device, cfg.head_warmup_steps, dtype)
             res.head_warmup_steps = cfg.head_warmup_steps
