@@ -167,18 +167,35 @@ def test_the_runs_own_process_never_imports_the_language_model_code(tmp_path, ba
     assert n_runs > 0 and loaded == [] and not tuned
 
 
-def test_scikit_learn_is_imported_only_when_a_task_is_scored():
-    # `ntulm run`'s own process lives beside every worker: scikit-learn (~110 MB resident) must
-    # not ride along through the graph, KGE and fine-tuning stages
+def test_scikit_learn_and_torch_are_imported_only_when_a_task_is_scored():
+    # `ntulm run`'s own process lives beside every worker: scikit-learn (~110 MB resident) and
+    # torch (~185 MB) must not ride along through the graph, KGE and first fine-tuning stages;
+    # deciding the bf16 default must not need torch either
     code = (
         "import json, sys\n"
         "import ntulm.pipeline.run, ntulm.cli.run\n"
-        "before = 'sklearn' in sys.modules\n"
+        "from ntulm.lm.config import resolve_dtype\n"
+        "resolve_dtype('auto')\n"
+        "before = ['sklearn' in sys.modules, 'torch' in sys.modules]\n"
         "from ntulm.evaluate.metrics import compute_metrics\n"
         "m, _ = compute_metrics(['macro_f1', 'auc'], [0, 1, 1], [[0.9, 0.1], [0.2, 0.8], [0.6, 0.4]])\n"
-        "print(json.dumps([before, 'sklearn' in sys.modules, m]))\n"
+        "from ntulm.evaluate import train_mlp\n"
+        "print(json.dumps([before, ['sklearn' in sys.modules, 'torch' in sys.modules], m]))\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     before, after, metrics = json.loads(out.stdout.strip().splitlines()[-1])
-    assert not before and after
+    assert before == [False, False] and after == [True, True]
     assert metrics == {"macro_f1": pytest.approx(0.6666667), "auc": 1.0}
+
+
+def test_native_bf16_from_the_cpu_flags_agrees_with_torch():
+    import torch
+
+    from ntulm.lm import config
+
+    if config._linux_cpu_flags() is None:
+        pytest.skip("no /proc/cpuinfo here: torch decides")
+    cpu = torch.cpu
+    assert config.native_bf16() == bool(
+        cpu._is_avx512_bf16_supported() or cpu._is_amx_tile_supported()
+    )

@@ -18,7 +18,6 @@ import numpy as np
 
 from ntulm.evaluate.config import EvalConfig
 from ntulm.evaluate.metrics import compute_metrics, map_of, retrieval_aps
-from ntulm.evaluate.mlp import train_mlp
 from ntulm.evaluate.overlap import split_by_overlap
 from ntulm.evaluate.significance import per_post_record, retrieval_record
 from ntulm.evaluate.splits import author_key
@@ -106,6 +105,8 @@ def evaluate_task(
 
         def score(y: np.ndarray, proba: np.ndarray) -> float | None:
             return compute_metrics([head], y, proba, kind)[0][head]
+
+        from ntulm.evaluate.mlp import train_mlp  # torch, at the first scored task
 
         fitted = train_mlp(
             x_train,

@@ -192,13 +192,30 @@ class LMConfig(StageConfig):
 
 def native_bf16(device: str = "cpu") -> bool:
     """Whether ``device`` computes bfloat16 natively, so that bf16 autocast is faster than float32
-    (elsewhere it is emulated and slower)."""
+    (elsewhere it is emulated and slower). On Linux CPUs from the kernel's CPU flags, the same
+    ones torch checks, so that the pipeline's own process need not import torch to decide."""
+    if device != "cuda":
+        flags = _linux_cpu_flags()
+        if flags is not None:
+            return bool(flags & {"avx512_bf16", "amx_tile"})
     import torch
 
     if device == "cuda":
         return torch.cuda.is_available() and torch.cuda.is_bf16_supported(including_emulation=False)
     cpu = torch.cpu
     return bool(cpu._is_avx512_bf16_supported() or cpu._is_amx_tile_supported())
+
+
+def _linux_cpu_flags() -> set[str] | None:
+    """The ``flags`` of /proc/cpuinfo's first processor, or None where there is none."""
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return set(line.partition(":")[2].split())
+    except OSError:
+        pass
+    return None
 
 
 def resolve_dtype(name: str, device: str = "cpu") -> str:

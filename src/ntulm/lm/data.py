@@ -11,13 +11,14 @@ from collections.abc import Collection, Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 
 from ntulm.lm.config import LMConfig, TextNormConfig
 from ntulm.lm.text import normalize_text
 from ntulm.posts.ntus import in_registry_order
 
 if TYPE_CHECKING:
+    import torch
+
     from ntulm.kge import NTUEmbeddings
     from ntulm.posts import Post
 
@@ -116,6 +117,8 @@ def tokenize(
 
 def pad(seqs: Sequence[np.ndarray], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Dynamic padding to the longest sequence of the batch: ids and mask, (B, T) int64."""
+    import torch  # here, not at the top: the pipeline's own process imports this module
+
     width = max(len(s) for s in seqs)
     ids = np.full((len(seqs), width), pad_id, dtype=np.int64)
     mask = np.zeros((len(seqs), width), dtype=np.int64)
@@ -134,6 +137,8 @@ def mask_tokens(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """BERT masking: ``prob`` of the real non-special tokens are targets; of those 80% become
     [MASK], 10% a random token, 10% stay. Returns masked ids and labels (-100 = not a target)."""
+    import torch
+
     special = torch.zeros_like(input_ids, dtype=torch.bool)
     for sid in tokenizer.all_special_ids:
         special |= input_ids == sid
@@ -154,6 +159,8 @@ def fixed_eval_masks(
 ) -> list[tuple[np.ndarray, np.ndarray]]:
     """Masked ids and labels per held-out post, drawn post by post from one seeded generator, so
     every model evaluated on the same posts sees the identical masked positions."""
+    import torch
+
     gen = torch.Generator().manual_seed(seed)
     out = []
     for s in seqs:
