@@ -154,29 +154,29 @@ def plot(curves: dict[str, dict[int, list]], out: Path, title: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 4.2))
+    fig, (ax, dx) = plt.subplots(2, 1, figsize=(7, 7.4), height_ratios=(3, 2), sharex=True)
     color_of = dict(zip(MODELS, COLORS, strict=True))
     seeds = sorted({s for by_seed in curves.values() for s in by_seed})
     style_of = {s: ("-", "--", ":", "-.")[i % 4] for i, s in enumerate(seeds)}  # one per seed
+    bert = {seed: {st: b for st, _, b in c} for seed, c in curves.get("BERT", {}).items()}
     for name, by_seed in curves.items():
         color = color_of[name]
         for seed, curve in sorted(by_seed.items()):
             tok = [t / 1e6 for _, t, _ in curve[1:]]  # the point before fine-tuning is off-scale
             bits = [b for _, _, b in curve[1:]]
-            ax.plot(
-                tok,
-                bits,
-                color=color,
-                alpha=0.9,
-                marker=".",
-                ls=style_of[seed],
-                label=f"{name} (seed {seed})",
-            )
-    ax.set_xlabel("training tokens seen (millions)")
+            style = {"color": color, "alpha": 0.9, "marker": ".", "ls": style_of[seed]}
+            ax.plot(tok, bits, label=f"{name} (seed {seed})", **style)
+            if name != "BERT" and seed in bert:  # paired with BERT of the same seed, per step
+                pts = [(t / 1e6, b - bert[seed][st]) for st, t, b in curve[1:] if st in bert[seed]]
+                dx.plot([p[0] for p in pts], [p[1] for p in pts], **style)
     ax.set_ylabel("held-out bits per masked token")
     ax.set_title(title, fontsize=9)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
+    dx.axhline(0.0, color="tab:gray", lw=1)
+    dx.set_ylabel("minus BERT, same seed (bits)")
+    dx.set_xlabel("training tokens seen (millions)")
+    dx.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(out, dpi=120)
     plt.close(fig)
