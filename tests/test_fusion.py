@@ -252,6 +252,16 @@ def test_ntu_warmup_trains_only_the_ntu_path_and_head_through_the_frozen_encoder
     assert changed[False] and changed[False] < changed[True]  # the head trains either way
 
 
+def test_frozen_weights_are_trainable_again_after_an_error():
+    from ntulm.lm.train import _frozen
+
+    p = torch.nn.Parameter(torch.zeros(2))
+    with pytest.raises(RuntimeError, match="boom"), _frozen([p]):
+        assert not p.requires_grad
+        raise RuntimeError("boom")
+    assert p.requires_grad
+
+
 def test_ntu_lr_puts_the_ntu_path_in_groups_of_its_own(backbone, ntu, caplog, tmp_path):
     from ntulm.lm.train import _optimizer
 

@@ -26,7 +26,7 @@ import logging
 import math
 import shutil
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -213,6 +213,18 @@ def _optimizer(model: NTULM, cfg: LMConfig) -> torch.optim.Optimizer:
     )
 
 
+@contextlib.contextmanager
+def _frozen(params: list[torch.nn.Parameter]) -> Iterator[None]:
+    """``requires_grad`` off for ``params`` inside the block, on again after it (also on error)."""
+    for p in params:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p in params:
+            p.requires_grad_(True)
+
+
 def _head_warmup(
     model: NTULM,
     cfg: LMConfig,
@@ -229,58 +241,38 @@ def _head_warmup(
     tied = {id(model.base.embeddings.word_embeddings.weight)}
     params = [p for p in model.head.parameters() if id(p) not in tied]
     through_encoder = bool(cfg.ntu_warmup and model.use_ntu and e_ntu is not None)
-    frozen: list[torch.nn.Parameter] = []
+    frozen = [p for p in model.base.parameters() if p.requires_grad] if through_encoder else []
     if through_encoder:
         params += model.ntu_parameters()
-        frozen = [p for p in model.base.parameters() if p.requires_grad]
-        for p in frozen:
-            p.requires_grad_(False)
     opt = torch.optim.AdamW(params, lr=cfg.head_warmup_lr)
-    try:
-        _head_warmup_steps(model, cfg, tokens, e_ntu, device, steps, dtype, opt, through_encoder)
-    finally:
-        for p in frozen:
-            p.requires_grad_(True)
-
-
-def _head_warmup_steps(
-    model: NTULM,
-    cfg: LMConfig,
-    tokens: list[np.ndarray],
-    e_ntu,
-    device,
-    steps: int,
-    dtype: str,
-    opt: torch.optim.Optimizer,
-    through_encoder: bool,
-) -> None:
     lengths = np.array([len(t) for t in tokens])
     rng = np.random.default_rng([cfg.seed, 7])
     batches: list[np.ndarray] = []
     bar = tqdm(total=steps, desc="head warm-up", disable=not cfg.progress, unit="step")
-    for step in range(steps):
-        if not batches:
-            batches = training_batches(lengths, cfg, rng)
-        idx = batches.pop()
-        torch.manual_seed(cfg.seed * 1_000_003 - step - 1)
-        ids, mask, e = _batch(
-            model, [tokens[i] for i in idx], e_ntu[idx] if e_ntu is not None else None, device
-        )
-        gen = torch.Generator().manual_seed(cfg.seed * 7_919 - step - 1)
-        masked, labels = mask_tokens(
-            ids.cpu(), mask.cpu(), model.tokenizer, cfg.mlm_probability, gen
-        )
-        if not (labels != -100).any():
-            continue
-        with _autocast(device, dtype):
-            loss, _ = model.mlm_loss(
-                masked.to(device), mask, labels.to(device), e, encoder_grad=through_encoder
+    with _frozen(frozen):
+        for step in range(steps):
+            if not batches:
+                batches = training_batches(lengths, cfg, rng)
+            idx = batches.pop()
+            torch.manual_seed(cfg.seed * 1_000_003 - step - 1)
+            ids, mask, e = _batch(
+                model, [tokens[i] for i in idx], e_ntu[idx] if e_ntu is not None else None, device
             )
-        loss.backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        bar.update()
-        bar.set_postfix(loss=f"{float(loss.detach()):.3f}")
+            gen = torch.Generator().manual_seed(cfg.seed * 7_919 - step - 1)
+            masked, labels = mask_tokens(
+                ids.cpu(), mask.cpu(), model.tokenizer, cfg.mlm_probability, gen
+            )
+            if not (labels != -100).any():
+                continue
+            with _autocast(device, dtype):
+                loss, _ = model.mlm_loss(
+                    masked.to(device), mask, labels.to(device), e, encoder_grad=through_encoder
+                )
+            loss.backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            bar.update()
+            bar.set_postfix(loss=f"{float(loss.detach()):.3f}")
     bar.close()
 
 
