@@ -173,13 +173,24 @@ def test_training_batches_grouped_pad_less_and_are_seeded():
 
 
 def test_train_dtype_auto_follows_native_bf16(monkeypatch):
+    from ntulm.lm import config
     from ntulm.lm.config import resolve_dtype
 
+    # Where the kernel gives no CPU flags, torch's own check decides.
+    monkeypatch.setattr(config, "_linux_cpu_flags", lambda: None)
     for avx512_bf16, amx, want in ((False, False, "float32"), (True, False, "bfloat16")):
         monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda v=avx512_bf16: v)
         monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda v=amx: v)
         assert resolve_dtype("auto", "cpu") == want
         assert resolve_dtype("float32", "cpu") == "float32"
+    # On Linux the flags of /proc/cpuinfo decide, without torch.
+    for flags, want in (
+        ({"avx2", "avx512f"}, "float32"),
+        ({"avx512f", "avx512_bf16"}, "bfloat16"),
+        ({"amx_tile", "amx_bf16"}, "bfloat16"),
+    ):
+        monkeypatch.setattr(config, "_linux_cpu_flags", lambda f=flags: f)
+        assert resolve_dtype("auto", "cpu") == want
     with pytest.raises(ValueError, match="train_dtype"):
         LMConfig(train_dtype="float16")
 
