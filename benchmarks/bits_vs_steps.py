@@ -35,30 +35,16 @@ from ntulm.lm.train import finetune
 from ntulm.posts.rows import PostsTable
 
 RESULTS = Path(__file__).parent / "results" / "fusion" / "bits_vs_steps"
+PER_TYPE = {"use_ntu": True, "ntu_types": ["author", "hashtag"], "ntu_tokens": "per_type"}
 MODELS = {  # name -> LMConfig overrides (the paper CPU preset's lm section is the base)
     "BERT": {"use_ntu": False},
     "NTULM author+hashtag": {"use_ntu": True, "ntu_types": ["author", "hashtag"]},
     # The recommended configuration's text model (issue 11): one NTU token per type.
-    "NTULM a+h per-type": {
-        "use_ntu": True,
-        "ntu_types": ["author", "hashtag"],
-        "ntu_tokens": "per_type",
-    },
+    "NTULM a+h per-type": PER_TYPE,
     # Design (issue 11, perplexity): the NTU projections aligned first, through the frozen encoder
     # (LLaVA's stage 1), alone and with a 10x learning rate for them during fine-tuning.
-    "per-type + NTU warm-up": {
-        "use_ntu": True,
-        "ntu_types": ["author", "hashtag"],
-        "ntu_tokens": "per_type",
-        "ntu_warmup": True,
-    },
-    "per-type + NTU warm-up + NTU lr 5e-4": {
-        "use_ntu": True,
-        "ntu_types": ["author", "hashtag"],
-        "ntu_tokens": "per_type",
-        "ntu_warmup": True,
-        "ntu_lr": 5.0e-4,
-    },
+    "per-type + NTU warm-up": {**PER_TYPE, "ntu_warmup": True},
+    "per-type + NTU warm-up + NTU lr 5e-4": {**PER_TYPE, "ntu_warmup": True, "ntu_lr": 5.0e-4},
 }
 COLORS = ("tab:gray", "tab:blue", "tab:orange", "tab:green", "tab:red")
 BASE = {

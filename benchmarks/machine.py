@@ -10,7 +10,9 @@ from pathlib import Path
 
 
 def cpu_info() -> dict[str, object]:
-    flags: set[str] = set()
+    from ntulm.lm.config import cpu_flags, native_bf16  # the rule the code itself follows
+
+    flags = cpu_flags() or set()
     model = platform.processor() or platform.machine()
     cpuinfo = Path("/proc/cpuinfo")
     if cpuinfo.exists():
@@ -18,8 +20,6 @@ def cpu_info() -> dict[str, object]:
             key, _, value = line.partition(":")
             if key.strip() == "model name":
                 model = value.strip()
-            elif key.strip() == "flags":
-                flags = set(value.split())
                 break
     return {
         "model": model,
@@ -27,6 +27,6 @@ def cpu_info() -> dict[str, object]:
         "avx512f": "avx512f" in flags,
         "avx512_bf16": "avx512_bf16" in flags,
         "amx_bf16": "amx_bf16" in flags,
-        "native_bf16": "avx512_bf16" in flags or "amx_bf16" in flags,
+        "native_bf16": native_bf16("cpu"),
         "python": platform.python_version(),
     }

@@ -177,7 +177,7 @@ def test_train_dtype_auto_follows_native_bf16(monkeypatch):
     from ntulm.lm.config import resolve_dtype
 
     # Where the kernel gives no CPU flags, torch's own check decides.
-    monkeypatch.setattr(config, "_linux_cpu_flags", lambda: None)
+    monkeypatch.setattr(config, "cpu_flags", lambda: None)
     for avx512_bf16, amx, want in ((False, False, "float32"), (True, False, "bfloat16")):
         monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda v=avx512_bf16: v)
         monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda v=amx: v)
@@ -189,7 +189,7 @@ def test_train_dtype_auto_follows_native_bf16(monkeypatch):
         ({"avx512f", "avx512_bf16"}, "bfloat16"),
         ({"amx_tile", "amx_bf16"}, "bfloat16"),
     ):
-        monkeypatch.setattr(config, "_linux_cpu_flags", lambda f=flags: f)
+        monkeypatch.setattr(config, "cpu_flags", lambda f=flags: f)
         assert resolve_dtype("auto", "cpu") == want
     with pytest.raises(ValueError, match="train_dtype"):
         LMConfig(train_dtype="float16")

@@ -193,7 +193,7 @@ def test_native_bf16_from_the_cpu_flags_agrees_with_torch():
 
     from ntulm.lm import config
 
-    if config._linux_cpu_flags() is None:
+    if config.cpu_flags() is None:
         pytest.skip("no /proc/cpuinfo here: torch decides")
     cpu = torch.cpu
     assert config.native_bf16() == bool(

@@ -195,7 +195,7 @@ def native_bf16(device: str = "cpu") -> bool:
     (elsewhere it is emulated and slower). On Linux CPUs from the kernel's CPU flags, the same
     ones torch checks, so that the pipeline's own process need not import torch to decide."""
     if device != "cuda":
-        flags = _linux_cpu_flags()
+        flags = cpu_flags()
         if flags is not None:
             return bool(flags & {"avx512_bf16", "amx_tile"})
     import torch
@@ -206,8 +206,9 @@ def native_bf16(device: str = "cpu") -> bool:
     return bool(cpu._is_avx512_bf16_supported() or cpu._is_amx_tile_supported())
 
 
-def _linux_cpu_flags() -> set[str] | None:
-    """The ``flags`` of /proc/cpuinfo's first processor, or None where there is none."""
+def cpu_flags() -> set[str] | None:
+    """The ``flags`` of /proc/cpuinfo's first processor, or None where there is none (also what
+    ``benchmarks/machine.py`` records with every figure)."""
     try:
         with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
             for line in f:
