@@ -188,9 +188,10 @@ def test_quickstart_with_a_backbone(tmp_path, backbone, capsys):
             assert set(ids) <= corpus
 
 
-def test_default_variants_recommend_the_per_type_model_with_the_author_vector():
+def test_default_variants_recommend_the_per_type_warm_up_model_with_the_author_vector():
     """`ntulm run`'s default: the recommended variant appends the author's vector to a model
-    fine-tuned with per-type NTU tokens; the text-only model with the same vector runs beside it."""
+    fine-tuned with per-type NTU tokens, the NTU warm-up and the NTU learning rate; the text-only
+    model with the same vector runs beside it."""
     from ntulm.pipeline.config import RECOMMENDED, PipelineConfig
 
     task = {"type": "classification", "name": "c", "label": "community"}
@@ -199,7 +200,10 @@ def test_default_variants_recommend_the_per_type_model_with_the_author_vector():
     rec = by_name[RECOMMENDED]
     assert rec.ntu_types == ["author"] and rec.post_concat_of
     model = by_name[rec.post_concat_of]
-    assert model.use_ntu and model.lm == {"ntu_tokens": "per_type"}
+    assert model.use_ntu
+    assert model.lm == {"ntu_tokens": "per_type", "ntu_warmup": True, "ntu_lr": 5.0e-4}
+    lm = cfg.lm_config(model, 13)  # what its fine-tune gets: the run's lm section + the variant's
+    assert lm.use_ntu and lm.ntu_tokens == "per_type" and lm.ntu_warmup and lm.ntu_lr == 5.0e-4
     assert set(model.ntu_types) == {"author", "hashtag"}
     text = by_name["BERT-post-concat (author)"]
     assert not by_name[text.post_concat_of].use_ntu and text.ntu_types == ["author"]
