@@ -18,7 +18,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 from ntulm.errors import ConfigError  # noqa: E402
 from ntulm.kge import NTUEmbeddings  # noqa: E402
 from ntulm.lm import NTULM, LMConfig, TextNormConfig, encode, finetune  # noqa: E402
-from ntulm.lm.data import ntu_type_vectors, ntu_vectors, pad, tokenize  # noqa: E402
+from ntulm.lm.data import derangement, ntu_type_vectors, ntu_vectors, pad, tokenize  # noqa: E402
 from ntulm.lm.fusion import GatePooling, TypedNTUTokens, drop_ntus  # noqa: E402
 from ntulm.lm.model import FUSION, LM_CONFIG, LM_META  # noqa: E402
 from ntulm.lm.social import (  # noqa: E402
@@ -290,6 +290,40 @@ def test_ntu_lr_puts_the_ntu_path_in_groups_of_its_own(backbone, ntu, caplog, tm
     assert "ntu_warmup: no head warm-up runs" in caplog.text
 
 
+# ---------------------------------------------------------------------------- fine-tune control
+@pytest.mark.parametrize("ntu_tokens", ["mean", "per_type"])
+def test_ntu_shuffle_gives_every_post_another_posts_ntu_input(ntu, ntu_tokens):
+    from ntulm.lm.data import finetune_ntu_inputs, ntu_inputs
+
+    posts = _posts(30)
+    kw = {"ntu_tokens": ntu_tokens, "ntu_types": ["author", "hashtag"], "seed": 5}
+    own, own_flags = ntu_inputs(posts, ntu, LMConfig.build(kw))
+    plain, _ = finetune_ntu_inputs(posts, ntu, LMConfig.build(kw))
+    np.testing.assert_array_equal(plain, own)  # off by default: the posts' own rows
+    e, flags = finetune_ntu_inputs(posts, ntu, LMConfig.build({**kw, "ntu_shuffle": True}))
+    # a derangement of the rows, seeded by lm.seed, the overlap flags carried with their rows
+    perm = derangement(len(posts), np.random.default_rng(5))
+    assert (perm != np.arange(len(posts))).all()
+    np.testing.assert_array_equal(e, own[perm])
+    np.testing.assert_array_equal(flags, own_flags[perm])
+    # posts 0 and 1 differ in author and hashtag: the pairing of post and NTUs is broken
+    assert not np.array_equal(e, own, equal_nan=True)
+    again, _ = finetune_ntu_inputs(posts, ntu, LMConfig.build({**kw, "ntu_shuffle": True}))
+    np.testing.assert_array_equal(again, e)
+
+
+def test_ntu_shuffle_needs_ntus_and_no_social_pairs_and_changes_training(backbone, ntu, tmp_path):
+    with pytest.raises(ConfigError, match="ntu_shuffle"):
+        LMConfig.build({"use_ntu": False, "ntu_shuffle": True})
+    with pytest.raises(ConfigError, match="ntu_shuffle"):
+        LMConfig.build({"ntu_shuffle": True, "social_weight": 1.0})
+    assert LMConfig.build({"ntu_shuffle": True}).model_dump(mode="json")["ntu_shuffle"] is True
+    plain = finetune(_posts(), _cfg(backbone), tmp_path / "a", ntu=ntu)
+    shuffled = finetune(_posts(), _cfg(backbone, ntu_shuffle=True), tmp_path / "b", ntu=ntu)
+    assert shuffled.eval_bits != plain.eval_bits
+    assert NTULM.load(tmp_path / "b").cfg.ntu_shuffle
+
+
 # ---------------------------------------------------------------------------- social objective
 def test_nt_xent_against_a_hand_computed_value():
     """3 pairs in 2-D, tau = 0.5. For a_0 = (1, 0): cosines to a_1, a_2, b_0, b_1, b_2 are
@@ -477,6 +511,7 @@ def test_model_saved_before_the_fusion_options_still_loads(backbone, ntu, tmp_pa
         "pooling_gate",
         "ntu_warmup",
         "ntu_lr",
+        "ntu_shuffle",
         "backbone_dropout",
         "eval_every",
     }

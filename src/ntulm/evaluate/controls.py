@@ -27,21 +27,12 @@ from typing import Literal
 import numpy as np
 
 from ntulm.kge import NTUEmbeddings
-from ntulm.lm.data import ntu_type_vectors, ntu_vectors
+from ntulm.lm.data import derangement, ntu_type_vectors, ntu_vectors
 from ntulm.posts import Post
 
 Control = Literal["shuffled", "mean"]
 CONTROLS: tuple[str, ...] = ("shuffled", "mean")
-
-
-def derangement(n: int, rng: np.random.Generator) -> np.ndarray:
-    """A permutation of ``range(n)`` without fixed points for n >= 2 (Sattolo's algorithm: a
-    uniformly drawn single n-cycle); ``[0]`` for n = 1, where none exists."""
-    perm = np.arange(n)
-    for i in range(n - 1, 0, -1):
-        j = int(rng.integers(0, i))  # j < i: i never keeps its own place
-        perm[i], perm[j] = perm[j], perm[i]
-    return perm
+__all__ = ["CONTROLS", "Control", "control_ntus", "derangement"]
 
 
 def control_ntus(

@@ -44,6 +44,7 @@ FUSION_FIELDS = (
     "pooling_gate",
     "ntu_warmup",
     "ntu_lr",
+    "ntu_shuffle",
     "backbone_dropout",
     "eval_every",
 )
@@ -127,6 +128,13 @@ class LMConfig(StageConfig):
         description="AdamW learning rate of the NTU projection(s) during fine-tuning, with the "
         "same warm-up/decay schedule (null: lr, the paper)",
     )
+    ntu_shuffle: bool = Field(
+        False,
+        description="negative control of the fine-tune: each post's NTU input is another post's "
+        "(a seeded derangement, as evaluate/controls.py's shuffled control), in training and "
+        "held-out scoring alike, so the NTU token carries nothing about its post; a perplexity "
+        "gain over BERT that this model also shows is not the NTUs' doing",
+    )
     eval_fraction: float = Field(0.05, gt=0.0, lt=1.0, description="held-out fraction of posts")
     eval_max_posts: int = Field(5000, ge=1, description="cap on held-out posts")
     max_posts: int = Field(0, ge=0, description="use the first N posts read (0: all)")
@@ -187,6 +195,13 @@ class LMConfig(StageConfig):
             raise ValueError("ntu_tokens/ntu_dropout: need use_ntu=true")
         if not self.use_ntu and (self.ntu_warmup or self.ntu_lr is not None):
             raise ValueError("ntu_warmup/ntu_lr: need use_ntu=true")
+        if self.ntu_shuffle and not self.use_ntu:
+            raise ValueError("ntu_shuffle: needs use_ntu=true")
+        if self.ntu_shuffle and self.social_weight > 0:
+            raise ValueError(
+                "ntu_shuffle: not with social_weight > 0 (its pairs are mined from the posts' own "
+                "NTUs, which the control would keep)"
+            )
         return self
 
 

@@ -106,6 +106,30 @@ def ntu_inputs(
     return ntu_vectors(posts, ntu, cfg.ntu_types, unknown)
 
 
+def derangement(n: int, rng: np.random.Generator) -> np.ndarray:
+    """A permutation of ``range(n)`` without fixed points for n >= 2 (Sattolo's algorithm: a
+    uniformly drawn single n-cycle); ``[0]`` for n = 1, where none exists."""
+    perm = np.arange(n)
+    for i in range(n - 1, 0, -1):
+        j = int(rng.integers(0, i))  # j < i: i never keeps its own place
+        perm[i], perm[j] = perm[j], perm[i]
+    return perm
+
+
+def finetune_ntu_inputs(
+    posts: Sequence[Post], ntu: NTUEmbeddings, cfg: LMConfig
+) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`ntu_inputs` for fine-tuning. With ``lm.ntu_shuffle`` (a negative control of the
+    fine-tune) each post gets another post's NTU input: rows permuted by a seeded derangement
+    (``cfg.seed``), the overlap flags with them, before the training/held-out split, so the model
+    trains and is scored on NTU tokens that carry nothing about their post."""
+    e, overlap = ntu_inputs(posts, ntu, cfg)
+    if cfg.ntu_shuffle:
+        perm = derangement(len(e), np.random.default_rng(cfg.seed))
+        e, overlap = e[perm], overlap[perm]
+    return e, overlap
+
+
 def tokenize(
     texts: Sequence[str], tokenizer: Any, max_length: int, norm: TextNormConfig
 ) -> list[np.ndarray]:

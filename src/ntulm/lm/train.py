@@ -48,10 +48,10 @@ from ntulm.artifacts import (
 from ntulm.errors import ConfigError
 from ntulm.lm.config import CHECKPOINT, LMConfig, resolve_dtype
 from ntulm.lm.data import (
+    finetune_ntu_inputs,
     fixed_eval_masks,
     length_grouped_batches,
     mask_tokens,
-    ntu_inputs,
     pad,
     tokenize,
     training_batches,
@@ -376,7 +376,7 @@ def _finetune(
     posts = list(posts[: cfg.max_posts] if cfg.max_posts else posts)
     tokens = tokenize([p.text for p in posts], model.tokenizer, cfg.max_length, cfg.text)
     if ntu is not None:
-        e_all, overlap = ntu_inputs(posts, ntu, cfg)
+        e_all, overlap = finetune_ntu_inputs(posts, ntu, cfg)
     else:
         e_all, overlap = None, np.zeros(len(posts), dtype=bool)
     tr, ev = split_posts(len(posts), cfg)
