@@ -469,7 +469,7 @@ def _write_posts(path: Path, n: int = 30) -> Path:
     return path
 
 
-def test_cli_finetune_and_embed(backbone, ntu, tmp_path, capsys):
+def test_cli_finetune_and_embed(backbone, ntu, tmp_path, capsys, monkeypatch):
     posts = _write_posts(tmp_path / "posts.jsonl")
     ntu.save(tmp_path / "ntu")
     rc = main(
@@ -538,6 +538,12 @@ def test_cli_finetune_and_embed(backbone, ntu, tmp_path, capsys):
     with pytest.raises(SystemExit):  # argparse: exit 2 naming the bad type
         main([*args, "--out", str(tmp_path / "b.parquet"), "--concat-ntu-types", "colour"])
     assert "unknown NTU type" in capsys.readouterr().err
+    # --device cuda where torch sees no GPU: one line, exit 2, for one process and for shards
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    for extra in ([], ["--nproc", "1"]):
+        out_d = tmp_path / f"d{len(extra)}.parquet"
+        assert main([*args, "--out", str(out_d), "--device", "cuda", *extra]) == 2
+        assert "--device: cuda, but torch sees no CUDA device" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(

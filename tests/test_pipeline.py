@@ -436,3 +436,51 @@ def test_design_run_reads_no_test_post_and_post_concat_of_an_ntu_model(
     stages = json.loads((run / "results.json").read_text())["stages"]
     assert "finetune N" in " ".join(stages["reused"]), stages
     assert not [s for s in stages["ran"] if s.startswith("finetune")], stages
+
+
+def test_embed_device_resolves_and_keys_the_embedding_cache_only_off_the_cpu(tmp_path, monkeypatch):
+    import torch
+
+    from ntulm.artifacts import fingerprint
+    from ntulm.errors import ConfigError
+    from ntulm.evaluate.tasks import Task
+    from ntulm.lm.config import resolve_device
+    from ntulm.posts import Post
+
+    base = {"name": "d", "posts": ["p.jsonl"], "eval": {"tasks": [{"type": "hashtag"}]}}
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert resolve_device("auto") == "cpu"
+    cpu = pipeline_run.Pipeline(pipeline_run.PipelineConfig.build(base), tmp_path / "a")
+    assert cpu.embed_device == "cpu"
+    wants = {**base, "eval": {**base["eval"], "embed_device": "cuda"}}
+    with pytest.raises(ConfigError, match="eval.embed_device: cuda, but torch sees no CUDA"):
+        pipeline_run.Pipeline(pipeline_run.PipelineConfig.build(wants), tmp_path / "b")
+    with pytest.raises(ConfigError, match="--device: 'tpu' is not one of"):
+        resolve_device("tpu", "--device")
+    posts = [Post(id=str(i), text=f"post {i}") for i in range(3)]
+    y = np.zeros(1, dtype=np.int64)
+    task = Task(
+        "t", "classification", posts[:1], posts[1:2], posts[2:], y, y, y, ["a"], ["macro_f1"]
+    )
+    v = cpu.cfg.variants[0]
+    path, key = cpu._embedding_file(v, "fp", task)
+    # on the CPU the key is the one from before embed_device existed, so old caches are reused
+    old = [
+        "fp",
+        v.model_dump(mode="json"),
+        cpu.embed_dtype,
+        "t",
+        pipeline_run.task_content_key(task),
+    ]
+    assert key == fingerprint(old)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(lm_config, "native_bf16", lambda device="cpu": device == "cuda")
+    gpu = pipeline_run.Pipeline(pipeline_run.PipelineConfig.build(base), tmp_path / "c")
+    assert gpu.embed_device == "cuda" and gpu.embed_dtype == "float32"  # the config's dtype
+    gpu_path, gpu_key = gpu._embedding_file(v, "fp", task)
+    assert gpu_path.name == path.name and gpu_key != key  # GPU numbers never pass for CPU ones
+    auto = {**base, "eval": {**base["eval"], "embed_dtype": "auto"}}
+    assert (
+        pipeline_run.Pipeline(pipeline_run.PipelineConfig.build(auto), tmp_path / "d").embed_dtype
+        == "bfloat16"
+    )

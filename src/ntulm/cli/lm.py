@@ -18,7 +18,7 @@ from ntulm.cli import (
     relaunch_under_torchrun,
 )
 from ntulm.errors import ArtifactError, ConfigError
-from ntulm.lm.config import LMConfig
+from ntulm.lm.config import LMConfig, resolve_device
 from ntulm.lm.shards import quarantine_beside
 from ntulm.posts import Post, PostReader
 from ntulm.posts.readers import no_posts_error, require_posts
@@ -110,7 +110,12 @@ def _embed_sharded(args: argparse.Namespace) -> int:
         raise ArtifactError(f"--model {args.model}: no such directory")
     if args.ntu is not None and not Path(args.ntu).is_dir():
         raise ArtifactError(f"--ntu {args.ntu}: no such directory")
-    common = {"reader": read.model_dump(mode="json"), "limit": args.limit, **options}
+    common = {
+        "reader": read.model_dump(mode="json"),
+        "limit": args.limit,
+        "device": args.device,
+        **options,
+    }
     if args.shard:
         index, count = parse_shard(args.shard)
         done = [embed_shard(args.model, args.ntu, args.posts, args.out, index, count, **common)]
@@ -142,6 +147,7 @@ def cmd_embed(args: argparse.Namespace) -> int:
 
     require_done(args.model, STAGE, "--model")  # not a fine-tune killed after an epoch
     model = NTULM.load(args.model, ntu=_load_ntu(args.ntu))
+    model.to(resolve_device(args.device, "--device"))
     if args.concat_ntu and model.ntu is None:
         raise ConfigError("--concat-ntu needs NTU embeddings (--ntu DIR)")
     read, _ = reader_config(args)
@@ -251,6 +257,13 @@ def register(sub: argparse._SubParsersAction) -> None:
         default="float32",
         help="encoder precision; bfloat16 autocast is about 3x faster on CPUs with native bf16 "
         "(auto: bfloat16 where the CPU has it natively)",
+    )
+    e.add_argument(
+        "--device",
+        choices=("auto", "cpu", "cuda"),
+        default="auto",
+        help="where the encoder runs: auto is the first CUDA GPU where torch sees one, else the "
+        "CPU (with --nproc, every shard process on that device)",
     )
     e.add_argument(
         "--pooling",

@@ -191,6 +191,13 @@ class EvalConfig(StageConfig):
     )
     bootstrap_seed: int = Field(0, description="seed of the paired bootstrap")
     level: float = Field(0.95, gt=0.5, lt=1.0, description="confidence level of the intervals")
+    embed_device: Literal["auto", "cpu", "cuda"] = Field(
+        "auto",
+        description="where post embeddings are computed: auto is the first CUDA GPU where torch "
+        "sees one, else the CPU; a GPU's embeddings are not bit-identical to the CPU's, so a "
+        "resolved cuda keys the embedding cache (cpu keys it as before) and is recorded in "
+        "results.json",
+    )
     embed_dtype: Literal["float32", "bfloat16", "auto"] = Field(
         "float32",
         description="encoder precision for post embeddings; bfloat16 autocast is about 3x faster "

@@ -11,6 +11,7 @@ from typing import Literal
 from pydantic import Field, field_validator, model_serializer, model_validator
 
 from ntulm.config import StageConfig
+from ntulm.errors import ConfigError
 from ntulm.posts.ntus import EMBEDDED_NTU_TYPES, check_ntu_types
 
 # NTU types the LM can average into e_ntu: those the NTU embeddings have tables for.
@@ -238,6 +239,20 @@ def resolve_dtype(name: str, device: str = "cpu") -> str:
     """``auto`` -> ``bfloat16`` where :func:`native_bf16`, else ``float32``; others unchanged."""
     if name == "auto":
         return "bfloat16" if native_bf16(device) else "float32"
+    return name
+
+
+def resolve_device(name: str, what: str = "device") -> str:
+    """``auto``: ``cuda`` where torch sees a CUDA device, else ``cpu``; ``cuda`` where it sees
+    none is a :class:`~ntulm.errors.ConfigError` that names ``what`` (the option)."""
+    import torch
+
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if name not in ("cpu", "cuda"):
+        raise ConfigError(f"{what}: {name!r} is not one of auto, cpu, cuda")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"{what}: cuda, but torch sees no CUDA device (use auto or cpu)")
     return name
 
 

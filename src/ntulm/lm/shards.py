@@ -27,6 +27,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ntulm.errors import ArtifactError, ConfigError
+from ntulm.lm.config import resolve_device
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -63,10 +64,12 @@ def embed_shard(
     reader: dict[str, Any] | None = None,
     limit: int = 0,
     threads: int | None = None,
+    device: str = "cpu",
     **options: Any,
 ) -> dict[str, Any]:
-    """Load the model, read ``posts`` and embed shard ``index`` of ``count`` into its part file.
-    ``options`` go to :func:`~ntulm.lm.encode.embed_to_parquet`. Returns the shard's counts."""
+    """Load the model onto ``device`` (auto, cpu, cuda), read ``posts`` and embed shard
+    ``index`` of ``count`` into its part file. ``options`` go to
+    :func:`~ntulm.lm.encode.embed_to_parquet`. Returns the shard's counts."""
     import torch
 
     from ntulm.artifacts import require_done
@@ -83,6 +86,7 @@ def embed_shard(
 
         ntu = NTUEmbeddings.load(require_done(ntu_dir, "kge", "--ntu"))
     model = NTULM.load(model_dir, ntu=ntu)
+    model.to(resolve_device(device, "--device"))
     if options.get("concat_ntu") and model.ntu is None:
         raise ConfigError("--concat-ntu needs NTU embeddings (--ntu DIR)")
     # every shard reads every post; shard 0 keeps the quarantine

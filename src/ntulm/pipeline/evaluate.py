@@ -143,7 +143,9 @@ def _evaluate_saved(
             f"tasks {', '.join(corpus_tasks)} are built from a corpus: give --posts (or `posts` "
             "in the config)"
         )
-    loaded = {name: (NTULM.load(d), model_fingerprint(d)) for name, d in models.items()}
+    loaded = {
+        name: (NTULM.load(d).to(p.embed_device), model_fingerprint(d)) for name, d in models.items()
+    }
     emb = NTUEmbeddings.load(require_done(ntu, "kge", "--ntu")) if ntu is not None else None
     if emb is None:  # the overlap flags and post-concat use one table: the first NTULM's
         emb = next((m.ntu for m, _ in loaded.values() if m.ntu is not None), None)

@@ -64,7 +64,7 @@ from ntulm.evaluate.tasks import Task, build_tasks
 from ntulm.evaluate.temporal import BEFORE, Temporal, before_sql, temporal
 from ntulm.graph.build import build_graph_from_table, edge_exclusion_lines, read_posts_table
 from ntulm.kge import NTUEmbeddings, train_kge
-from ntulm.lm.config import CHECKPOINT, STAGE, LMConfig, resolve_dtype
+from ntulm.lm.config import CHECKPOINT, STAGE, LMConfig, resolve_device, resolve_dtype
 from ntulm.lm.data import appended_vectors, concat_groups, ntu_inputs, ntu_vectors
 from ntulm.memory import trim, tune_allocator
 from ntulm.pipeline.config import PipelineConfig, VariantSpec
@@ -99,7 +99,8 @@ class Pipeline:
         # the tasks are built, before a design run (eval.design) replaces their splits
         self.lm_held: set[str] = set()
         # "auto" resolved once, on this machine: it keys the embedding cache and results.json
-        self.embed_dtype = resolve_dtype(config.eval.embed_dtype)
+        self.embed_device = resolve_device(config.eval.embed_device, "eval.embed_device")
+        self.embed_dtype = resolve_dtype(config.eval.embed_dtype, self.embed_device)
 
     # -- data and tasks --------------------------------------------------------------------
     def read_corpus(self) -> PostsTable:
@@ -307,6 +308,8 @@ class Pipeline:
                 self.embed_dtype,
                 task.name,
                 task_content_key(task),
+                # on the CPU the key is what it was before embed_device existed: caches stay
+                *([self.embed_device] if self.embed_device != "cpu" else []),
             ]
         )
         return path, fp
@@ -574,7 +577,10 @@ def _run_pipeline(config: PipelineConfig, out_dir: str | Path, progress: bool) -
             d, fp, res = p.finetune(v, ft_seed, sample, emb, kge_fp)
             lm_results.setdefault(v.name, []).append(res)
             # isolated: a directory, encoded in a worker (embed_in_workers); else loaded here
-            models[v.name] = (d if cfg.isolate_stages else _load_model(d, emb), fp)
+            models[v.name] = (
+                d if cfg.isolate_stages else _load_model(d, emb, p.embed_device),
+                fp,
+            )
         eval_seeds = [ft_seed] if cfg.finetune_per_seed else cfg.seeds
         runs += p.evaluate(tasks, models, emb, flags, eval_seeds, finetune_seed=ft_seed)
     results = {
@@ -582,6 +588,7 @@ def _run_pipeline(config: PipelineConfig, out_dir: str | Path, progress: bool) -
         "config": cfg.model_dump(mode="json"),
         "protocol": protocol,
         "embed_dtype": p.embed_dtype,
+        "embed_device": p.embed_device,
         "corpus": p.read_report,
         "graph": p.graph_stats,
         "kge": p.kge_metrics,
@@ -602,10 +609,12 @@ def _run_pipeline(config: PipelineConfig, out_dir: str | Path, progress: bool) -
     return results
 
 
-def _load_model(d: Path, emb: NTUEmbeddings | None) -> NTULM:
+def _load_model(d: Path, emb: NTUEmbeddings | None, device: str = "cpu") -> NTULM:
+    """A finished model, on ``device`` (where :func:`~ntulm.lm.encode.encode` then runs)."""
     from ntulm.lm.model import NTULM
 
-    return NTULM.load(d, ntu=emb)
+    model = NTULM.load(d, ntu=emb)
+    return model.to(device) if device != "cpu" else model
 
 
 def _kge_job(graph: str, out: str, cfg: Any, progress: bool) -> None:
@@ -639,7 +648,7 @@ def _embed_job(
     (:meth:`Pipeline.embed_in_workers`)."""
     p = Pipeline(PipelineConfig.model_validate(cfg), out, progress=False)
     emb = NTUEmbeddings.load(kge_dir) if kge_dir is not None else None
-    model = _load_model(Path(model_dir), emb)
+    model = _load_model(Path(model_dir), emb, p.embed_device)
     variants = {v.name: v for v in p.cfg.variants}
     for name in names:
         for task in tasks:
