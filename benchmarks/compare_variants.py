@@ -45,6 +45,15 @@ def main() -> int:
     ap.add_argument("--baseline", required=True, help="variant name to compare against")
     ap.add_argument("--out", help="write the intervals here as JSON")
     args = ap.parse_args()
+    missing = [
+        f for f in ("results.json", "predictions.parquet") if not (Path(args.run) / f).exists()
+    ]
+    if missing:  # a committed results folder keeps results.json only: give the run's --out
+        print(
+            f"{args.run}: no {' or '.join(missing)} (an `ntulm run` --out directory)",
+            file=sys.stderr,
+        )
+        return 2
     results, runs = load_runs(Path(args.run))
     names = [v["name"] for v in results["config"]["variants"]]
     if args.baseline not in names:
