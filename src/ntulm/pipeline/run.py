@@ -613,8 +613,7 @@ def _load_model(d: Path, emb: NTUEmbeddings | None, device: str = "cpu") -> NTUL
     """A finished model, on ``device`` (where :func:`~ntulm.lm.encode.encode` then runs)."""
     from ntulm.lm.model import NTULM
 
-    model = NTULM.load(d, ntu=emb)
-    return model.to(device) if device != "cpu" else model
+    return NTULM.load(d, ntu=emb).to(device)
 
 
 def _kge_job(graph: str, out: str, cfg: Any, progress: bool) -> None:
