@@ -45,8 +45,16 @@ MODELS = {  # name -> LMConfig overrides (the paper CPU preset's lm section is t
     # (LLaVA's stage 1), alone and with a 10x learning rate for them during fine-tuning.
     "per-type + NTU warm-up": {**PER_TYPE, "ntu_warmup": True},
     "per-type + NTU warm-up + NTU lr 5e-4": {**PER_TYPE, "ntu_warmup": True, "ntu_lr": 5.0e-4},
+    # Its negative control (lm.ntu_shuffle): the same recipe, every post given another post's NTUs
+    # in training and held-out scoring; what it gains over BERT is not the NTUs'.
+    "warm-up recipe on shuffled NTUs": {
+        **PER_TYPE,
+        "ntu_warmup": True,
+        "ntu_lr": 5.0e-4,
+        "ntu_shuffle": True,
+    },
 }
-COLORS = ("tab:gray", "tab:blue", "tab:orange", "tab:green", "tab:red")
+COLORS = ("tab:gray", "tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple")
 BASE = {
     "backbone": "all-MiniLM-L6-v2",
     "max_epochs": 1,
