@@ -36,6 +36,7 @@ from ntulm.posts.rows import PostsTable
 
 RESULTS = Path(__file__).parent / "results" / "fusion" / "bits_vs_steps"
 PER_TYPE = {"use_ntu": True, "ntu_types": ["author", "hashtag"], "ntu_tokens": "per_type"}
+RECIPE = {**PER_TYPE, "ntu_warmup": True, "ntu_lr": 5.0e-4}  # the default's (ntulm run)
 MODELS = {  # name -> LMConfig overrides (the paper CPU preset's lm section is the base)
     "BERT": {"use_ntu": False},
     "NTULM author+hashtag": {"use_ntu": True, "ntu_types": ["author", "hashtag"]},
@@ -44,15 +45,10 @@ MODELS = {  # name -> LMConfig overrides (the paper CPU preset's lm section is t
     # Design (issue 11, perplexity): the NTU projections aligned first, through the frozen encoder
     # (LLaVA's stage 1), alone and with a 10x learning rate for them during fine-tuning.
     "per-type + NTU warm-up": {**PER_TYPE, "ntu_warmup": True},
-    "per-type + NTU warm-up + NTU lr 5e-4": {**PER_TYPE, "ntu_warmup": True, "ntu_lr": 5.0e-4},
+    "per-type + NTU warm-up + NTU lr 5e-4": RECIPE,
     # Its negative control (lm.ntu_shuffle): the same recipe, every post given another post's NTUs
     # in training and held-out scoring; what it gains over BERT is not the NTUs'.
-    "warm-up recipe on shuffled NTUs": {
-        **PER_TYPE,
-        "ntu_warmup": True,
-        "ntu_lr": 5.0e-4,
-        "ntu_shuffle": True,
-    },
+    "warm-up recipe on shuffled NTUs": {**RECIPE, "ntu_shuffle": True},
 }
 COLORS = ("tab:gray", "tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple")
 BASE = {
