@@ -188,8 +188,9 @@ def whole_corpus(args: argparse.Namespace) -> dict:
 
     with tempfile.TemporaryDirectory() as tmp:
         nproc = ["--nproc", str(args.whole_corpus_nproc)] if args.whole_corpus_nproc > 1 else []
+        comp = ["--compile"] if args.whole_corpus_compile else []
         cmd = ["ntulm", "-q", "embed", "--model", args.whole_corpus_model, "--posts", args.posts,
-               *nproc, "--out", f"{tmp}/emb.parquet", "--dtype", "bfloat16",
+               *nproc, *comp, "--out", f"{tmp}/emb.parquet", "--dtype", "bfloat16",
                "--batch-size", str(args.embed_batch_size)]  # fmt: skip
         before = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
         done, wall, peak = run_measured(cmd)
@@ -209,6 +210,8 @@ def whole_corpus(args: argparse.Namespace) -> dict:
         "dtype": "bfloat16 autocast",
         "torch_threads": "ntulm embed default (all cores, split between --nproc processes)",
         "nproc": args.whole_corpus_nproc,
+        "compile": args.whole_corpus_compile,
+        "machine": cpu_info(),
         "uptime_before": before,
         "uptime_after": subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip(),
     }
@@ -244,6 +247,11 @@ def main() -> None:
         help="run that `ntulm embed` as this many processes (--nproc), the cores split among them",
     )
     ap.add_argument(
+        "--whole-corpus-compile",
+        action="store_true",
+        help="run that `ntulm embed` with --compile (the encoder under torch.compile)",
+    )
+    ap.add_argument(
         "--only-whole-corpus",
         action="store_true",
         help="measure only embed_whole_corpus and merge it into the existing --out JSON",
@@ -253,6 +261,8 @@ def main() -> None:
         if not args.whole_corpus_model:
             ap.error("--only-whole-corpus needs --whole-corpus-model")
         res = json.loads(Path(args.out).read_text())
+        if "embed_whole_corpus" in res:  # earlier runs are kept, newest last
+            res.setdefault("embed_whole_corpus_previous", []).append(res["embed_whole_corpus"])
         res["embed_whole_corpus"] = whole_corpus(args)
         Path(args.out).write_text(json.dumps(res, indent=2) + "\n")
         print(json.dumps(res["embed_whole_corpus"]))

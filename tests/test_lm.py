@@ -609,6 +609,33 @@ def test_bfloat16_encode_is_close_to_float32(backbone, ntu):
     np.testing.assert_allclose(shuffled, b, atol=2e-2)
 
 
+def test_compiled_encode_equals_eager_and_restores_the_model(backbone, ntu, monkeypatch):
+    """compile=True (torch.compile, eager attention): the same embeddings in float32, every
+    batch shape served, and the model's attention and forward as they were afterwards."""
+    import importlib
+    import shutil
+
+    from ntulm.errors import ConfigError
+
+    encode_mod = importlib.import_module("ntulm.lm.encode")  # the module (ntulm.lm.encode is a function)
+
+    model = _model(backbone, ntu)
+    posts = _posts(9)
+    attn = model.base.config._attn_implementation
+    ref = encode_mod.encode(model, posts, batch_size=4)
+    got = encode_mod.encode(model, posts, batch_size=4, compile=True)  # 3 batch shapes
+    np.testing.assert_allclose(got, ref, atol=1e-4)
+    again = encode_mod.encode(model, posts[::-1], batch_size=3, compile=True)[::-1]
+    np.testing.assert_allclose(again, ref, atol=1e-4)  # other shapes: the same compiled graph
+    assert model.base.config._attn_implementation == attn
+    assert "forward" not in vars(model.base.encoder)  # the class's forward again
+    np.testing.assert_array_equal(encode_mod.encode(model, posts, batch_size=4), ref)
+    assert "_compiled_encoder" not in model.state_dict()
+    monkeypatch.setattr(shutil, "which", lambda name: None)
+    with pytest.raises(ConfigError, match="C\\+\\+ compiler"):
+        encode_mod.encode(model, posts, compile=True)
+
+
 def test_pad_batch_equals_pad():
     from ntulm.lm.encode import pad_batch
 

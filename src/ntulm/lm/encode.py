@@ -19,12 +19,20 @@ sorted batches are mostly of one length, so they need no attention mask); ``dtyp
 runs the encoder under bf16 autocast (matmuls in bf16, LayerNorm and softmax in float32). A
 bf16 *copy* of the weights was tried instead: no faster within the noise of this shared machine
 and further from float32 (min cosine 0.998 vs 0.9997 on IRA), so it was not kept.
+``compile=True`` (an option, off by default) runs the encoder with eager attention under
+``torch.compile(dynamic=True)``: inductor fuses the element-wise work between the matmuls, 1.20x
+on machine D in bf16 (``benchmarks/encode_variants.py``); it needs a C++ compiler and compiles
+once per process (some seconds), and its embeddings differ from the default path's by bf16
+rounding (min cosine 0.9987 on IRA).
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import shutil
 from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -148,6 +156,39 @@ def pad_batch(
     return torch.from_numpy(ids), torch.from_numpy(mask.astype(np.int64))
 
 
+def check_compile() -> None:
+    """Raise a :class:`ConfigError` where ``torch.compile``'s CPU backend has no C++ compiler."""
+    cxx = os.environ.get("CXX") or "g++"
+    if shutil.which(cxx) is None and shutil.which("c++") is None:
+        raise ConfigError(
+            f"compile: torch.compile needs a C++ compiler ({cxx!r} or 'c++' on PATH, or set CXX); "
+            "install one (e.g. apt install g++) or encode without compile"
+        )
+
+
+@contextmanager
+def compiled_encoder(model: NTULM) -> Iterator[None]:
+    """Within the block the model's encoder runs compiled: transformers' eager attention (bmm
+    and softmax, which inductor fuses; SDPA's CPU kernel is slow for tweet-length sequences)
+    under ``torch.compile(dynamic=True)``, so one graph serves every batch shape. The compiled
+    function is kept on the model (compiled once per process, on first use); the attention
+    setting and the encoder's forward are restored on exit, so training is unaffected."""
+    check_compile()
+    enc = model.base.encoder
+    fn = model.__dict__.get("_compiled_encoder")
+    if fn is None:
+        fn = torch.compile(type(enc).forward.__get__(enc), dynamic=True)
+        model.__dict__["_compiled_encoder"] = fn  # not a module or a parameter: never saved
+    before = model.base.config._attn_implementation
+    model.base.set_attn_implementation("eager")
+    enc.forward = fn
+    try:
+        yield
+    finally:
+        del enc.forward  # the class's forward again
+        model.base.set_attn_implementation(before)
+
+
 @torch.inference_mode()
 def encode(
     model: NTULM,
@@ -163,6 +204,7 @@ def encode(
     text_only: bool = False,
     concat_types: Sequence[str] | None = None,
     concat_per_type: bool = False,
+    compile: bool = False,
 ) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
     """Embeddings of ``posts``, (N, H) float32 (H + ntu_dim with ``concat_ntu``), in input order.
 
@@ -188,6 +230,8 @@ def encode(
     ``text_only=True`` runs the encoder on the
     word pieces alone, without the NTU token (mean pooling): what transformers or
     sentence-transformers compute from ``model/`` or an ``ntulm export``.
+    ``compile=True`` runs the encoder compiled (:func:`compiled_encoder`): faster on CPUs, needs
+    a C++ compiler, compiles on first use; embeddings equal up to bf16 rounding.
     """
     check_pooling(model, pooling)
     if text_only and pooling != "mean":
@@ -209,20 +253,21 @@ def encode(
     out = np.zeros((len(posts), width), dtype=np.float32)
     lengths = np.array([len(t) for t in tokens])
     batches = length_grouped_batches(lengths, batch_size)  # longest first, little padding
-    for k, idx in enumerate(
-        tqdm(batches, desc="encode", disable=not show_progress_bar, unit="batch"), 1
-    ):
-        if k % TRIM_EVERY == 0:
-            trim()  # freed activations of other batch shapes back to the OS (memory.py)
-        ids, mask = pad_batch(tokens, idx, model.tokenizer.pad_token_id)
-        inject = model.use_ntu and not text_only
-        e = torch.from_numpy(e_ntu[idx]).to(device) if inject else None
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-            hidden, full_mask = model.hidden_states(
-                ids.to(device), mask.to(device), e, text_only=text_only
-            )  # (B, T+1, H); (B, T, H) without the NTU token
-        pooled = pool(model, hidden.float(), full_mask, ids.shape[1], pooling)
-        out[idx] = pooled.float().cpu().numpy()
+    with compiled_encoder(model) if compile else nullcontext():
+        for k, idx in enumerate(
+            tqdm(batches, desc="encode", disable=not show_progress_bar, unit="batch"), 1
+        ):
+            if k % TRIM_EVERY == 0:
+                trim()  # freed activations of other batch shapes back to the OS (memory.py)
+            ids, mask = pad_batch(tokens, idx, model.tokenizer.pad_token_id)
+            inject = model.use_ntu and not text_only
+            e = torch.from_numpy(e_ntu[idx]).to(device) if inject else None
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+                hidden, full_mask = model.hidden_states(
+                    ids.to(device), mask.to(device), e, text_only=text_only
+                )  # (B, T+1, H); (B, T, H) without the NTU token
+            pooled = pool(model, hidden.float(), full_mask, ids.shape[1], pooling)
+            out[idx] = pooled.float().cpu().numpy()
     if concat_ntu:
         appended = e_ntu
         if concat_types is not None:
@@ -376,6 +421,7 @@ def embed_to_parquet(
     pooling: str = "mean",
     concat_types: Sequence[str] | None = None,
     concat_per_type: bool = False,
+    compile: bool = False,
 ) -> int:
     """Stream ``(post, source)`` pairs into ``out_file`` (Parquet: id, embedding, overlap), one
     row group per chunk of ``chunk_posts``; written atomically. Returns the number of posts.
@@ -403,6 +449,7 @@ def embed_to_parquet(
                 pooling=pooling,
                 concat_types=concat_types,
                 concat_per_type=concat_per_type,
+                compile=compile,
             )
             flat = pa.array(emb.reshape(-1), type=pa.float32())
             table = pa.table(
