@@ -8,6 +8,7 @@ from ntulm.evaluate.controls import control_ntus, derangement
 from ntulm.kge import NTUEmbeddings
 from ntulm.lm.data import ntu_type_vectors, ntu_vectors
 from ntulm.pipeline import PipelineConfig
+from ntulm.pipeline.config import VariantSpec
 from ntulm.posts import Post, UserRef
 
 
@@ -107,6 +108,36 @@ def test_control_variants_are_validated_and_paired_with_their_model():
     assert "concat" not in split.variants[2].model_dump()  # the paper's: fingerprints unchanged
     with pytest.raises(ConfigError, match="post_concat_of"):
         PipelineConfig.build({**base, "variants": [{"name": "N", "concat": "per_type"}]})
+    # concat_scale: a weight per appended block; a control matches its variant's weights
+    weighted = PipelineConfig.build({**base, "variants": [
+        {"name": "BERT", "use_ntu": False},
+        {"name": "N", "ntu_types": ["author"]},
+        {"name": "N + a|h", "post_concat_of": "N", "concat": "per_type"},
+        {"name": "N + a|h/4", "post_concat_of": "N", "concat": "per_type",
+         "concat_scale": {"hashtag": 0.25}},
+        {"name": "N + a|h/4 mean", "post_concat_of": "N", "concat": "per_type",
+         "concat_scale": {"hashtag": 0.25}, "control": "mean"},
+    ]})  # fmt: skip
+    assert weighted.controls() == {"N + a|h/4": ["N + a|h/4 mean"]}
+    assert "concat_scale" not in weighted.variants[2].model_dump()  # fingerprints unchanged
+    assert weighted.variants[2].block_scale(3) is None
+    assert weighted.variants[3].block_scale(3).tolist() == [1, 1, 1, 0.25, 0.25, 0.25]
+    for bad, match in (
+        ({"name": "c", "concat_scale": {"author": 2.0}}, "post_concat_of"),
+        ({"name": "c", "post_concat_of": "N", "concat": "per_type",
+          "concat_scale": {"mention": 2.0}}, "not in ntu_types"),
+        ({"name": "c", "post_concat_of": "N", "concat_scale": {"hashtag": 2.0}}, "per_type"),
+        ({"name": "c", "post_concat_of": "N", "concat": "per_type",
+          "concat_scale": {"hashtag": 0.0}}, "> 0"),
+    ):  # fmt: skip
+        with pytest.raises(ConfigError, match=match):
+            PipelineConfig.build(
+                {**base, "variants": [{"name": "N", "ntu_types": ["author"]}, bad]}
+            )
+    one = VariantSpec(
+        name="c", post_concat_of="N", ntu_types=["author"], concat_scale={"author": 2}
+    )
+    assert one.block_scale(2).tolist() == [2, 2]  # one type: its one block, concat mean or not
     assert ok.variants[2].ntu_types == ["author"] and ok.protocol == "paper"
     for bad in (
         {"name": "c", "control": "mean"},

@@ -358,6 +358,11 @@ def test_design_run_reads_no_test_post_and_post_concat_of_an_ntu_model(
             {"name": "N + a|h", "post_concat_of": "N", "ntu_types": ["author", "hashtag"], "concat": "per_type"},
             {"name": "N + a|h shuffled", "post_concat_of": "N", "ntu_types": ["author", "hashtag"],
              "concat": "per_type", "control": "shuffled"},
+            # the same with the hashtags' block weighted (concat_scale), and its control
+            {"name": "N + a|h/4", "post_concat_of": "N", "ntu_types": ["author", "hashtag"],
+             "concat": "per_type", "concat_scale": {"hashtag": 0.25}},
+            {"name": "N + a|h/4 shuffled", "post_concat_of": "N", "ntu_types": ["author", "hashtag"],
+             "concat": "per_type", "concat_scale": {"hashtag": 0.25}, "control": "shuffled"},
             # a per-type model's control: its (N, K, D) rows under the same permutation
             {"name": "T", "ntu_types": ["author", "hashtag"], "lm": {"ntu_tokens": "per_type"}},
             {"name": "T + a", "post_concat_of": "T", "ntu_types": ["author"]},
@@ -429,6 +434,16 @@ def test_design_run_reads_no_test_post_and_post_concat_of_an_ntu_model(
             assert np.array_equal(nahs["test"][:, h : h + d], ns["test"][:, h:])
         own_rows = sorted(map(tuple, nah["test"][:, h:].tolist()))
         assert own_rows == sorted(map(tuple, nahs["test"][:, h:].tolist()))
+        # concat_scale: the hashtags' block a quarter, the text and the author's block as they were
+        with (
+            np.load(e / run_mod._slug("N + a|h/4") / f) as w,
+            np.load(e / run_mod._slug("N + a|h/4 shuffled") / f) as ws,
+        ):
+            assert np.array_equal(w["test"][:, : h + d], nah["test"][:, : h + d])
+            assert np.allclose(w["test"][:, h + d :], 0.25 * hashtag_slot)
+            assert np.array_equal(ws["test"][:, : h + d], nahs["test"][:, : h + d])
+            assert np.allclose(ws["test"][:, h + d :], 0.25 * nahs["test"][:, h + d :])
+    assert set(sig["N + a|h/4"]["vs_controls"]) == {"N + a|h/4 shuffled"}
     # the test run of the same config reuses every fine-tune of the design run
     assert main(["run", "--config", str(tmp_path / "cfg.yaml"), "--out", str(run), "-q",
                  "eval.design=false"]) == 0  # fmt: skip

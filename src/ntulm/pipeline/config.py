@@ -10,6 +10,7 @@ from __future__ import annotations
 from datetime import date, datetime
 from typing import Any, Literal
 
+import numpy as np
 from pydantic import Field, field_validator, model_serializer, model_validator
 
 from ntulm.config import StageConfig
@@ -46,6 +47,14 @@ class VariantSpec(StageConfig):
         "absent type: the table mean), len(ntu_types) x D wide: the author's and the hashtags' "
         "vectors side by side instead of averaged into one point",
     )
+    concat_scale: dict[str, float] = Field(
+        default_factory=dict,
+        description="a post_concat_of variant's weight of each appended NTU type's block, e.g. "
+        "{hashtag: 0.25} (unnamed types: 1): each block is multiplied by its weight. The "
+        "downstream MLP z-scores its inputs, so a weight changes only what compares raw "
+        "embeddings (the retrieval task's cosine ranking): how much a block counts there against "
+        "the text's. Per type, so it needs concat: per_type unless ntu_types holds one type",
+    )
     model_of: str | None = Field(
         None,
         description="no model of its own: embed with the named model variant's fine-tuned model "
@@ -75,6 +84,8 @@ class VariantSpec(StageConfig):
             data.pop("unknown_ntu_types", None)
         if self.concat == "mean":
             data.pop("concat", None)
+        if not self.concat_scale:
+            data.pop("concat_scale", None)
         return data
 
     @field_validator("ntu_types")
@@ -88,7 +99,27 @@ class VariantSpec(StageConfig):
             raise ValueError("ntu_types: at least one NTU type for a variant that uses NTUs")
         if self.concat != "mean" and self.post_concat_of is None:
             raise ValueError(f"concat: {self.concat!r} is for a post_concat_of variant")
+        if self.concat_scale:
+            if self.post_concat_of is None:
+                raise ValueError("concat_scale: is for a post_concat_of variant")
+            unknown = sorted(set(self.concat_scale) - set(self.ntu_types))
+            if unknown:
+                raise ValueError(f"concat_scale: {unknown} not in ntu_types {self.ntu_types}")
+            if self.concat == "mean" and len(self.ntu_types) > 1:
+                raise ValueError("concat_scale: one weight per type needs concat: per_type")
+            bad = {t: w for t, w in self.concat_scale.items() if not w > 0}
+            if bad:
+                raise ValueError(f"concat_scale: weights must be > 0, got {bad}")
         return self
+
+    def block_scale(self, dim: int) -> np.ndarray | None:
+        """The factor of each appended column, (len(groups) * dim,) float32, in the order the
+        blocks are appended; None where every weight is 1."""
+        if not any(w != 1.0 for w in self.concat_scale.values()):
+            return None
+        groups = [[t] for t in self.ntu_types] if self.concat == "per_type" else [self.ntu_types]
+        w = [self.concat_scale.get(g[0], 1.0) if len(g) == 1 else 1.0 for g in groups]
+        return np.repeat(np.asarray(w, dtype=np.float32), dim)
 
     control: Literal["shuffled", "mean"] | None = Field(
         None,
@@ -147,6 +178,7 @@ def controls_of(variants: list[VariantSpec]) -> dict[str, list[str]]:
                 and v.post_concat_of == c.post_concat_of
                 and v.ntu_types == c.ntu_types
                 and v.concat == c.concat
+                and v.concat_scale == c.concat_scale
                 and v.unknown_ntu_train == c.unknown_ntu_train
                 and v.unknown_types() == c.unknown_types()
             ]

@@ -98,6 +98,8 @@ def table2(results: dict[str, Any], agg: dict) -> str:
         ntus = "+".join(v["ntu_types"]) if (v["use_ntu"] or v["post_concat_of"]) else "—"
         if v.get("concat", "mean") == "per_type":  # appended side by side, not averaged
             ntus = " / ".join(v["ntu_types"]) + " (appended per type)"
+        if v.get("concat_scale"):  # block weights of the appended vectors
+            ntus += "; weights " + ", ".join(f"{t} {w:g}" for t, w in v["concat_scale"].items())
         if v.get("pooling", "mean") != "mean":
             ntus += f"; {v['pooling']} pooling"
         lm = results["lm"].get(name) or []

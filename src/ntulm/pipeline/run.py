@@ -371,7 +371,7 @@ class Pipeline:
                 if ntus is None:
                     e_ntu = appended_ntus(v, posts, emb)
                 else:
-                    e_ntu = e_ctl if v.concat == "per_type" else ntus
+                    e_ntu = scaled(v, e_ctl if v.concat == "per_type" else ntus)
                 x = np.concatenate([x, e_ntu], axis=1)
             x = np.asarray(x, dtype=np.float32)
             if split == "train" and v.unknown_ntu_train > 0 and posts:
@@ -664,8 +664,14 @@ def appended_ntus(
 ) -> np.ndarray:
     """The NTU rows a post-concat variant appends: e_ntu of its ``ntu_types`` (N, D), or with
     ``concat: per_type`` one e_ntu per type side by side (N, K*D). ``unknown``: types whose NTUs
-    count as unknown (the downstream NTU dropout)."""
-    return appended_vectors(posts, emb, v.ntu_types, v.concat == "per_type", unknown)
+    count as unknown (the downstream NTU dropout). Each block is weighted by ``concat_scale``."""
+    return scaled(v, appended_vectors(posts, emb, v.ntu_types, v.concat == "per_type", unknown))
+
+
+def scaled(v: VariantSpec, e: np.ndarray) -> np.ndarray:
+    """Appended rows ``e`` (N, K*D) with each block multiplied by its ``concat_scale`` weight."""
+    w = v.block_scale(e.shape[1] // len(_groups(v)))
+    return e if w is None else (e * w).astype(np.float32)
 
 
 def finetune_sample(
