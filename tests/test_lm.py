@@ -617,7 +617,7 @@ def test_compiled_encode_equals_eager_and_restores_the_model(backbone, ntu, monk
 
     from ntulm.errors import ConfigError
 
-    encode_mod = importlib.import_module("ntulm.lm.encode")  # the module (ntulm.lm.encode is a function)
+    encode_mod = importlib.import_module("ntulm.lm.encode")  # the module, not ntulm.lm.encode()
 
     model = _model(backbone, ntu)
     posts = _posts(9)
@@ -634,6 +634,7 @@ def test_compiled_encode_equals_eager_and_restores_the_model(backbone, ntu, monk
     monkeypatch.setattr(shutil, "which", lambda name: None)
     with pytest.raises(ConfigError, match="C\\+\\+ compiler"):
         encode_mod.encode(model, posts, compile=True)
+    torch._dynamo.reset()  # drop the compiled graphs (and their fake tensors) for later tests
 
 
 def test_pad_batch_equals_pad():

@@ -62,7 +62,11 @@ def _tensor_bytes() -> int:
         tensors = [o for o in gc.get_objects() if isinstance(o, torch.Tensor)]
     for t in tensors:
         s = t.untyped_storage()
-        storages[s.data_ptr()] = s.nbytes()
+        try:
+            ptr = s.data_ptr()
+        except RuntimeError:  # a FakeTensor that torch.compile keeps in its caches: no memory
+            continue
+        storages[ptr] = s.nbytes()
     return sum(storages.values())
 
 
