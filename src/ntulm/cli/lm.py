@@ -270,9 +270,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     e.add_argument(
         "--compile",
         action="store_true",
-        help="run the encoder under torch.compile (eager attention, inductor): about 1.2x "
-        "faster in bf16 on a 2-core AVX-512 CPU (benchmarks/encode_variants.py); needs a C++ "
-        "compiler, compiles once per process; embeddings equal up to bf16 rounding",
+        help="run the encoder under torch.compile (eager attention, inductor): 1.2x faster "
+        "encoder loop in bf16 on a 2-core AVX-512 CPU (benchmarks/encode_variants.py; less end "
+        "to end, where reading and tokenizing add their time); needs a C++ compiler, compiles "
+        "once per process; embeddings equal up to bf16 rounding",
     )
     e.add_argument(
         "--pooling",
