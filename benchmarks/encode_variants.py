@@ -27,7 +27,6 @@ Usage: ``python benchmarks/encode_variants.py --ntu /path/to/kge [--posts 3000] 
 
 from __future__ import annotations
 
-import argparse
 import copy
 import json
 import multiprocessing
@@ -49,9 +48,8 @@ from machine import cpu_info  # noqa: E402  (benchmarks/machine.py)
 from ntulm.artifacts import write_text  # noqa: E402
 from ntulm.lm import NTULM  # noqa: E402
 from ntulm.lm.encode import encode  # noqa: E402
-from roofline_encode import IRA_POSTS, load_model, load_posts  # noqa: E402
+from roofline_encode import IRA_POSTS, load_model, load_posts, parse_args  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[1]
 BATCH = 128
 ONE_PROC = ("sdpa", "eager", "compiled", "bf16_weights", "int8_dynamic")
 TWO_PROC = ("sdpa", "eager", "compiled")
@@ -114,18 +112,7 @@ def uptime() -> str:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--data", default=str(ROOT.parent / "shared/data/ira"))
-    ap.add_argument("--posts", type=int, default=3000)
-    ap.add_argument("--rounds", type=int, default=4)
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--ntu", required=True, help="a KGE artifact (ntulm train-kge --out)")
-    ap.add_argument("--out", default=str(ROOT / "benchmarks/results/encode_variants.json"))
-    args = ap.parse_args()
-    torch.set_num_threads(args.threads)
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.set_verbosity_error()
+    args = parse_args(__doc__, 4, "encode_variants.json")
     posts = load_posts(args.data, args.posts)
     base = load_model(args.ntu)
     ups = [uptime()]

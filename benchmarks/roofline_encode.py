@@ -140,19 +140,26 @@ def two_processes(data: str, n: int, ntu_dir: str, pool: ProcessPoolExecutor) ->
     return max(f.result() for f in futures) - start_at
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def parse_args(doc: str, rounds: int, out: str) -> argparse.Namespace:
+    """The options of an encoding benchmark over an IRA sample (this one and
+    ``encode_variants.py``); sets the torch threads and quiets transformers."""
+    ap = argparse.ArgumentParser(description=doc.split("\n\n")[0])
     ap.add_argument("--data", default=str(ROOT.parent / "shared/data/ira"))
     ap.add_argument("--posts", type=int, default=3000)
-    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--rounds", type=int, default=rounds)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--ntu", required=True, help="a KGE artifact (ntulm train-kge --out)")
-    ap.add_argument("--out", default=str(ROOT / "benchmarks/results/roofline_encode.json"))
+    ap.add_argument("--out", default=str(ROOT / "benchmarks/results" / out))
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     from transformers.utils import logging as hf_logging
 
     hf_logging.set_verbosity_error()
+    return args
+
+
+def main() -> None:
+    args = parse_args(__doc__, 3, "roofline_encode.json")
     posts = load_posts(args.data, args.posts)
     model = load_model(args.ntu)
     bc = model.base.config

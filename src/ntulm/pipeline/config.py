@@ -19,6 +19,7 @@ from ntulm.evaluate.config import EvalConfig
 from ntulm.graph.config import GraphConfig
 from ntulm.kge.config import KGEConfig
 from ntulm.lm.config import LMConfig
+from ntulm.lm.data import concat_groups
 from ntulm.posts.config import ReaderConfig, lift_read_keys
 from ntulm.posts.ntus import check_ntu_types
 
@@ -117,7 +118,7 @@ class VariantSpec(StageConfig):
         blocks are appended; None where every weight is 1."""
         if not any(w != 1.0 for w in self.concat_scale.values()):
             return None
-        groups = [[t] for t in self.ntu_types] if self.concat == "per_type" else [self.ntu_types]
+        groups = concat_groups(self.ntu_types, self.concat == "per_type")
         w = [self.concat_scale.get(g[0], 1.0) if len(g) == 1 else 1.0 for g in groups]
         return np.repeat(np.asarray(w, dtype=np.float32), dim)
 
