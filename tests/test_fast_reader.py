@@ -62,9 +62,20 @@ def _read(paths, engine, tmp_path, **kw):
     return table, r.report.to_json(), q.read_text() if q.exists() else ""
 
 
+def _posts(paths, engine, tmp_path, **kw):
+    q = tmp_path / f"qp-{engine}.jsonl"
+    r = PostReader(engine=engine, quarantine_path=q, max_text_chars=120, **kw)
+    pairs = list(r.iter_posts(paths))
+    # the same quarantine records; a fast file's duplicate ids come after its other rejections
+    return pairs, r.report.to_json(), sorted(q.read_text().splitlines()) if q.exists() else []
+
+
 def _assert_same(paths, tmp_path, **kw):
     fast = _read(paths, "fast", tmp_path, **kw)
     ref = _read(paths, "python", tmp_path, **kw)
+    # iter_posts reads through the fast tables too (PostReader._file_posts): the same Post
+    # records and sources, counts and quarantine as the reference parser's
+    assert _posts(paths, "fast", tmp_path, **kw) == _posts(paths, "python", tmp_path, **kw)
     assert fast[1] == ref[1]
     assert fast[2] == ref[2]
     assert fast[0].to_pylist() == ref[0].to_pylist()
@@ -104,6 +115,8 @@ def test_fast_strict_stops_at_first_bad_row(tmp_path):
     for engine in ("fast", "python"):
         with pytest.raises(InputError, match=r"ira.csv:3: empty text"):
             list(PostReader(engine=engine, strict=True).iter_tables([path]))
+        with pytest.raises(InputError, match=r"ira.csv:3: empty text"):
+            list(PostReader(engine=engine, strict=True).iter_posts([path]))
 
 
 def test_fast_header_problems_and_other_formats(tmp_path):

@@ -763,3 +763,61 @@ def test_eval_every_records_the_curve_and_leaves_training_alone(backbone, ntu, t
     saved = json.loads((tmp_path / "curve" / "train_result.json").read_text())
     assert saved["eval_curve"] == res.eval_curve
     assert "eval_every" not in LMConfig().model_dump()  # default: fingerprints unchanged
+
+
+def test_tokenize_calls_rust_and_equals_the_transformers_call(tokenizer):
+    """The fast path (a private Rust tokenizer, encode_batch_fast) gives the transformers call's
+    ids, truncation included; a tokenizer without a Rust backend goes through __call__."""
+    from ntulm.lm.config import TextNormConfig
+    from ntulm.lm.data import rust_tokenizer, tokenize
+    from ntulm.lm.text import normalize_text
+
+    norm = TextNormConfig()
+    texts = TEXTS + ["über Straße 日本語 😀 &amp; @bob https://t.co/x " * 30, "", "ｆｕｌｌ ＃x"]
+    clean = [normalize_text(t, norm) for t in texts]
+    for max_length in (8, 16, 512):
+        assert rust_tokenizer(tokenizer, max_length) is not None  # the fast path runs
+        got = tokenize(texts, tokenizer, max_length, norm)
+        ref = tokenizer(clean, truncation=True, max_length=max_length, add_special_tokens=True)
+        assert [t.tolist() for t in got] == ref["input_ids"]
+        assert all(t.dtype == np.int32 for t in got)
+    assert max(len(t) for t in tokenize(texts, tokenizer, 8, norm)) == 8
+    # the transformers wrapper's own truncation state is untouched by the private copy
+    assert tokenizer(texts[-3:])["input_ids"] == tokenizer(texts[-3:])["input_ids"]
+    assert len(tokenizer(texts[-3])["input_ids"]) > 100
+
+    class Plain:  # no backend_tokenizer: the transformers-style call
+        def __call__(self, batch, **kw):
+            return {"input_ids": [[101, len(t), 102] for t in batch]}
+
+    assert rust_tokenizer(Plain(), 8) is None
+    assert [t.tolist() for t in tokenize(["ab", "abc"], Plain(), 8, norm)] == [
+        [101, 2, 102],
+        [101, 3, 102],
+    ]
+
+
+def test_embed_to_parquet_prefetch_is_exact_and_stops_cleanly(backbone, ntu, tmp_path):
+    """The prefetching thread changes nothing: float32 embeddings bit-identical to the serial
+    path, --limit kept; an error while reading reaches the caller and leaves no output file."""
+    from ntulm.errors import InputError
+    from ntulm.lm.encode import embed_to_parquet
+
+    model = _model(backbone, ntu)
+    posts = [(p, "x") for p in _posts(23)]
+    tables = {}
+    for prefetch in (True, False):
+        out = tmp_path / f"e-{prefetch}.parquet"
+        n = embed_to_parquet(model, posts, out, chunk_posts=5, limit=17, prefetch=prefetch)
+        assert n == 17
+        tables[prefetch] = pq.read_table(out)
+    assert tables[True].equals(tables[False])
+    assert tables[True]["id"].to_pylist() == [p.id for p, _ in posts[:17]]
+
+    def broken():
+        yield from posts[:12]
+        raise InputError("posts.jsonl", 13, "malformed JSON")
+
+    with pytest.raises(InputError, match="posts.jsonl:13: malformed JSON"):
+        embed_to_parquet(model, broken(), tmp_path / "bad.parquet", chunk_posts=5)
+    assert not list(tmp_path.glob("bad*"))

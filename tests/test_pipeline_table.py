@@ -45,6 +45,23 @@ def test_table_rows_are_the_posts_read(corpus):
     assert table.take([5, 2, 5]) == [posts[5], posts[2], posts[5]]
 
 
+def test_rows_to_posts_reads_slices_and_chunks(corpus):
+    """Column by column over list offsets: a slice that starts mid-table, and a table of several
+    chunks, give the posts of those rows (the fast readers' tables reach iter_posts so)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from ntulm.posts.rows import rows_to_posts
+
+    posts, table = corpus
+    whole = pa.concat_tables(pq.read_table(p) for p in table.parts)
+    assert any(p.mentions for p in posts) and any(p.favorited_by for p in posts)
+    for a, b in ((0, 7), (3, 50), (123, 600), (650, 700), (10, 10)):
+        assert rows_to_posts(whole.slice(a, b - a)) == posts[a:b]
+    chunked = pa.concat_tables([whole.slice(5, 40), whole.slice(300, 90)])
+    assert rows_to_posts(chunked) == posts[5:45] + posts[300:390]
+
+
 @pytest.mark.parametrize("spec", TASKS, ids=[t["type"] + ":" + t.get("name", "") for t in TASKS])
 def test_tasks_from_the_table_equal_tasks_from_posts(corpus, spec):
     posts, table = corpus

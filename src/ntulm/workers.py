@@ -25,11 +25,12 @@ import ctypes.util
 import logging
 import multiprocessing
 import os
+import queue
 import signal
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from typing import Any, TypeVar
 
@@ -88,3 +89,56 @@ def run_isolated(fn: Callable[..., T], *args: Any) -> T:
     here."""
     with worker_pool(1, log_level=logging.getLogger().getEffectiveLevel()) as pool:
         return pool.submit(fn, *args).result()
+
+
+_DONE = object()
+
+
+def prefetched(items: Iterator[T], depth: int = 1, name: str = "prefetch") -> Iterator[T]:
+    """``items``, produced by a daemon thread up to ``depth`` items ahead of the consumer, so that
+    what makes an item (reading, tokenizing: code that releases the GIL, or runs while the
+    consumer sits in native code that does) overlaps with what the consumer does with the last
+    one (``lm/encode.py``: the encoder). The same items in the same order; an exception raised
+    making an item is raised here, in the consumer, with its traceback. When the consumer stops
+    early (``break``, an exception, ``close()``), the thread stops after the item it is making
+    and closes ``items`` in its own thread (so a reader's ``finally`` blocks run), and this
+    generator waits for it."""
+    out: queue.Queue[Any] = queue.Queue(maxsize=max(1, depth))
+    stop = threading.Event()
+
+    def put(item: Any) -> bool:
+        while not stop.is_set():
+            try:
+                out.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def produce() -> None:
+        try:
+            for item in items:
+                if not put((item, None)):
+                    break
+        except BaseException as exc:  # noqa: BLE001 - handed to the consumer, raised there
+            put((_DONE, exc))
+            return
+        finally:
+            close = getattr(items, "close", None)
+            if close is not None:
+                close()
+        put((_DONE, None))
+
+    thread = threading.Thread(target=produce, name=name, daemon=True)
+    thread.start()
+    try:
+        while True:
+            item, exc = out.get()
+            if item is _DONE:
+                if exc is not None:
+                    raise exc
+                return
+            yield item
+    finally:
+        stop.set()
+        thread.join()

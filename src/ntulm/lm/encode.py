@@ -12,7 +12,9 @@ states ``[z_0 .. z_n, z_ntu]`` over the valid tokens and the NTU token, with the
   word-piece mean and the NTU state, H wide (:func:`pool`; with per-type tokens the NTU state is
   the mean of the attended NTU slots);
 - :func:`embed_to_parquet` streams posts from files into a Parquet file of
-  ``(id, embedding, overlap)`` chunk by chunk, so memory does not grow with the number of posts.
+  ``(id, embedding, overlap)`` chunk by chunk, so memory does not grow with the number of posts;
+  a thread reads and prepares the next chunk (:func:`prepare`: tokens, NTU inputs, appended
+  vectors) while the encoder runs on this one (:func:`encode_prepared`).
 
 Speed: posts are sorted by length and batched (dynamic padding, results returned in input order;
 sorted batches are mostly of one length, so they need no attention mask); ``dtype="bfloat16"``
@@ -33,6 +35,7 @@ import os
 import shutil
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -241,33 +244,50 @@ def encode(
     concat_ntu, concat_types = _resolve_concat(
         model, pooling, concat_ntu, concat_types, text_only, rows_given=ntus is not None
     )
+    inputs = prepare(
+        model, posts, ntus, concat_ntu, concat_types, concat_per_type, text_only=text_only
+    )
+    out = encode_prepared(
+        model,
+        inputs,
+        batch_size=batch_size,
+        dtype=dtype,
+        pooling=pooling,
+        text_only=text_only,
+        compile=compile,
+        show_progress_bar=show_progress_bar,
+    )
+    return (out, inputs.overlap) if return_overlap else out
+
+
+@dataclass
+class Prepared:
+    """A batch of posts made ready for the encoder (:func:`prepare`): everything but the
+    encoder's own work, so it can run ahead of the encoder on other posts (:func:`embed_to_parquet`
+    prepares the next chunk in a thread while the encoder runs)."""
+
+    tokens: list[np.ndarray]  # word-piece ids per post
+    e_ntu: np.ndarray | None  # the NTU input per post: (N, D), per-type (N, K, D), or None
+    overlap: np.ndarray  # (N,) bool: any NTU known
+    appended: np.ndarray | None  # the vectors appended to the embedding (N, W), or None
+
+
+def prepare(
+    model: NTULM,
+    posts: Sequence[Post | str],
+    ntus: np.ndarray | None,
+    concat_ntu: bool,
+    concat_types: Sequence[str] | None,
+    concat_per_type: bool,
+    text_only: bool = False,
+) -> Prepared:
+    """Tokens, NTU inputs, overlap flags and appended vectors of ``posts`` (resolved options)."""
     assert model.cfg is not None and model.tokenizer is not None
-    model.eval()
-    device = next(model.parameters()).device
-    bf16 = resolve_dtype(check_dtype(dtype), device.type) == "bfloat16"
     need = (model.use_ntu and not text_only) or concat_ntu
     e_ntu, overlap = post_ntus(model, posts, ntus, need=need)
     texts = [p.text if isinstance(p, Post) else p for p in posts]
     tokens = tokenize(texts, model.tokenizer, model.cfg.max_length, model.cfg.text)
-    width = model.hidden_size * (2 if pooling == "mean+ntu" else 1)
-    out = np.zeros((len(posts), width), dtype=np.float32)
-    lengths = np.array([len(t) for t in tokens])
-    batches = length_grouped_batches(lengths, batch_size)  # longest first, little padding
-    with compiled_encoder(model) if compile else nullcontext():
-        for k, idx in enumerate(
-            tqdm(batches, desc="encode", disable=not show_progress_bar, unit="batch"), 1
-        ):
-            if k % TRIM_EVERY == 0:
-                trim()  # freed activations of other batch shapes back to the OS (memory.py)
-            ids, mask = pad_batch(tokens, idx, model.tokenizer.pad_token_id)
-            inject = model.use_ntu and not text_only
-            e = torch.from_numpy(e_ntu[idx]).to(device) if inject else None
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-                hidden, full_mask = model.hidden_states(
-                    ids.to(device), mask.to(device), e, text_only=text_only
-                )  # (B, T+1, H); (B, T, H) without the NTU token
-            pooled = pool(model, hidden.float(), full_mask, ids.shape[1], pooling)
-            out[idx] = pooled.float().cpu().numpy()
+    appended = None
     if concat_ntu:
         appended = e_ntu
         if concat_types is not None:
@@ -275,8 +295,50 @@ def encode(
         assert appended is not None
         if appended.ndim != 2:
             raise ConfigError("concat_ntu: needs a model with mean NTU vectors (not per_type)")
-        out = np.concatenate([out, appended], axis=1)
-    return (out, overlap) if return_overlap else out
+    return Prepared(tokens, e_ntu, overlap, appended)
+
+
+@torch.inference_mode()
+def encode_prepared(
+    model: NTULM,
+    inputs: Prepared,
+    *,
+    batch_size: int = 64,
+    dtype: str = "float32",
+    pooling: str = "mean",
+    text_only: bool = False,
+    compile: bool = False,
+    show_progress_bar: bool = False,
+) -> np.ndarray:
+    """The embeddings of prepared posts (:func:`encode`'s output, in their order)."""
+    assert model.tokenizer is not None
+    model.eval()
+    device = next(model.parameters()).device
+    bf16 = resolve_dtype(check_dtype(dtype), device.type) == "bfloat16"
+    tokens, e_ntu = inputs.tokens, inputs.e_ntu
+    width = model.hidden_size * (2 if pooling == "mean+ntu" else 1)
+    out = np.zeros((len(tokens), width), dtype=np.float32)
+    lengths = np.array([len(t) for t in tokens])
+    batches = length_grouped_batches(lengths, batch_size)  # longest first, little padding
+    inject = model.use_ntu and not text_only
+    with compiled_encoder(model) if compile else nullcontext():
+        for k, idx in enumerate(
+            tqdm(batches, desc="encode", disable=not show_progress_bar, unit="batch"), 1
+        ):
+            if k % TRIM_EVERY == 0:
+                trim()  # freed activations of other batch shapes back to the OS (memory.py)
+            ids, mask = pad_batch(tokens, idx, model.tokenizer.pad_token_id)
+            assert e_ntu is not None or not inject
+            e = torch.from_numpy(e_ntu[idx]).to(device) if inject else None
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+                hidden, full_mask = model.hidden_states(
+                    ids.to(device), mask.to(device), e, text_only=text_only
+                )  # (B, T+1, H); (B, T, H) without the NTU token
+            pooled = pool(model, hidden.float(), full_mask, ids.shape[1], pooling)
+            out[idx] = pooled.float().cpu().numpy()
+    if inputs.appended is not None:
+        out = np.concatenate([out, inputs.appended], axis=1)
+    return out
 
 
 POOLINGS = ("mean", "mean+ntu", "gate")
@@ -422,10 +484,16 @@ def embed_to_parquet(
     concat_types: Sequence[str] | None = None,
     concat_per_type: bool = False,
     compile: bool = False,
+    prefetch: bool = True,
 ) -> int:
     """Stream ``(post, source)`` pairs into ``out_file`` (Parquet: id, embedding, overlap), one
     row group per chunk of ``chunk_posts``; written atomically. Returns the number of posts.
-    Posts are sorted by length within each chunk (a larger chunk pads less)."""
+    Posts are sorted by length within each chunk (a larger chunk pads less). With ``prefetch``
+    (the default) a thread reads and prepares the next chunk (:func:`prepare`: parsing,
+    tokenizing, NTU lookups) while the encoder runs on this one (:func:`~ntulm.workers.prefetched`);
+    the same embeddings either way."""
+    from ntulm.workers import prefetched
+
     check_pooling(model, pooling)
     _check_per_type(concat_types, concat_per_type)
     concat_ntu, concat_types = _resolve_concat(model, pooling, concat_ntu, concat_types)
@@ -433,38 +501,37 @@ def embed_to_parquet(
     schema = pa.schema(
         [("id", pa.string()), ("embedding", pa.list_(pa.float32(), dim)), ("overlap", pa.bool_())]
     )
-    n = 0
-    bar = tqdm(desc="embed", disable=not show_progress_bar, unit="post")
-    with atomic_path(out_file) as tmp, pq.ParquetWriter(tmp, schema) as writer:
+
+    def prepared() -> Iterator[tuple[list[Post], Prepared]]:
+        n = 0
         for chunk in _chunks(posts, chunk_posts):
             if limit and n + len(chunk) > limit:
                 chunk = chunk[: limit - n]
-            emb, overlap = encode(
-                model,
-                chunk,
-                batch_size=batch_size,
-                concat_ntu=concat_ntu,
-                return_overlap=True,
-                dtype=dtype,
-                pooling=pooling,
-                concat_types=concat_types,
-                concat_per_type=concat_per_type,
-                compile=compile,
+            yield chunk, prepare(model, chunk, None, concat_ntu, concat_types, concat_per_type)
+            n += len(chunk)
+            if limit and n >= limit:
+                break
+
+    n = 0
+    bar = tqdm(desc="embed", disable=not show_progress_bar, unit="post")
+    source = prefetched(prepared(), name="embed-prefetch") if prefetch else prepared()
+    with atomic_path(out_file) as tmp, pq.ParquetWriter(tmp, schema) as writer:
+        for chunk, inputs in source:
+            emb = encode_prepared(
+                model, inputs, batch_size=batch_size, dtype=dtype, pooling=pooling, compile=compile
             )
             flat = pa.array(emb.reshape(-1), type=pa.float32())
             table = pa.table(
                 {
                     "id": pa.array([p.id for p in chunk], type=pa.string()),
                     "embedding": pa.FixedSizeListArray.from_arrays(flat, dim),
-                    "overlap": pa.array(overlap, type=pa.bool_()),
+                    "overlap": pa.array(inputs.overlap, type=pa.bool_()),
                 },
                 schema=schema,
             )
             writer.write_table(table)
             n += len(chunk)
             bar.update(len(chunk))
-            if limit and n >= limit:
-                break
     bar.close()
     log.info("%d post embeddings (dim %d) -> %s", n, dim, out_file)
     return n

@@ -9,6 +9,7 @@ asked for into :class:`Post` objects. Ids need not be unique: a ``rid`` is.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -91,35 +92,87 @@ def _quote(path: Path) -> str:
     return str(path).replace("'", "''")
 
 
-def _user(d: dict[str, str | None] | None) -> UserRef | None:
-    return None if d is None else UserRef(id=d.get("id"), handle=d.get("handle"))
+def _users(col: pa.Array | pa.ChunkedArray) -> list[UserRef | None]:
+    """A column of user structs -> one :class:`UserRef` (None where null) per row."""
+    col = _array(col)
+    ids = col.field("id").to_pylist()
+    handles = col.field("handle").to_pylist()
+    valid = col.is_valid().to_pylist()
+    return [
+        UserRef(id=i, handle=h) if v else None for i, h, v in zip(ids, handles, valid, strict=True)
+    ]
+
+
+def _lists(col: pa.Array | pa.ChunkedArray, users: bool = False) -> list[list[Any]]:
+    """A list column -> one Python list per row ([] where null or empty); ``users``: of structs,
+    as :class:`UserRef`. Most rows of most list columns are empty: those cost one slice."""
+    col = _array(col)
+    offsets = col.offsets.to_numpy()  # of this (possibly sliced) array: values[off[k]:off[k+1]]
+    start = int(offsets[0])
+    if int(offsets[-1]) == start:
+        return [[] for _ in range(len(col))]
+    values = col.values.slice(start, int(offsets[-1]) - start)
+    flat = _users(values) if users else values.to_pylist()
+    bounds = (offsets - start).tolist()
+    return [flat[a:b] for a, b in itertools.pairwise(bounds)]
+
+
+def _array(col: pa.Array | pa.ChunkedArray) -> pa.Array:
+    if isinstance(col, pa.ChunkedArray):
+        return col.combine_chunks() if col.num_chunks != 1 else col.chunk(0)
+    return col
 
 
 def rows_to_posts(table: pa.Table) -> list[Post]:
     """Rows of :data:`POSTS_SCHEMA` (extra columns ignored) -> :class:`Post` objects; the inverse of
-    :func:`~ntulm.posts.schema.posts_to_columns` (``url_domains`` and ``source`` are derived)."""
-    out = []
-    for r in table.to_pylist():
-        out.append(
-            Post(
-                id=r["id"],
-                text=r["text"],
-                author=_user(r["author"]),
-                created_at=r["created_at"],
-                hashtags=list(r["hashtags"] or []),
-                mentions=[_user(u) for u in r["mentions"] or []],
-                urls=list(r["urls"] or []),
-                media=list(r["media"] or []),
-                favorited_by=[_user(u) for u in r["favorited_by"] or []],
-                retweeted_by=[_user(u) for u in r["retweeted_by"] or []],
-                replied_by=[_user(u) for u in r["replied_by"] or []],
-                is_retweet=bool(r["is_retweet"]),
-                retweet_of_id=r["retweet_of_id"],
-                retweet_of_author=_user(r["retweet_of_author"]),
-                reply_to_id=r["reply_to_id"],
-                reply_to_user=_user(r["reply_to_user"]),
-                lang=r["lang"],
-                labels=dict(r["labels"] or []),
-            )
+    :func:`~ntulm.posts.schema.posts_to_columns` (``url_domains`` and ``source`` are derived).
+    Column by column (no per-row dicts): about 10 us a post against 25 row by row."""
+    c = table.column
+    cols = zip(
+        c("id").to_pylist(),
+        c("text").to_pylist(),
+        _users(c("author")),
+        c("created_at").to_pylist(),
+        _lists(c("hashtags")),
+        _lists(c("mentions"), users=True),
+        _lists(c("urls")),
+        _lists(c("media")),
+        _lists(c("favorited_by"), users=True),
+        _lists(c("retweeted_by"), users=True),
+        _lists(c("replied_by"), users=True),
+        c("is_retweet").to_pylist(),
+        c("retweet_of_id").to_pylist(),
+        _users(c("retweet_of_author")),
+        c("reply_to_id").to_pylist(),
+        _users(c("reply_to_user")),
+        c("lang").to_pylist(),
+        c("labels").to_pylist(),
+        strict=True,
+    )
+    return [
+        Post(
+            id=pid,
+            text=text,
+            author=author,
+            created_at=created_at,
+            hashtags=hashtags,
+            mentions=mentions,
+            urls=urls,
+            media=media,
+            favorited_by=favorited_by,
+            retweeted_by=retweeted_by,
+            replied_by=replied_by,
+            is_retweet=bool(is_retweet),
+            retweet_of_id=retweet_of_id,
+            retweet_of_author=retweet_of_author,
+            reply_to_id=reply_to_id,
+            reply_to_user=reply_to_user,
+            lang=lang,
+            labels=dict(labels or []),
         )
-    return out
+        for (
+            pid, text, author, created_at, hashtags, mentions, urls, media, favorited_by,
+            retweeted_by, replied_by, is_retweet, retweet_of_id, retweet_of_author, reply_to_id,
+            reply_to_user, lang, labels,
+        ) in cols
+    ]  # fmt: skip
