@@ -515,7 +515,10 @@ def embed_to_parquet(
     n = 0
     bar = tqdm(desc="embed", disable=not show_progress_bar, unit="post")
     source = prefetched(prepared(), name="embed-prefetch") if prefetch else prepared()
-    with atomic_path(out_file) as tmp, pq.ParquetWriter(tmp, schema) as writer:
+    # no dictionary encoding: unique ids and float vectors gain nothing from it, and trying it
+    # cost 7 us a post (two thirds of the writing) for 584-wide vectors
+    writer_opts = {"use_dictionary": False}
+    with atomic_path(out_file) as tmp, pq.ParquetWriter(tmp, schema, **writer_opts) as writer:
         for chunk, inputs in source:
             emb = encode_prepared(
                 model, inputs, batch_size=batch_size, dtype=dtype, pooling=pooling, compile=compile
