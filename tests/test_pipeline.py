@@ -104,8 +104,8 @@ def test_run_end_to_end_and_reuse(tmp_path, backbone, capsys, monkeypatch):
     assert pq.read_table(out / "predictions.parquet").num_rows == len(res["runs"])
     # the controls embed other NTUs than the model's own, through the same model
     with (
-        np.load(out / "embeddings" / "a_h_mean" / "community.npz") as c,
-        np.load(out / "embeddings" / "ntulm_author_hashtag" / "community.npz") as m,
+        np.load(_cached(out, "a_h_mean", "community")) as c,
+        np.load(_cached(out, "ntulm_author_hashtag", "community")) as m,
     ):
         assert c["test"].shape == m["test"].shape and not np.allclose(c["test"], m["test"])
     report = (out / "report.md").read_text()
@@ -181,7 +181,7 @@ def test_quickstart_with_a_backbone(tmp_path, backbone, capsys):
     assert any(r["n"]["non_overlap"] > 0 for r in res["runs"])  # newcomers form a non-overlap slice
     # per-task embeddings carry the post id of every row, and the ids are the corpus's posts
     corpus = {p.id for p, _ in PostReader().iter_posts([tmp_path / "qs" / "posts.jsonl.gz"])}
-    with np.load(tmp_path / "qs" / "run" / "embeddings" / "ntulm_author" / "community.npz") as z:
+    with np.load(_cached(tmp_path / "qs" / "run", "ntulm_author", "community")) as z:
         for split in ("train", "val", "test"):
             ids = z[f"{split}_ids"].tolist()
             assert len(ids) == len(z[split]) > 0 and len(set(ids)) == len(ids)
@@ -305,16 +305,23 @@ def test_evaluate_saved_models_matches_run(tmp_path, backbone, capsys):
     assert "is not an `ntulm finetune` directory" in capsys.readouterr().err
 
 
-def _assert_shuffled_concat(files: Path, model: str, concat: str, control: str) -> None:
+def _cached(run: Path, variant: str, task: str) -> Path:
+    """The one cached embedding file of ``task`` under ``variant`` (slugs) in the run ``run``."""
+    files = list((run / "embeddings" / variant).glob(f"{task}.*.npz"))
+    assert len(files) == 1, files
+    return files[0]
+
+
+def _assert_shuffled_concat(run: Path, task: str, model: str, concat: str, control: str) -> None:
     """``concat`` (post_concat_of ``model``) keeps the model's embedding and appends rows; its
     shuffled ``control`` feeds the model other posts' NTUs and appends the same rows, paired with
-    other posts. ``files``: the task's embedding file, ``{}`` standing for the variant's slug."""
+    other posts. ``task``: the task's slug."""
     from ntulm.pipeline.run import _slug
 
     with (
-        np.load(str(files).format(_slug(model))) as m,
-        np.load(str(files).format(_slug(concat))) as c,
-        np.load(str(files).format(_slug(control))) as s,
+        np.load(_cached(run, _slug(model), task)) as m,
+        np.load(_cached(run, _slug(concat), task)) as c,
+        np.load(_cached(run, _slug(control), task)) as s,
     ):
         h = m["test"].shape[1]
         assert np.array_equal(c["test"][:, :h], m["test"])
@@ -399,12 +406,11 @@ def test_design_run_reads_no_test_post_and_post_concat_of_an_ntu_model(
     res = json.loads((run / "results.json").read_text())
     assert all(n.endswith("(validation)") for n in res["tasks"])
     assert "Design run" in (run / "report.md").read_text()
-    f = f"{run_mod._slug('community (validation)')}.npz"
-    e = run / "embeddings"
+    f = run_mod._slug("community (validation)")
     with (
-        np.load(e / run_mod._slug("N") / f) as n,
-        np.load(e / run_mod._slug("N + e") / f) as ne,
-        np.load(e / run_mod._slug("N + e mean") / f) as nm,
+        np.load(_cached(run, run_mod._slug("N"), f)) as n,
+        np.load(_cached(run, run_mod._slug("N + e"), f)) as ne,
+        np.load(_cached(run, run_mod._slug("N + e mean"), f)) as nm,
     ):
         h, d = n["test"].shape[1], 8
         assert ne["test"].shape[1] == nm["test"].shape[1] == h + d
@@ -414,15 +420,15 @@ def test_design_run_reads_no_test_post_and_post_concat_of_an_ntu_model(
     sig = res["significance"]["tasks"]["community (validation)"]
     assert set(sig["N + e"]["vs_controls"]) == {"N + e mean"}
     assert set(sig["N + a"]["vs_controls"]) == {"N + a shuffled"}
-    _assert_shuffled_concat(e / f"{{}}/{f}", "N", "N + a", "N + a shuffled")
+    _assert_shuffled_concat(run, f, "N", "N + a", "N + a shuffled")
     # a per-type model's control: its (N, K, D) rows under the same permutation
     assert set(sig["T + a"]["vs_controls"]) == {"T + a shuffled"}
-    _assert_shuffled_concat(e / f"{{}}/{f}", "T", "T + a", "T + a shuffled")
+    _assert_shuffled_concat(run, f, "T", "T + a", "T + a shuffled")
     assert set(sig["N + a|h"]["vs_controls"]) == {"N + a|h shuffled"}
     with (
-        np.load(e / run_mod._slug("N + a") / f) as na,
-        np.load(e / run_mod._slug("N + a|h") / f) as nah,
-        np.load(e / run_mod._slug("N + a|h shuffled") / f) as nahs,
+        np.load(_cached(run, run_mod._slug("N + a"), f)) as na,
+        np.load(_cached(run, run_mod._slug("N + a|h"), f)) as nah,
+        np.load(_cached(run, run_mod._slug("N + a|h shuffled"), f)) as nahs,
     ):
         h = na["test"].shape[1] - d
         assert nah["test"].shape[1] == h + 2 * d  # two appended slots, not their mean
@@ -430,14 +436,14 @@ def test_design_run_reads_no_test_post_and_post_concat_of_an_ntu_model(
         hashtag_slot = nah["test"][:, h + d :]
         assert not np.allclose(hashtag_slot, nah["test"][:, h : h + d])
         # the control: both slots of one other post (the author slot is N + a shuffled's)
-        with np.load(e / run_mod._slug("N + a shuffled") / f) as ns:
+        with np.load(_cached(run, run_mod._slug("N + a shuffled"), f)) as ns:
             assert np.array_equal(nahs["test"][:, h : h + d], ns["test"][:, h:])
         own_rows = sorted(map(tuple, nah["test"][:, h:].tolist()))
         assert own_rows == sorted(map(tuple, nahs["test"][:, h:].tolist()))
         # concat_scale: the hashtags' block a quarter, the text and the author's block as they were
         with (
-            np.load(e / run_mod._slug("N + a|h/4") / f) as w,
-            np.load(e / run_mod._slug("N + a|h/4 shuffled") / f) as ws,
+            np.load(_cached(run, run_mod._slug("N + a|h/4"), f)) as w,
+            np.load(_cached(run, run_mod._slug("N + a|h/4 shuffled"), f)) as ws,
         ):
             assert np.array_equal(w["test"][:, : h + d], nah["test"][:, : h + d])
             assert np.allclose(w["test"][:, h + d :], 0.25 * hashtag_slot)
@@ -493,7 +499,17 @@ def test_embed_device_resolves_and_keys_the_embedding_cache_only_off_the_cpu(tmp
     gpu = pipeline_run.Pipeline(pipeline_run.PipelineConfig.build(base), tmp_path / "c")
     assert gpu.embed_device == "cuda" and gpu.embed_dtype == "float32"  # the config's dtype
     gpu_path, gpu_key = gpu._embedding_file(v, "fp", task)
-    assert gpu_path.name == path.name and gpu_key != key  # GPU numbers never pass for CPU ones
+    assert gpu_key != key and gpu_path != path  # GPU numbers never pass for CPU ones
+    assert path.name == f"t.{key}.npz" and gpu_path.name == f"t.{gpu_key}.npz"
+    # one file per fingerprint: another model's (another fine-tuning seed's) sits beside it
+    other, other_key = cpu._embedding_file(v, "fp2", task)
+    assert other_key != key and other.parent == path.parent and other != path
+    # the earlier layout (<task>.npz, one model at a time) is used where it holds this key
+    legacy = path.parent / "t.npz"
+    legacy.parent.mkdir(parents=True)
+    np.savez(legacy, fingerprint=np.array(key), test_ids=np.array([]))
+    assert cpu._embedding_file(v, "fp", task) == (legacy, key)
+    assert cpu._embedding_file(v, "fp2", task) == (other, other_key)
     auto = {**base, "eval": {**base["eval"], "embed_dtype": "auto"}}
     assert (
         pipeline_run.Pipeline(pipeline_run.PipelineConfig.build(auto), tmp_path / "d").embed_dtype

@@ -299,8 +299,12 @@ class Pipeline:
 
     # -- embeddings ------------------------------------------------------------------------
     def _embedding_file(self, v: VariantSpec, model_fp: str, task: Task) -> tuple[Path, str]:
-        """Where the embeddings of ``task`` under ``v`` are cached, and their fingerprint."""
-        path = self.out / "embeddings" / _slug(v.name) / f"{_slug(task.name)}.npz"
+        """Where the embeddings of ``task`` under ``v`` are cached, and their fingerprint. The
+        file name carries the fingerprint (16 hex digits), so the embeddings of each
+        fine-tuning seed's model (and of each embedding setting) are kept side by side: a
+        3-seed evaluation run again encodes nothing. A file of the earlier layout
+        (``<task>.npz``, one model at a time) is still used where it holds this fingerprint."""
+        d = self.out / "embeddings" / _slug(v.name)
         fp = fingerprint(
             [
                 model_fp,
@@ -312,6 +316,10 @@ class Pipeline:
                 *([self.embed_device] if self.embed_device != "cpu" else []),
             ]
         )
+        path = d / f"{_slug(task.name)}.{fp}.npz"
+        legacy = d / f"{_slug(task.name)}.npz"
+        if not path.exists() and self._is_cached(legacy, fp):
+            return legacy, fp
         return path, fp
 
     @staticmethod
