@@ -426,6 +426,22 @@ def test_recommended_embedding_appends_the_author_vector_by_default(backbone, nt
     np.testing.assert_allclose(apart[:, 32 + ntu.dim :], hashtags)
     with pytest.raises(ConfigError, match="concat_per_type"):
         model.encode(posts, concat_per_type=True)
+    # concat_scale: a type's appended block times its weight, the rest unchanged
+    both_types = {"concat_types": ["author", "hashtag"], "concat_per_type": True}
+    weighed = model.encode(posts, concat_scale={"hashtag": 0.1}, **both_types)
+    np.testing.assert_array_equal(weighed[:, : 32 + ntu.dim], apart[:, : 32 + ntu.dim])
+    np.testing.assert_allclose(weighed[:, 32 + ntu.dim :], 0.1 * hashtags, rtol=1e-6)
+    np.testing.assert_array_equal(
+        model.encode(posts, concat_scale={"hashtag": 1}, **both_types), apart
+    )
+    for bad, why in (
+        ({"concat_scale": {"hashtag": 0.1}}, "needs concat_types"),
+        ({"concat_types": ["author"], "concat_scale": {"hashtag": 2}}, "not among the appended"),
+        ({"concat_types": ["author", "hashtag"], "concat_scale": {"hashtag": 2}}, "per-type"),
+        ({"concat_types": ["author"], "concat_scale": {"author": 0.0}}, "must be > 0"),
+    ):
+        with pytest.raises(ConfigError, match=f"concat_scale: .*{why}"):
+            model.encode(posts, **bad)
     assert model.encode(posts, text_only=True).shape == (5, 32)
     rows = np.zeros((5, ntu.dim), np.float32) + 0.5  # given e_ntu rows: appended as given
     np.testing.assert_array_equal(model.encode(posts, ntus=rows)[:, 32:], rows)
@@ -821,3 +837,33 @@ def test_embed_to_parquet_prefetch_is_exact_and_stops_cleanly(backbone, ntu, tmp
     with pytest.raises(InputError, match="posts.jsonl:13: malformed JSON"):
         embed_to_parquet(model, broken(), tmp_path / "bad.parquet", chunk_posts=5)
     assert not list(tmp_path.glob("bad*"))
+
+
+def test_cli_embed_concat_scale_weighs_the_hashtag_block(backbone, ntu, tmp_path, capsys):
+    """``--concat-scale hashtag=0.1`` with two per-type blocks: the hashtags' block times 0.1, as
+    ``encode(concat_scale=...)``; a malformed weight is a usage error naming it."""
+    posts = _write_posts(tmp_path / "posts.jsonl", n=12)
+    model = _model(backbone, ntu)
+    model.save(tmp_path / "m")
+    base = ["-q", "embed", "--model", str(tmp_path / "m"), "--posts", str(posts)]
+    both = ["--concat-ntu-types", "author,hashtag", "--concat-per-type"]
+    out = tmp_path / "w.parquet"
+    assert main([*base, *both, "--concat-scale", "hashtag=0.1", "--out", str(out)]) == 0
+    got = np.asarray(pq.read_table(out)["embedding"].to_pylist(), dtype=np.float32)
+    want = encode(
+        NTULM.load(tmp_path / "m"), _posts(12), concat_types=["author", "hashtag"],
+        concat_per_type=True, concat_scale={"hashtag": 0.1},
+    )  # fmt: skip
+    np.testing.assert_allclose(got, want, atol=1e-6)
+    hashtags = ntu_vectors(_posts(12), ntu, ["hashtag"])[0]
+    np.testing.assert_allclose(got[:, -ntu.dim :], 0.1 * hashtags, rtol=1e-6)
+    for bad in ("=0.1", "hashtag", "hashtag=x"):
+        with pytest.raises(SystemExit) as exc:
+            main([*base, *both, "--concat-scale", bad, "--out", str(out)])
+        assert exc.value.code == 2
+        assert "expected TYPE=WEIGHT" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main([*base, *both, "--concat-scale", "emoji=2", "--out", str(out)])
+    assert "unknown NTU type" in capsys.readouterr().err
+    assert main([*base, "--concat-scale", "hashtag=0.1", "--out", str(out)]) == 2
+    assert "concat_scale: needs concat_types" in capsys.readouterr().err

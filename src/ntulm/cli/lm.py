@@ -102,6 +102,7 @@ def _embed_sharded(args: argparse.Namespace) -> int:
         "concat_ntu": args.concat_ntu,
         "concat_types": args.concat_ntu_types,
         "concat_per_type": args.concat_per_type,
+        "concat_scale": args.concat_scale,
         "show_progress_bar": not args.quiet,
         "dtype": args.dtype,
         "pooling": args.pooling,
@@ -139,6 +140,22 @@ def _types_list(value: str) -> list[str]:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
+def _scale_map(value: str) -> dict[str, float]:
+    """``"hashtag=0.1,author=1"`` -> ``{"hashtag": 0.1, "author": 1.0}``."""
+    out: dict[str, float] = {}
+    for part in (p.strip() for p in value.split(",") if p.strip()):
+        name, eq, weight = part.partition("=")
+        usage = f"{part!r}: expected TYPE=WEIGHT, e.g. hashtag=0.1"
+        if not eq or not name.strip() or "," in name:
+            raise argparse.ArgumentTypeError(usage)
+        try:
+            w = float(weight)
+        except ValueError:
+            raise argparse.ArgumentTypeError(usage) from None
+        out[_types_list(name)[0]] = w  # an unknown type: its own message
+    return out
+
+
 def cmd_embed(args: argparse.Namespace) -> int:
     if args.shard or args.nproc:
         return _embed_sharded(args)
@@ -162,6 +179,7 @@ def cmd_embed(args: argparse.Namespace) -> int:
         concat_ntu=args.concat_ntu,
         concat_types=args.concat_ntu_types,
         concat_per_type=args.concat_per_type,
+        concat_scale=args.concat_scale,
         show_progress_bar=args.progress,
         limit=args.limit,
         dtype=args.dtype,
@@ -250,6 +268,15 @@ def register(sub: argparse._SubParsersAction) -> None:
         action="store_true",
         help="with --concat-ntu-types: append each type's vector side by side (K x NTU dim) "
         "instead of their mean, e.g. the author's and the hashtags' kept apart",
+    )
+    e.add_argument(
+        "--concat-scale",
+        type=_scale_map,
+        default=None,
+        metavar="TYPE=W,...",
+        help="with --concat-ntu-types: multiply a type's appended block by W, e.g. "
+        "'hashtag=0.1' with 'author,hashtag' and --concat-per-type (the option for hashtag "
+        "retrieval, docs/lm.md); changes cosine rankings, not a standardizing classifier's input",
     )
     e.add_argument("--batch-size", type=int, default=64)
     e.add_argument("--limit", type=int, default=0, help="stop after N posts (0: all)")

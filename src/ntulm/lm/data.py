@@ -63,6 +63,34 @@ def concat_groups(types: Sequence[str], per_type: bool = False) -> list[list[str
     return [[t] for t in types] if per_type else [list(types)]
 
 
+def block_weights(
+    types: Sequence[str], per_type: bool, scale: dict[str, float], dim: int
+) -> np.ndarray | None:
+    """The factor of each appended column, (len(groups) * dim,) float32, in the order the blocks
+    of :func:`concat_groups` are appended: a type's ``scale`` weight for its own block (unnamed
+    types and a block of several types: 1); None where every weight is 1."""
+    if not any(w != 1.0 for w in scale.values()):
+        return None
+    groups = concat_groups(types, per_type)
+    w = [scale.get(g[0], 1.0) if len(g) == 1 else 1.0 for g in groups]
+    return np.repeat(np.asarray(w, dtype=np.float32), dim)
+
+
+def check_concat_scale(scale: dict[str, float], types: Sequence[str], per_type: bool) -> None:
+    """Raise a :class:`ValueError` for weights of types not appended, weights not > 0, or one
+    weight per type where the types are appended as one mean block (needs ``per_type``)."""
+    if not scale:
+        return
+    unknown = sorted(set(scale) - set(types))
+    if unknown:
+        raise ValueError(f"concat_scale: {unknown} not among the appended types {list(types)}")
+    if not per_type and len(types) > 1:
+        raise ValueError("concat_scale: one weight per type needs per-type blocks (per_type)")
+    bad = {t: w for t, w in scale.items() if not w > 0}
+    if bad:
+        raise ValueError(f"concat_scale: weights must be > 0, got {bad}")
+
+
 def appended_vectors(
     posts: Iterable[Post],
     ntu: NTUEmbeddings,

@@ -50,6 +50,8 @@ from ntulm.errors import ConfigError
 from ntulm.lm.config import resolve_dtype
 from ntulm.lm.data import (
     appended_vectors,
+    block_weights,
+    check_concat_scale,
     length_grouped_batches,
     ntu_inputs,
     tokenize,
@@ -207,6 +209,7 @@ def encode(
     text_only: bool = False,
     concat_types: Sequence[str] | None = None,
     concat_per_type: bool = False,
+    concat_scale: dict[str, float] | None = None,
     compile: bool = False,
 ) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
     """Embeddings of ``posts``, (N, H) float32 (H + ntu_dim with ``concat_ntu``), in input order.
@@ -230,6 +233,10 @@ def encode(
     ``["author", "hashtag"]``; looked up in the model's NTU embeddings, so it needs post records,
     not ``ntus=`` rows. ``concat_per_type=True`` appends each type's vector side by side instead
     of their mean (K x ntu_dim: the author's and the hashtags' vectors kept apart).
+    ``concat_scale`` (with ``concat_types``) multiplies each type's appended block by a weight,
+    e.g. ``{"hashtag": 0.1}`` with ``concat_types=["author", "hashtag"], concat_per_type=True``
+    (the option for hashtag tasks, design round 11): it changes cosine rankings, not what a
+    classifier that standardizes its inputs sees.
     ``text_only=True`` runs the encoder on the
     word pieces alone, without the NTU token (mean pooling): what transformers or
     sentence-transformers compute from ``model/`` or an ``ntulm export``.
@@ -240,12 +247,19 @@ def encode(
     if text_only and pooling != "mean":
         raise ConfigError(f"pooling: {pooling!r} needs the NTU token; text_only takes 'mean'")
     posts = as_posts(posts)
-    _check_per_type(concat_types, concat_per_type)
+    _check_per_type(concat_types, concat_per_type, concat_scale)
     concat_ntu, concat_types = _resolve_concat(
         model, pooling, concat_ntu, concat_types, text_only, rows_given=ntus is not None
     )
     inputs = prepare(
-        model, posts, ntus, concat_ntu, concat_types, concat_per_type, text_only=text_only
+        model,
+        posts,
+        ntus,
+        concat_ntu,
+        concat_types,
+        concat_per_type,
+        text_only=text_only,
+        concat_scale=concat_scale,
     )
     out = encode_prepared(
         model,
@@ -280,6 +294,7 @@ def prepare(
     concat_types: Sequence[str] | None,
     concat_per_type: bool,
     text_only: bool = False,
+    concat_scale: dict[str, float] | None = None,
 ) -> Prepared:
     """Tokens, NTU inputs, overlap flags and appended vectors of ``posts`` (resolved options)."""
     assert model.cfg is not None and model.tokenizer is not None
@@ -292,6 +307,9 @@ def prepare(
         appended = e_ntu
         if concat_types is not None:
             appended = appended_ntus(model, posts, ntus, concat_types, concat_per_type)
+            assert model.ntu is not None  # appended_ntus checked it
+            w = block_weights(concat_types, concat_per_type, concat_scale or {}, model.ntu.dim)
+            appended = appended if w is None else (appended * w).astype(np.float32)
         assert appended is not None
         if appended.ndim != 2:
             raise ConfigError("concat_ntu: needs a model with mean NTU vectors (not per_type)")
@@ -436,9 +454,20 @@ def _resolve_concat(
     return concat_ntu, None
 
 
-def _check_per_type(concat_types: Sequence[str] | None, concat_per_type: bool) -> None:
+def _check_per_type(
+    concat_types: Sequence[str] | None,
+    concat_per_type: bool,
+    concat_scale: dict[str, float] | None = None,
+) -> None:
     if concat_per_type and concat_types is None:
         raise ConfigError("concat_per_type: needs concat_types, the NTU types to append apart")
+    if concat_scale:
+        if concat_types is None:
+            raise ConfigError("concat_scale: needs concat_types, the NTU types it weighs")
+        try:
+            check_concat_scale(concat_scale, concat_types, concat_per_type)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
 
 
 def output_dim(
@@ -483,6 +512,7 @@ def embed_to_parquet(
     pooling: str = "mean",
     concat_types: Sequence[str] | None = None,
     concat_per_type: bool = False,
+    concat_scale: dict[str, float] | None = None,
     compile: bool = False,
     prefetch: bool = True,
 ) -> int:
@@ -495,7 +525,7 @@ def embed_to_parquet(
     from ntulm.workers import prefetched
 
     check_pooling(model, pooling)
-    _check_per_type(concat_types, concat_per_type)
+    _check_per_type(concat_types, concat_per_type, concat_scale)
     concat_ntu, concat_types = _resolve_concat(model, pooling, concat_ntu, concat_types)
     dim = output_dim(model, pooling, concat_ntu, concat_types, concat_per_type)
     schema = pa.schema(
@@ -507,7 +537,18 @@ def embed_to_parquet(
         for chunk in _chunks(posts, chunk_posts):
             if limit and n + len(chunk) > limit:
                 chunk = chunk[: limit - n]
-            yield chunk, prepare(model, chunk, None, concat_ntu, concat_types, concat_per_type)
+            yield (
+                chunk,
+                prepare(
+                    model,
+                    chunk,
+                    None,
+                    concat_ntu,
+                    concat_types,
+                    concat_per_type,
+                    concat_scale=concat_scale,
+                ),
+            )
             n += len(chunk)
             if limit and n >= limit:
                 break

@@ -19,7 +19,7 @@ from ntulm.evaluate.config import EvalConfig
 from ntulm.graph.config import GraphConfig
 from ntulm.kge.config import KGEConfig
 from ntulm.lm.config import LMConfig
-from ntulm.lm.data import concat_groups
+from ntulm.lm.data import block_weights, check_concat_scale
 from ntulm.posts.config import ReaderConfig, lift_read_keys
 from ntulm.posts.ntus import check_ntu_types
 
@@ -108,19 +108,13 @@ class VariantSpec(StageConfig):
                 raise ValueError(f"concat_scale: {unknown} not in ntu_types {self.ntu_types}")
             if self.concat == "mean" and len(self.ntu_types) > 1:
                 raise ValueError("concat_scale: one weight per type needs concat: per_type")
-            bad = {t: w for t, w in self.concat_scale.items() if not w > 0}
-            if bad:
-                raise ValueError(f"concat_scale: weights must be > 0, got {bad}")
+            check_concat_scale(self.concat_scale, self.ntu_types, self.concat == "per_type")
         return self
 
     def block_scale(self, dim: int) -> np.ndarray | None:
         """The factor of each appended column, (len(groups) * dim,) float32, in the order the
         blocks are appended; None where every weight is 1."""
-        if not any(w != 1.0 for w in self.concat_scale.values()):
-            return None
-        groups = concat_groups(self.ntu_types, self.concat == "per_type")
-        w = [self.concat_scale.get(g[0], 1.0) if len(g) == 1 else 1.0 for g in groups]
-        return np.repeat(np.asarray(w, dtype=np.float32), dim)
+        return block_weights(self.ntu_types, self.concat == "per_type", self.concat_scale, dim)
 
     control: Literal["shuffled", "mean"] | None = Field(
         None,
