@@ -92,19 +92,52 @@ def run(model: NTULM, name: str, path: Path, n: int, out: Path) -> float:
     return wall
 
 
-def encoder_only(model: NTULM, path: Path, n: int) -> float:
-    """Seconds the compiled encoder alone takes over the same chunks (prepared beforehand)."""
+def prepared_chunks(model: NTULM, path: Path, n: int) -> list:
+    """The first ``n`` posts of ``path`` prepared for the encoder, in embed's chunks."""
     from ntulm.lm.encode import _resolve_concat
 
     posts = [p for p, _ in itertools.islice(PostReader().iter_posts([path]), n)]
     concat, types = _resolve_concat(model, "mean", None, None)
-    chunks = [
+    return [
         prepare(model, posts[i : i + 16384], None, concat, types, False) for i in range(0, n, 16384)
     ]
+
+
+def encoder_only(model: NTULM, path: Path, n: int, batch_size: int = BATCH) -> float:
+    """Seconds the compiled encoder alone takes over the same chunks (prepared beforehand)."""
+    chunks = prepared_chunks(model, path, n)
     start = time.perf_counter()
     for inputs in chunks:
-        encode_prepared(model, inputs, batch_size=BATCH, dtype="bfloat16", compile=True)
+        encode_prepared(model, inputs, batch_size=batch_size, dtype="bfloat16", compile=True)
     return time.perf_counter() - start
+
+
+def batch_sweep(
+    model: NTULM, path: Path, n: int, sizes: list[int], rounds: int, compile: bool = True
+) -> dict:
+    """The compiled bf16 encoder alone at each batch size, interleaved in rounds after a warm-up
+    pass at each size (every batch shape compiled): posts/s (median) and the ratio to 64, the
+    default ``ntulm embed`` and ``encode`` had before."""
+    chunks = prepared_chunks(model, path, n)
+
+    def once(bs: int) -> float:
+        start = time.perf_counter()
+        for inputs in chunks:
+            encode_prepared(model, inputs, batch_size=bs, dtype="bfloat16", compile=compile)
+        return time.perf_counter() - start
+
+    for bs in sizes:
+        once(bs)
+    times: dict[int, list[float]] = {bs: [] for bs in sizes}
+    for _ in range(rounds):
+        for bs in sizes:
+            times[bs].append(once(bs))
+    rate = {bs: n / statistics.median(t) for bs, t in times.items()}
+    return {
+        "times_s": {str(bs): t for bs, t in times.items()},
+        "posts_per_s": {str(bs): round(r, 1) for bs, r in rate.items()},
+        "ratio_to_64": {str(bs): round(r / rate[64], 3) for bs, r in rate.items() if 64 in rate},
+    }
 
 
 def main() -> None:
@@ -113,8 +146,19 @@ def main() -> None:
     ap.add_argument("--posts", type=int, default=49152)
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--file", default=str(IRA_FILE))
-    ap.add_argument("--out", default="benchmarks/results/embed_pipeline.json")
+    ap.add_argument("--out", default=None, help="default: benchmarks/results/embed_pipeline.json")
+    ap.add_argument(
+        "--batch-sweep",
+        default=None,
+        metavar="SIZES",
+        help="instead: the encoder alone at these batch sizes, e.g. 64,128,256 "
+        "(default --out benchmarks/results/embed_batch_sizes.json)",
+    )
+    ap.add_argument("--no-compile", action="store_true", help="with --batch-sweep: SDPA, eager")
     args = ap.parse_args()
+    if args.batch_sweep:
+        return sweep_main(args)
+    args.out = args.out or "benchmarks/results/embed_pipeline.json"
     torch.set_num_threads(2)
     from transformers.utils import logging as hf_logging
 
@@ -160,6 +204,34 @@ def main() -> None:
     line = json.dumps(result)
     print(line)
     write_text(args.out, json.dumps(result, indent=1) + "\n")
+
+
+def sweep_main(args: argparse.Namespace) -> None:
+    torch.set_num_threads(2)
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    uptime = [subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()]
+    model = NTULM.load(args.model).eval()
+    sizes = [int(x) for x in args.batch_sweep.split(",")]
+    compile = not args.no_compile
+    with tempfile.TemporaryDirectory() as tmp:
+        path = head_file(Path(args.file), args.posts, Path(tmp))
+        result = {
+            "command": "python benchmarks/embed_pipeline.py " + " ".join(sys.argv[1:]),
+            "model": args.model,
+            "file": f"{Path(args.file).name}, its first {args.posts} records",
+            "posts": args.posts,
+            "threads": 2,
+            "dtype": f"bfloat16 autocast, compile={compile}, the encoder alone (prepared chunks)",
+            **batch_sweep(model, path, args.posts, sizes, args.rounds, compile),
+        }
+    uptime.append(subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip())
+    result.update(machine=cpu_info(), uptime=uptime)
+    print(json.dumps(result))
+    write_text(
+        args.out or "benchmarks/results/embed_batch_sizes.json", json.dumps(result, indent=1) + "\n"
+    )
 
 
 if __name__ == "__main__":

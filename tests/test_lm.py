@@ -867,3 +867,6 @@ def test_cli_embed_concat_scale_weighs_the_hashtag_block(backbone, ntu, tmp_path
     assert "unknown NTU type" in capsys.readouterr().err
     assert main([*base, "--concat-scale", "hashtag=0.1", "--out", str(out)]) == 2
     assert "concat_scale: needs concat_types" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main([*base, "--batch-size", "0", "--out", str(out)])
+    assert "argument --batch-size: 0: needs at least 1" in capsys.readouterr().err
