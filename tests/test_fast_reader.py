@@ -109,6 +109,27 @@ def test_fast_equals_reference_on_hostile_csv(tmp_path):
     assert "expected 15 fields, got 3" in quarantine
 
 
+def test_iter_posts_streams_a_big_file_through_the_reference(tmp_path, monkeypatch):
+    """A fast reader holds a whole file in memory; iter_posts (finetune, embed) streams files over
+    the size limit through the reference parser instead: the same posts, counts, quarantine."""
+    import ntulm.posts.fast_ira as fast_ira
+    import ntulm.posts.readers as readers
+
+    path = tmp_path / "IRAhandle_tweets_en_01.csv.gz"
+    path.write_bytes(gzip.compress(_csv(_rows(TEXTS * 2))))
+    ref = _posts([path], "python", tmp_path)
+    assert _posts([path], "fast", tmp_path) == ref  # small: the fast tables
+
+    def no_fast(*a, **kw):
+        raise AssertionError("the fast reader read a file over the limit")
+
+    monkeypatch.setattr(readers, "_FAST_POSTS_MAX_BYTES", path.stat().st_size - 1)
+    monkeypatch.setattr(fast_ira, "ira_tables", no_fast)
+    assert _posts([path], "fast", tmp_path) == ref
+    with pytest.raises(AssertionError, match="over the limit"):
+        _read([path], "fast", tmp_path)  # the posts table (build-graph) still reads it fast
+
+
 def test_fast_strict_stops_at_first_bad_row(tmp_path):
     path = tmp_path / "ira.csv"
     path.write_bytes(_csv(_rows(["ok #a", "   ", "fine"])))

@@ -156,6 +156,9 @@ class Quarantine:
 
 
 _POSTS_PER_SLICE = 8192  # rows of a fast reader's table turned into Post objects at once
+# iter_posts streams: a fast reader parses (and for gzip, decompresses) a whole file in memory, so
+# files bigger than this on disk stream through the reference parser in constant memory instead
+_FAST_POSTS_MAX_BYTES = 256 << 20
 
 
 @dataclass
@@ -329,13 +332,22 @@ class PostReader:
     def _file_posts(self, path: Path, q: Quarantine) -> Iterator[tuple[Post, str]]:
         """The accepted ``(post, "file:line")`` of one file: from its fast reader's tables where
         it has one (``engine="fast"``; the same posts, counts and quarantine as the reference,
-        without the per-record Python parsing), else from the reference parser."""
+        without the per-record Python parsing) and the file is at most
+        :data:`_FAST_POSTS_MAX_BYTES` on disk, else from the reference parser, which streams."""
         from ntulm.posts.rows import rows_to_posts
 
         detected = self._detect(path)
         if detected is None:
             return
-        fast = self._fast_tables(path, *detected, q, None)
+        fast = None
+        if path.stat().st_size <= _FAST_POSTS_MAX_BYTES:
+            fast = self._fast_tables(path, *detected, q, None)
+        elif self.engine == "fast":
+            log.info(
+                "%s: over %d MB, streamed by the reference parser",
+                path,
+                _FAST_POSTS_MAX_BYTES >> 20,
+            )
         if fast is None:
             yield from self._iter_detected(path, *detected, q)
             return
