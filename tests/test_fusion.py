@@ -107,6 +107,46 @@ def test_type_vectors_mean_known_ntus_and_nan_where_absent(ntu):
     np.testing.assert_allclose(e[1, 1], ntu.tables["hashtag"].mean(0), rtol=1e-6)
 
 
+def test_ntu_vectors_equal_the_per_post_means_bit_for_bit(ntu):
+    """ntu_vectors / ntu_type_vectors take all posts' means at once; they equal the per-post
+    float64 np.mean of each post's vectors (the paper's e_ntu) bit for bit: unknown NTUs (the
+    table mean in e_ntu, left out per type), absent types, repeated NTUs, mentions, an empty list."""
+    from ntulm.lm.data import post_ntu_rows
+
+    rng = np.random.default_rng(3)
+    users = [UserRef(id=str(i)) for i in range(12)] + [UserRef(handle="nobody")]
+    tags = ["maga", "news", "MAGA", "nope", "x1", "x2"]
+    posts = [
+        Post(id=str(k), text="t", author=users[rng.integers(len(users))] if k % 5 else None,
+             hashtags=list(rng.choice(tags, size=rng.integers(0, 4))),
+             mentions=[users[j] for j in rng.integers(0, len(users), size=rng.integers(0, 3))])
+        for k in range(60)
+    ]  # fmt: skip
+    mean = np.asarray(ntu.mean, dtype=np.float32)
+    for types in (["author", "hashtag"], ["author", "mention", "hashtag"], ["hashtag"]):
+        for unknown in ((), ("author",)):
+            got, known = ntu_vectors(posts, ntu, types, unknown)
+            typed, typed_known = ntu_type_vectors(posts, ntu, types, unknown)
+            for k, post in enumerate(posts):
+                rows = post_ntu_rows(post, ntu, types, unknown)
+                parts = [ntu.tables[t][i] if i is not None else mean for t, i in rows]
+                want = np.mean(parts, axis=0, dtype=np.float64) if parts else mean
+                assert got[k].tobytes() == want.astype(np.float32).tobytes()
+                assert known[k] == any(i is not None for _, i in rows)
+                for j, t in enumerate(types):
+                    own = [ntu.tables[tb][i] for tb, i in post_ntu_rows(post, ntu, [t], unknown)
+                           if i is not None]  # fmt: skip
+                    if own:
+                        want = np.mean(own, axis=0, dtype=np.float64).astype(np.float32)
+                        assert typed[k, j].tobytes() == want.tobytes()
+                    else:
+                        assert np.isnan(typed[k, j]).all()
+            assert typed_known.tolist() == (~np.isnan(typed).all(axis=(1, 2))).tolist()
+            assert 0 < known.sum() < len(posts)
+    assert ntu_vectors([], ntu, ["author"])[0].shape == (0, 8)
+    assert ntu_type_vectors([], ntu, ["author", "hashtag"])[0].shape == (0, 2, 8)
+
+
 def test_typed_tokens_project_per_type_and_use_unknown_or_drop():
     torch.manual_seed(0)
     mod = TypedNTUTokens(2, 3, 4, absent="unknown")

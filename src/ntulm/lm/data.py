@@ -41,20 +41,61 @@ def post_ntu_rows(
     return rows
 
 
+def _mean_rows(
+    ntu: NTUEmbeddings,
+    n: int,
+    owner: list[int],
+    tables: list[str | None],
+    rows: list[int],
+    fill: np.ndarray,
+    mean: np.ndarray | None = None,
+) -> np.ndarray:
+    """(n, D) float32: row j the float64 mean of the vectors of its contributions, ``fill`` where
+    it has none. Contribution c belongs to output row ``owner[c]`` (non-decreasing) and is row
+    ``rows[c]`` of table ``tables[c]``, or ``mean`` where the table is None. The same numbers as
+    ``np.mean(parts, axis=0, dtype=np.float64)`` per row: each row's vectors are summed in order
+    (``np.add.reduceat`` over its run of contributions), then divided by their count."""
+    dim = fill.shape[0]
+    out = np.empty((n, dim), dtype=np.float32)
+    out[:] = fill
+    if not owner:
+        return out
+    vecs = np.empty((len(owner), dim), dtype=np.float64)
+    names = np.asarray([t if t is not None else "" for t in tables], dtype=object)
+    at = np.asarray(rows, dtype=np.int64)
+    for name in set(tables):
+        sel = names == (name if name is not None else "")
+        vecs[sel] = ntu.tables[name][at[sel]] if name is not None else mean
+    who = np.asarray(owner, dtype=np.int64)
+    starts = np.flatnonzero(np.r_[True, who[1:] != who[:-1]])
+    sums = np.add.reduceat(vecs, starts, axis=0)
+    counts = np.diff(np.r_[starts, len(who)])
+    out[who[starts]] = (sums / counts[:, None]).astype(np.float32)
+    return out
+
+
 def ntu_vectors(
     posts: Iterable[Post], ntu: NTUEmbeddings, types: Sequence[str], unknown: Collection[str] = ()
 ) -> tuple[np.ndarray, np.ndarray]:
     """e_ntu per post and the overlap flag: (N, D) float32, (N,) bool. ``unknown``: NTU types
-    whose NTUs count as unknown (each contributes the table mean; :func:`post_ntu_rows`)."""
+    whose NTUs count as unknown (each contributes the table mean; :func:`post_ntu_rows`).
+    The lookups run per post, the means over all posts at once (:func:`_mean_rows`)."""
     mean = np.asarray(ntu.mean, dtype=np.float32)
-    vecs, known = [], []
-    for post in posts:
-        rows = post_ntu_rows(post, ntu, types, unknown)
-        parts = [ntu.tables[t][i] if i is not None else mean for t, i in rows]
-        vecs.append(np.mean(parts, axis=0, dtype=np.float64) if parts else mean)
-        known.append(any(i is not None for _, i in rows))
-    dim = mean.shape[0]
-    return np.asarray(vecs, dtype=np.float32).reshape(-1, dim), np.asarray(known, dtype=bool)
+    owner: list[int] = []
+    tables: list[str | None] = []
+    rows: list[int] = []
+    known: list[bool] = []
+    n = 0
+    for n, post in enumerate(posts, 1):
+        seen = False
+        for t, i in post_ntu_rows(post, ntu, types, unknown):
+            owner.append(n - 1)
+            tables.append(t if i is not None else None)
+            rows.append(i if i is not None else 0)
+            seen = seen or i is not None
+        known.append(seen)
+    vecs = _mean_rows(ntu, n, owner, tables, rows, mean, mean)
+    return vecs, np.asarray(known, dtype=bool)
 
 
 def concat_groups(types: Sequence[str], per_type: bool = False) -> list[list[str]]:
@@ -111,16 +152,20 @@ def ntu_type_vectors(
     """Per-type e_ntu (``ntu_tokens=per_type``): (N, K, D) float32, row k the mean of the post's
     *known* NTUs of ``types[k]``, NaN where it has none (absent); and the overlap flag, (N,) bool.
     The types in ``unknown`` count as unknown (absent) for every post."""
-    out = []
-    for post in posts:
-        vecs = np.full((len(types), ntu.dim), np.nan, dtype=np.float32)  # (K, D)
+    k_types = len(types)
+    owner: list[int] = []
+    tables: list[str | None] = []
+    rows: list[int] = []
+    n = 0
+    for n, post in enumerate(posts, 1):
         for k, t in enumerate(types):
-            rows = post_ntu_rows(post, ntu, [t], unknown)
-            known = [ntu.tables[tb][i] for tb, i in rows if i is not None]
-            if known:
-                vecs[k] = np.mean(known, axis=0, dtype=np.float64)
-        out.append(vecs)
-    e = np.stack(out) if out else np.zeros((0, len(types), ntu.dim), dtype=np.float32)
+            for tb, i in post_ntu_rows(post, ntu, [t], unknown):
+                if i is not None:
+                    owner.append((n - 1) * k_types + k)
+                    tables.append(tb)
+                    rows.append(i)
+    absent = np.full(ntu.dim, np.nan, dtype=np.float32)
+    e = _mean_rows(ntu, n * k_types, owner, tables, rows, absent).reshape(n, k_types, ntu.dim)
     return e, ~np.isnan(e).all(axis=(1, 2))
 
 
