@@ -1,6 +1,6 @@
 """How many token slots the encoder sees per post over a whole corpus: word pieces (with [CLS] and
-[SEP], truncated as the model truncates) and NTU slots (attended ones too, for a per-type model,
-whose absent types are masked). With the matmul FLOPs per slot of ``roofline_encode.json`` and its
+[SEP], truncated as the model truncates) and NTU slots (and, for a per-type model, how many of its
+types a post has: the others get the learned unknown vector or are masked, per ``ntu_absent``). With the matmul FLOPs per slot of ``roofline_encode.json`` and its
 bf16 matmul rate this gives the floor under ``ntulm embed`` on the corpus (issue 12's 20-minute
 goal): the time of the encoder's matmuls alone, before attention, layer norms and reading.
 
@@ -43,8 +43,8 @@ def main() -> None:
         tokens = tokenize([p.text for p in chunk], model.tokenizer, model.cfg.max_length,
                           model.cfg.text)  # fmt: skip
         e, _ = ntu_inputs(chunk, model.ntu, model.cfg)
-        seen = (~np.isnan(e).all(axis=2)).sum() if e.ndim == 3 else len(chunk)
-        return sum(len(t) for t in tokens), int(seen)
+        present = (~np.isnan(e).all(axis=2)).sum() if e.ndim == 3 else len(chunk)
+        return sum(len(t) for t in tokens), int(present)
 
     for post, _ in PostReader().iter_posts([args.posts]):
         chunk.append(post)
@@ -65,7 +65,10 @@ def main() -> None:
         "posts": n,
         "word_pieces_per_post": round(pieces / n, 3),
         "ntu_slots_per_post": slots,
-        "attended_ntu_slots_per_post": round(attended / n, 3),
+        # a per-type model's slot of a type the post lacks: with ntu_absent "unknown" it holds
+        # the learned unknown vector and is attended like the others; with "drop" it is masked
+        "present_ntu_types_per_post": round(attended / n, 3),
+        "ntu_absent": model.cfg.ntu_absent if model.cfg.ntu_tokens == "per_type" else None,
         "slots_per_post": round(per_post, 3),
         "mflop_per_slot_from_roofline": round(mflop_per_slot, 2),
         "gflop_per_post": round(gflop, 4),
