@@ -117,16 +117,24 @@ def block_weights(
     return np.repeat(np.asarray(w, dtype=np.float32), dim)
 
 
-def check_concat_scale(scale: dict[str, float], types: Sequence[str], per_type: bool) -> None:
+def check_concat_scale(
+    scale: dict[str, float],
+    types: Sequence[str],
+    per_type: bool,
+    types_are: str = "among the appended types",
+    per_type_is: str = "per-type blocks (per_type)",
+) -> None:
     """Raise a :class:`ValueError` for weights of types not appended, weights not > 0, or one
-    weight per type where the types are appended as one mean block (needs ``per_type``)."""
+    weight per type where the types are appended as one mean block (needs ``per_type``). The
+    messages name the caller's settings: ``types_are`` where the types come from (a pipeline
+    variant: ``in ntu_types``), ``per_type_is`` the per-type setting (``concat: per_type``)."""
     if not scale:
         return
     unknown = sorted(set(scale) - set(types))
     if unknown:
-        raise ValueError(f"concat_scale: {unknown} not among the appended types {list(types)}")
+        raise ValueError(f"concat_scale: {unknown} not {types_are} {list(types)}")
     if not per_type and len(types) > 1:
-        raise ValueError("concat_scale: one weight per type needs per-type blocks (per_type)")
+        raise ValueError(f"concat_scale: one weight per type needs {per_type_is}")
     bad = {t: w for t, w in scale.items() if not w > 0}
     if bad:
         raise ValueError(f"concat_scale: weights must be > 0, got {bad}")

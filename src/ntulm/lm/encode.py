@@ -247,7 +247,7 @@ def encode(
     if text_only and pooling != "mean":
         raise ConfigError(f"pooling: {pooling!r} needs the NTU token; text_only takes 'mean'")
     posts = as_posts(posts)
-    _check_per_type(concat_types, concat_per_type, concat_scale)
+    _check_concat_options(concat_types, concat_per_type, concat_scale)
     concat_ntu, concat_types = _resolve_concat(
         model, pooling, concat_ntu, concat_types, text_only, rows_given=ntus is not None
     )
@@ -454,7 +454,7 @@ def _resolve_concat(
     return concat_ntu, None
 
 
-def _check_per_type(
+def _check_concat_options(
     concat_types: Sequence[str] | None,
     concat_per_type: bool,
     concat_scale: dict[str, float] | None = None,
@@ -525,7 +525,7 @@ def embed_to_parquet(
     from ntulm.workers import prefetched
 
     check_pooling(model, pooling)
-    _check_per_type(concat_types, concat_per_type, concat_scale)
+    _check_concat_options(concat_types, concat_per_type, concat_scale)
     concat_ntu, concat_types = _resolve_concat(model, pooling, concat_ntu, concat_types)
     dim = output_dim(model, pooling, concat_ntu, concat_types, concat_per_type)
     schema = pa.schema(

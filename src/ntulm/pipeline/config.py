@@ -103,12 +103,13 @@ class VariantSpec(StageConfig):
         if self.concat_scale:
             if self.post_concat_of is None:
                 raise ValueError("concat_scale: is for a post_concat_of variant")
-            unknown = sorted(set(self.concat_scale) - set(self.ntu_types))
-            if unknown:
-                raise ValueError(f"concat_scale: {unknown} not in ntu_types {self.ntu_types}")
-            if self.concat == "mean" and len(self.ntu_types) > 1:
-                raise ValueError("concat_scale: one weight per type needs concat: per_type")
-            check_concat_scale(self.concat_scale, self.ntu_types, self.concat == "per_type")
+            check_concat_scale(
+                self.concat_scale,
+                self.ntu_types,
+                self.concat == "per_type",
+                types_are="in ntu_types",
+                per_type_is="concat: per_type",
+            )
         return self
 
     def block_scale(self, dim: int) -> np.ndarray | None:

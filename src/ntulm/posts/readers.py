@@ -339,15 +339,8 @@ class PostReader:
         detected = self._detect(path)
         if detected is None:
             return
-        fast = None
-        if path.stat().st_size <= _FAST_POSTS_MAX_BYTES:
-            fast = self._fast_tables(path, *detected, q, None)
-        elif self.engine == "fast":
-            log.info(
-                "%s: over %d MB, streamed by the reference parser",
-                path,
-                _FAST_POSTS_MAX_BYTES >> 20,
-            )
+        small = path.stat().st_size <= _FAST_POSTS_MAX_BYTES
+        fast = self._fast_tables(path, *detected, q, None) if small else None
         if fast is None:
             yield from self._iter_detected(path, *detected, q)
             return
