@@ -148,6 +148,24 @@ def test_run_end_to_end_and_reuse(tmp_path, backbone, capsys, monkeypatch):
         "bfloat16"
     )
     del cfg["eval"]["embed_dtype"]
+    # --prune-embeddings: a run of BERT alone keeps BERT's cache files (read, not re-encoded)
+    # and deletes every other variant's, and an old-layout file it did not read
+    files = sorted((out / "embeddings").glob("*/*.npz"))
+    bert = [f for f in files if f.parent.name == "bert"]
+    assert len(files) == 7 * 4 and len(bert) == 4
+    (out / "embeddings" / "bert" / "community.npz").write_bytes(b"stale")
+    only_bert = {**cfg, "variants": [{"name": "BERT", "use_ntu": False}]}
+    (tmp_path / "cfg_bert.yaml").write_text(yaml.safe_dump(only_bert))
+    argv = ["run", "--config", str(tmp_path / "cfg_bert.yaml"), "--out", str(out), "-q"]
+    assert main([*argv, "--prune-embeddings"]) == 0
+    capsys.readouterr()
+    assert encoded == []
+    assert sorted((out / "embeddings").glob("*/*.npz")) == bert
+    assert [d.name for d in (out / "embeddings").iterdir()] == ["bert"]  # empty dirs removed
+    pruned = json.loads((out / "results.json").read_text())["stages"]["pruned"]
+    assert pruned["files"] == 7 * 4 - 4 + 1 and pruned["bytes"] > 0
+    assert main(argv) == 0 and encoded == []  # what it kept is still the cache
+    capsys.readouterr()
     # graph/ and kge/ copied into another output directory are reused there (the hashtag
     # task's exclusion counts by content, not by the path of its file)
     other = tmp_path / "other"

@@ -17,7 +17,9 @@ def cmd_run(args: argparse.Namespace) -> int:
             "--config FILE is required (see benchmarks/paper_cpu.yaml for an example)"
         )
     cfg = PipelineConfig.from_sources(args.config, args.overrides)
-    results = run_pipeline(cfg, args.out, progress=args.progress)
+    results = run_pipeline(
+        cfg, args.out, progress=args.progress, prune_embeddings=args.prune_embeddings
+    )
     print_summary(results, Path(args.out))
     return 0
 
@@ -39,5 +41,11 @@ def register(sub: argparse._SubParsersAction) -> None:
         "posts, variants, seeds). Stages finished with the same config are reused.",
     )
     p.add_argument("--out", required=True, help="output directory")
+    p.add_argument(
+        "--prune-embeddings",
+        action="store_true",
+        help="after the run, delete the cached post embeddings under OUT/embeddings that this "
+        "run did not use (other settings', models' or seeds'); the cache otherwise keeps them all",
+    )
     add_config_args(p)
     p.set_defaults(func=cmd_run)

@@ -92,6 +92,7 @@ class Pipeline:
         self.reused: list[str] = []
         self.ran: list[str] = []
         self.timings: dict[str, float] = {}
+        self.used_embeddings: set[Path] = set()  # the cache files this run read or wrote
         self._memo: dict[str, dict[tuple, np.ndarray]] = {}
         self.stage = StageLog()  # log lines, shown or not by the log level (not bars)
         self.temporal: Temporal | None = None
@@ -340,6 +341,7 @@ class Pipeline:
         """Cached train/val/test embeddings of one task under one variant. ``model`` is a loaded
         model, or its directory when :meth:`embed_in_workers` has already written the file."""
         path, fp = self._embedding_file(v, model_fp, task)
+        self.used_embeddings.add(path)
         if self._is_cached(path, fp):
             with np.load(path) as z:
                 return {k: z[k] for k in z.files}
@@ -390,6 +392,26 @@ class Pipeline:
         with atomic_path(path) as tmp, open(tmp, "wb") as fh:
             np.savez(fh, **arrays)
         return arrays
+
+    def prune_embeddings(self) -> dict[str, int]:
+        """Delete the cached embedding files under ``embeddings/`` that this run neither read
+        nor wrote: those of other settings, models or seeds, and old-layout ``<task>.npz``
+        files (``ntulm run --prune-embeddings``). The cache keeps every key it has seen, so a
+        directory re-run with many settings grows by a file per task and setting."""
+        root = self.out / "embeddings"
+        files = size = 0
+        if root.is_dir():
+            for path in sorted(root.glob("*/*.npz")):
+                if path in self.used_embeddings:
+                    continue
+                size += path.stat().st_size
+                path.unlink()
+                files += 1
+            for d in root.iterdir():
+                if d.is_dir() and not any(d.iterdir()):
+                    d.rmdir()
+        log.info("embeddings: pruned %d unused cache files (%.1f MB)", files, size / 1e6)
+        return {"files": files, "bytes": size}
 
     def _forget_ntus(
         self,
@@ -535,15 +557,23 @@ class Pipeline:
 
 
 def run_pipeline(
-    config: PipelineConfig, out_dir: str | Path, *, progress: bool = True
+    config: PipelineConfig,
+    out_dir: str | Path,
+    *,
+    progress: bool = True,
+    prune_embeddings: bool = False,
 ) -> dict[str, Any]:
-    """Run every stage (reusing finished ones) and write ``results.json`` and the report."""
+    """Run every stage (reusing finished ones) and write ``results.json`` and the report.
+    ``prune_embeddings``: once every run is evaluated, delete the embedding cache files this run
+    did not use (:meth:`Pipeline.prune_embeddings`); ``results["stages"]["pruned"]`` counts them."""
 
     with output_lock(out_dir):  # one run per directory; a dead run's leftovers removed
-        return _run_pipeline(config, out_dir, progress)
+        return _run_pipeline(config, out_dir, progress, prune_embeddings)
 
 
-def _run_pipeline(config: PipelineConfig, out_dir: str | Path, progress: bool) -> dict[str, Any]:
+def _run_pipeline(
+    config: PipelineConfig, out_dir: str | Path, progress: bool, prune: bool = False
+) -> dict[str, Any]:
     from ntulm.pipeline.report import write_report
 
     cfg = config
@@ -611,6 +641,8 @@ def _run_pipeline(config: PipelineConfig, out_dir: str | Path, progress: bool) -
         },
         "seconds": round(time.perf_counter() - t0, 1),
     }
+    if prune:  # only once every run is evaluated: a failed run may not have reached every file
+        results["stages"]["pruned"] = p.prune_embeddings()
     p.stage("report")
     write_report(results, p.out)
     p.stage.close()
