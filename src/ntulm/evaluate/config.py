@@ -176,7 +176,7 @@ class EvalConfig(StageConfig):
     mlp: MLPConfig = Field(default_factory=MLPConfig, description="downstream MLP")
     seed: int = Field(13, description="seed of the splits and of the MLP")
     tasks: list[TaskSpec] = Field(default_factory=list, description="tasks to evaluate")
-    embed_batch_size: int = Field(64, ge=1, description="posts per encoder batch")
+    embed_batch_size: int = Field(128, ge=1, description="posts per encoder batch")
     design: bool = Field(
         False,
         description="a design run: every task is scored on half of its validation split and "
