@@ -8,7 +8,7 @@ import json
 import pyarrow as pa
 import pytest
 
-from ntulm.errors import InputError
+from ntulm.errors import ConfigError, InputError
 from ntulm.posts.readers import PostReader
 
 HEADER = [
@@ -128,6 +128,31 @@ def test_iter_posts_streams_a_big_file_through_the_reference(tmp_path, monkeypat
     assert _posts([path], "fast", tmp_path) == ref
     with pytest.raises(AssertionError, match="over the limit"):
         _read([path], "fast", tmp_path)  # the posts table (build-graph) still reads it fast
+
+
+def test_iter_posts_limit_streams_the_first_posts(tmp_path, monkeypatch):
+    """iter_posts(limit=N) yields the first N posts of the unlimited read; below _STREAM_BELOW
+    it reads them through the reference parser (no whole-file parse before the first post),
+    at or above it through the fast tables; a negative limit is an error naming it."""
+    import ntulm.posts.fast_ira as fast_ira
+    import ntulm.posts.readers as readers
+
+    path = tmp_path / "IRAhandle_tweets_en_01.csv.gz"
+    path.write_bytes(gzip.compress(_csv(_rows(TEXTS * 3))))
+    every = [p for p, _ in PostReader(engine="fast").iter_posts([path])]
+    assert len(every) > 5
+    calls = []
+    real = fast_ira.ira_tables
+    monkeypatch.setattr(fast_ira, "ira_tables", lambda *a, **k: calls.append(1) or real(*a, **k))
+    for n in (1, 5, len(every), len(every) + 3):
+        got = [p for p, _ in PostReader(engine="fast").iter_posts([path], limit=n)]
+        assert got == every[:n], n
+    assert calls == []  # all streamed: the limits are below _STREAM_BELOW
+    monkeypatch.setattr(readers, "_STREAM_BELOW", 5)
+    assert [p for p, _ in PostReader(engine="fast").iter_posts([path], limit=5)] == every[:5]
+    assert calls == [1]  # a limit of 5 is no longer below it: the fast tables
+    with pytest.raises(ConfigError, match="limit: -1 is negative"):
+        list(PostReader().iter_posts([path], limit=-1))
 
 
 def test_fast_strict_stops_at_first_bad_row(tmp_path):

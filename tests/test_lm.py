@@ -735,6 +735,12 @@ def test_cli_embed_shards_union_equals_single_process(backbone, ntu, tmp_path, c
             atol=1e-5,
         )
     assert "30 post embeddings in 2 shard(s)" in capsys.readouterr().out
+    # --limit with shards: the first 10 posts, split between them
+    for i in (0, 1):
+        argv = [*base, "--out", str(tmp_path / "lim"), "--shard", f"{i}/2", "--limit", "10"]
+        assert main(argv) == 0
+    got = read_embeddings(tmp_path / "lim")["id"].to_pylist()
+    assert sorted(got) == sorted(p.id for p in _posts(30)[:10])
 
 
 def test_backbone_dropout_sets_hidden_and_attention_dropout(backbone):
@@ -870,3 +876,9 @@ def test_cli_embed_concat_scale_weighs_the_hashtag_block(backbone, ntu, tmp_path
     with pytest.raises(SystemExit):
         main([*base, "--batch-size", "0", "--out", str(out)])
     assert "argument --batch-size: 0: needs at least 1" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main([*base, "--limit", "-1", "--out", str(out)])
+    assert "argument --limit: -1: needs at least 0" in capsys.readouterr().err
+    assert main([*base, "--limit", "5", "--out", str(out)]) == 0  # the first 5 posts
+    capsys.readouterr()
+    assert pq.read_table(out)["id"].to_pylist() == [p.id for p in _posts(12)[:5]]

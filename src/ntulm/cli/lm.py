@@ -41,7 +41,8 @@ def _sample(reader: PostReader, paths: list[str], cfg: LMConfig) -> Iterator[tup
     """Posts read, each kept with probability ``sample_rate`` (seeded), at most ``max_posts``."""
     rng = np.random.default_rng([cfg.seed, 1])
     kept = 0
-    for post, src in reader.iter_posts(paths):
+    limit = cfg.max_posts if cfg.sample_rate >= 1.0 else 0  # a few posts: streamed (iter_posts)
+    for post, src in reader.iter_posts(paths, limit=limit):
         if cfg.sample_rate < 1.0 and rng.random() >= cfg.sample_rate:
             continue
         yield post, src
@@ -140,14 +141,19 @@ def _types_list(value: str) -> list[str]:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
-def _positive(value: str) -> int:
+def _positive(value: str, least: int = 1) -> int:
     try:
         n = int(value)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{value!r}: expected a whole number") from None
-    if n < 1:
-        raise argparse.ArgumentTypeError(f"{n}: needs at least 1")
+    if n < least:
+        raise argparse.ArgumentTypeError(f"{n}: needs at least {least}")
     return n
+
+
+def _count(value: str) -> int:
+    """A whole number of at least 0 (``--limit``: 0 means all)."""
+    return _positive(value, least=0)
 
 
 def _scale_map(value: str) -> dict[str, float]:
@@ -180,7 +186,8 @@ def cmd_embed(args: argparse.Namespace) -> int:
         raise ConfigError("--concat-ntu needs NTU embeddings (--ntu DIR)")
     read, _ = reader_config(args)
     reader = read.reader(quarantine_beside(args.out))
-    stream = require_posts(reader.iter_posts(args.posts), reader, args.posts)  # none: no output
+    stream = reader.iter_posts(args.posts, limit=args.limit)
+    stream = require_posts(stream, reader, args.posts)  # none: no output
     n = embed_to_parquet(
         model,
         stream,
@@ -295,7 +302,13 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="posts per encoder batch (default 128: 1.055x over 64 for the compiled bf16 "
         "encoder, 1.02x without compile; benchmarks/results/embed_batch_sizes*.json)",
     )
-    e.add_argument("--limit", type=int, default=0, help="stop after N posts (0: all)")
+    e.add_argument(
+        "--limit",
+        type=_count,
+        default=0,
+        help="stop after N posts (0: all); below 50,000 files stream through the reference "
+        "parser, so the first posts come without parsing a whole file",
+    )
     e.add_argument(
         "--dtype",
         choices=("auto", "float32", "bfloat16"),

@@ -93,9 +93,7 @@ def embed_shard(
     read = ReaderConfig.model_validate(reader or {}).reader(
         Path(out_dir) / "rejected.jsonl" if index == 0 else None
     )
-    stream = require_posts(read.iter_posts(posts), read, posts)  # no post at all: an error
-    if limit:
-        stream = itertools.islice(stream, limit)
+    stream = require_posts(read.iter_posts(posts, limit=limit), read, posts)  # none: an error
     Path(out_dir).mkdir(parents=True, exist_ok=True)
     n = embed_to_parquet(
         model, shard_of(stream, index, count), shard_path(out_dir, index, count), **options
