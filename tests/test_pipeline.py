@@ -309,6 +309,14 @@ def test_evaluate_saved_models_matches_run(tmp_path, backbone, capsys):
         assert r["metrics"] == ran[key(r)]["metrics"], key(r)
         assert r["n"] == ran[key(r)]["n"], key(r)
     assert mine["config"]["baseline"] == "BERT"
+    # --prune-embeddings: BERT alone again keeps BERT's cache files, the other two variants' go
+    kept = sorted((out / "embeddings" / "bert").glob("*.npz"))
+    assert len(kept) == 2 and len(list((out / "embeddings").glob("*/*.npz"))) == 6
+    one = [*argv[:6], "--model", f"BERT={run / 'lm' / 'bert'}", "--posts", str(posts)]
+    assert main([*one, "--prune-embeddings"]) == 0
+    capsys.readouterr()
+    assert sorted((out / "embeddings").glob("*/*.npz")) == kept
+    assert json.loads((out / "results.json").read_text())["stages"]["pruned"]["files"] == 4
 
     # the hashtag task is refused for NTU models: their graph cannot show its test posts excluded
     (tmp_path / "ht.yaml").write_text(yaml.safe_dump({"eval": {"tasks": [{"type": "hashtag"}]}}))

@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from ntulm.cli import add_config_args, add_posts_args, read_overrides
+from ntulm.cli.run import add_prune_arg
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
@@ -24,7 +25,14 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         baseline=args.baseline,
         post_concat_of=args.post_concat,
     )
-    results = evaluate_saved(cfg, models, args.out, ntu=args.ntu, progress=args.progress)
+    results = evaluate_saved(
+        cfg,
+        models,
+        args.out,
+        ntu=args.ntu,
+        progress=args.progress,
+        prune_embeddings=args.prune_embeddings,
+    )
     print_summary(results, Path(args.out))
     return 0
 
@@ -57,5 +65,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--ntu", help="NTU embeddings directory for --post-concat and the overlap flags")
     p.add_argument("--seeds", type=int, nargs="+", help="MLP seeds (default: the config's)")
+    add_prune_arg(p)
     add_config_args(p)
     p.set_defaults(func=cmd_evaluate)

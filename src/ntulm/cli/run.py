@@ -33,6 +33,15 @@ def print_summary(results: dict, out: Path) -> None:
     print(f"\nreport: {out / 'report.md'}  (all numbers: {out / 'results.json'})")
 
 
+def add_prune_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--prune-embeddings",
+        action="store_true",
+        help="after the run, delete the cached post embeddings under OUT/embeddings that this "
+        "run did not use (other settings', models' or seeds'); the cache otherwise keeps them all",
+    )
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "run",
@@ -41,11 +50,6 @@ def register(sub: argparse._SubParsersAction) -> None:
         "posts, variants, seeds). Stages finished with the same config are reused.",
     )
     p.add_argument("--out", required=True, help="output directory")
-    p.add_argument(
-        "--prune-embeddings",
-        action="store_true",
-        help="after the run, delete the cached post embeddings under OUT/embeddings that this "
-        "run did not use (other settings', models' or seeds'); the cache otherwise keeps them all",
-    )
+    add_prune_arg(p)
     add_config_args(p)
     p.set_defaults(func=cmd_run)

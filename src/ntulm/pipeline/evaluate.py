@@ -110,11 +110,13 @@ def evaluate_saved(
     *,
     ntu: str | Path | None = None,
     progress: bool = True,
+    prune_embeddings: bool = False,
 ) -> dict[str, Any]:
     """Evaluate saved models on ``cfg.eval.tasks`` and write ``results.json`` and the report.
-    The run owns ``out_dir`` (:func:`~ntulm.artifacts.output_lock`)."""
+    The run owns ``out_dir`` (:func:`~ntulm.artifacts.output_lock`). ``prune_embeddings``: as
+    :func:`~ntulm.pipeline.run.run_pipeline`'s."""
     with output_lock(out_dir):
-        return _evaluate_saved(cfg, models, out_dir, ntu, progress)
+        return _evaluate_saved(cfg, models, out_dir, ntu, progress, prune_embeddings)
 
 
 def _evaluate_saved(
@@ -123,6 +125,7 @@ def _evaluate_saved(
     out_dir: str | Path,
     ntu: str | Path | None,
     progress: bool,
+    prune: bool = False,
 ) -> dict[str, Any]:
     from ntulm.pipeline.report import write_report
     from ntulm.pipeline.run import _family
@@ -181,5 +184,7 @@ def _evaluate_saved(
         "stages": {"ran": ["evaluate"], "reused": [], "seconds": {}},
         "seconds": round(time.perf_counter() - t0, 1),
     }
+    if prune:  # once every run is evaluated
+        results["stages"]["pruned"] = p.prune_embeddings()
     write_report(results, p.out)
     return results
