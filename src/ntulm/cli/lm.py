@@ -197,8 +197,7 @@ def cmd_embed(args: argparse.Namespace) -> int:
         concat_types=args.concat_ntu_types,
         concat_per_type=args.concat_per_type,
         concat_scale=args.concat_scale,
-        show_progress_bar=args.progress,
-        limit=args.limit,
+        show_progress_bar=args.progress,  # (the stream stops at --limit: iter_posts)
         dtype=args.dtype,
         pooling=args.pooling,
         compile=args.compile,
